@@ -1,1 +1,33 @@
+//! # Bulkhead: a stateful tool host for AI agents
+//!
+//! Agents call tools through an HTTP session API; every tool is a WASI
+//! component run by wasmtime with only the grants its manifest, its
+//! principal and its session allow; everything that must outlive a call
+//! (sessions, messages, tool state, calls, audit) lives in SQLite.
+//!
+//! # Layout
+//!
+//! - [`config`]: the operator's `bulkhead.toml` and the embedded defaults.
+//! - [`manifest`]: a tool bundle's `tool.toml`.
+//! - [`model`]: the records of the contract (session, message, call, audit event).
+//! - [`grants`]: grants and their narrowing; pure code, no wasmtime.
+//! - [`auth`]: principals, bearer tokens, dev tokens.
+//! - [`runtime`]: the wasmtime engine, bundle loading, one call's sandbox.
+//! - [`caps`]: the host side of each `bulkhead:tool` interface, one per file.
+//! - [`store`]: SQLite persistence behind one writer thread (group commit).
+//! - [`service`]: the operations the API and the CLI share (sessions, calls).
+//! - [`api`]: the axum HTTP API; maps errors to the contract's error body.
+//! - [`cli`]: the `bulkhead` commands.
 
+pub mod api;
+pub mod auth;
+pub mod caps;
+pub mod cli;
+pub mod config;
+pub mod grants;
+pub mod manifest;
+pub mod model;
+pub mod runtime;
+pub mod service;
+pub mod store;
+pub mod util;

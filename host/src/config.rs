@@ -1,0 +1,323 @@
+//! The operator's configuration (`bulkhead.toml`, contract §3) and the
+//! embedded defaults used when `bulkhead serve` runs without one.
+//!
+//! Unknown keys are errors that name the key; paths are relative to the
+//! config file's folder.
+
+use crate::grants::{Access, GrantSpec};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+pub const DEFAULT_DATA_DIR: &str = "./bulkhead-data";
+/// Without a config file the host serves the example tools of the checkout.
+pub const DEFAULT_TOOLS_DIR: &str = "./guest-tools";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// Ceilings for every tool; a manifest may ask for less, never more.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock time of one call, so a looping tool cannot hold a slot.
+    pub max_timeout_ms: u64,
+    /// Linear memory of one instance, so a tool cannot exhaust host memory.
+    pub max_memory_mb: u64,
+    /// Size of one call's output, which is stored and sent back.
+    pub max_output_kb: u64,
+    /// Persistent state of one tool in one session (keys + values).
+    pub max_state_kb: u64,
+    /// HTTP request bodies, checked before parsing.
+    pub max_request_kb: u64,
+    /// Calls running at once in this host; beyond it callers get 429.
+    pub max_concurrent_calls: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_timeout_ms: 30_000,
+            max_memory_mb: 256,
+            max_output_kb: 1024,
+            max_state_kb: 4096,
+            max_request_kb: 1024,
+            max_concurrent_calls: 64,
+        }
+    }
+}
+
+impl Limits {
+    /// Hard bounds on the ceilings themselves: past them the host would
+    /// reserve absurd memory or hold calls for hours.
+    fn validate(&self) -> Result<(), String> {
+        let checks: [(&str, u64, u64); 6] = [
+            ("limits.max_timeout_ms", self.max_timeout_ms, 3_600_000),
+            ("limits.max_memory_mb", self.max_memory_mb, 4096),
+            ("limits.max_output_kb", self.max_output_kb, 64 * 1024),
+            ("limits.max_state_kb", self.max_state_kb, 1024 * 1024),
+            ("limits.max_request_kb", self.max_request_kb, 64 * 1024),
+            ("limits.max_concurrent_calls", self.max_concurrent_calls.into(), 4096),
+        ];
+        for (key, value, max) in checks {
+            if value == 0 || value > max {
+                return Err(format!("{key} = {value} is out of range (1..={max})"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// CIDRs tools may reach although they are not globally routable.
+    pub allow_private: Vec<String>,
+}
+
+/// Where a secret's value comes from: the host's environment or a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    pub path: PathBuf,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Agent,
+    Approver,
+    Admin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    pub name: String,
+    pub token_env: Option<String>,
+    pub token_sha256: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    /// Tools this principal's sessions may use; `"*"` is every tool.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Narrowing applied to every session of this principal, per tool.
+    #[serde(default)]
+    pub grants: BTreeMap<String, GrantSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    tools_dir: Option<PathBuf>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    network: NetworkConfig,
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretSource>,
+    #[serde(default)]
+    volumes: BTreeMap<String, VolumeConfig>,
+    #[serde(default)]
+    principals: Vec<PrincipalConfig>,
+}
+
+/// A validated configuration with absolute-or-cwd-relative paths.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tools_dir: PathBuf,
+    pub limits: Limits,
+    pub network: NetworkConfig,
+    pub secrets: BTreeMap<String, SecretSource>,
+    pub volumes: BTreeMap<String, VolumeConfig>,
+    /// `None` on embedded defaults: a dev agent and a dev approver are made.
+    pub principals: Option<Vec<PrincipalConfig>>,
+}
+
+impl Config {
+    /// The embedded defaults (contract §2): loopback, `./bulkhead-data`, the
+    /// example tools, generated dev tokens.
+    pub fn embedded() -> Config {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            data_dir: DEFAULT_DATA_DIR.into(),
+            tools_dir: DEFAULT_TOOLS_DIR.into(),
+            limits: Limits::default(),
+            network: NetworkConfig::default(),
+            secrets: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            principals: None,
+        }
+    }
+
+    /// Reads the config file, or the embedded defaults when `path` is None.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else { return Ok(Config::embedded()) };
+        let file = path.display().to_string();
+        let err = |message: String| ConfigError { file: file.clone(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(err)
+    }
+
+    /// Parses config text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen
+            .parse()
+            .map_err(|_| format!("listen = {listen:?} is not an address like \"127.0.0.1:7070\""))?;
+        raw.limits.validate()?;
+        for cidr in &raw.network.allow_private {
+            crate::grants::parse_cidr(cidr)
+                .ok_or_else(|| format!("network.allow_private: {cidr:?} is not a CIDR like \"10.0.0.0/8\""))?;
+        }
+        for (name, source) in &raw.secrets {
+            if source.env.is_some() == source.file.is_some() {
+                return Err(format!("secrets.{name}: give exactly one of `env` or `file`"));
+            }
+        }
+        let rel = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let secrets = raw
+            .secrets
+            .into_iter()
+            .map(|(name, s)| (name, SecretSource { env: s.env, file: s.file.as_deref().map(rel) }))
+            .collect();
+        let volumes = raw
+            .volumes
+            .into_iter()
+            .map(|(name, v)| (name, VolumeConfig { path: rel(&v.path), access: v.access }))
+            .collect();
+        for (i, p) in raw.principals.iter().enumerate() {
+            validate_principal(p).map_err(|e| format!("principals[{i}]: {e}"))?;
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for p in &raw.principals {
+            if !names.insert(&p.name) {
+                return Err(format!("principals: name {:?} appears twice", p.name));
+            }
+        }
+        Ok(Config {
+            listen,
+            data_dir: rel(raw.data_dir.as_deref().unwrap_or(Path::new(DEFAULT_DATA_DIR))),
+            tools_dir: rel(raw.tools_dir.as_deref().unwrap_or(Path::new("./tools"))),
+            limits: raw.limits,
+            network: raw.network,
+            secrets,
+            volumes,
+            principals: Some(raw.principals),
+        })
+    }
+}
+
+fn validate_principal(p: &PrincipalConfig) -> Result<(), String> {
+    if !crate::manifest::is_valid_name(&p.name) {
+        return Err(format!("name {:?} must match [a-z0-9-]{{1,64}}", p.name));
+    }
+    match (&p.token_env, &p.token_sha256) {
+        (Some(_), None) => {}
+        (None, Some(hex)) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {}
+        (None, Some(_)) => return Err("token_sha256 must be 64 hex digits".into()),
+        _ => return Err("give exactly one of `token_env` or `token_sha256`".into()),
+    }
+    if p.roles.is_empty() {
+        return Err("roles must name at least one of agent, approver, admin".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/bulkhead"))
+    }
+
+    #[test]
+    fn empty_config_takes_defaults_and_resolves_paths() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.data_dir, Path::new("/etc/bulkhead/./bulkhead-data"));
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.principals.unwrap().len(), 0);
+    }
+
+    #[test]
+    fn full_contract_example_parses() {
+        let c = parse(
+            r#"
+            listen = "0.0.0.0:8080"
+            data_dir = "/var/lib/bulkhead"
+            tools_dir = "tools"
+            [limits]
+            max_timeout_ms = 1000
+            [network]
+            allow_private = ["127.0.0.0/8", "fd00::/8"]
+            [secrets]
+            GITHUB_TOKEN = { env = "GITHUB_TOKEN" }
+            DB_PASSWORD = { file = "db_password" }
+            [volumes]
+            ledger = { path = "/srv/ledger", access = "read-only" }
+            [[principals]]
+            name = "audit-agent"
+            token_env = "T"
+            roles = ["agent"]
+            tools = ["*"]
+            [principals.grants.http-fetch]
+            network = ["api.example.com"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_timeout_ms, 1000);
+        assert_eq!(c.limits.max_memory_mb, 256);
+        assert_eq!(c.tools_dir, Path::new("/etc/bulkhead/tools"));
+        assert_eq!(c.secrets["DB_PASSWORD"].file.as_deref(), Some(Path::new("/etc/bulkhead/db_password")));
+        assert_eq!(c.principals.unwrap()[0].grants["http-fetch"].network.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let cases = [
+            ("lisen = \"x\"", "lisen"),
+            ("[limits]\nmax_memory_gb = 1", "max_memory_gb"),
+            ("[limits]\nmax_timeout_ms = 0", "limits.max_timeout_ms"),
+            ("[limits]\nmax_timeout_ms = -5", "max_timeout_ms"),
+            ("listen = \"localhost\"", "listen"),
+            ("[network]\nallow_private = [\"10.0.0.0/33\"]", "allow_private"),
+            ("[secrets]\nX = {}", "secrets.X"),
+            ("[secrets]\nX = { env = \"A\", file = \"b\" }", "secrets.X"),
+            ("[volumes]\nv = { path = \"/x\", access = \"rw\" }", "rw"),
+            ("[[principals]]\nname = \"a\"\nroles = [\"agent\"]", "token_env"),
+            ("[[principals]]\nname = \"a\"\ntoken_env = \"T\"\nroles = [\"root\"]", "root"),
+            ("[[principals]]\nname = \"A B\"\ntoken_env = \"T\"\nroles = [\"agent\"]", "principals[0]"),
+            (
+                "[[principals]]\nname = \"a\"\ntoken_env = \"T\"\nroles = [\"agent\"]\n[[principals]]\nname = \"a\"\ntoken_env = \"U\"\nroles = [\"agent\"]",
+                "twice",
+            ),
+            ("not toml at all [", "TOML"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(text).expect_err(text);
+            assert!(err.contains(needle) || (needle == "TOML" && !err.is_empty()), "{text:?} gave {err:?}");
+        }
+    }
+}

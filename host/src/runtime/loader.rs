@@ -1,0 +1,141 @@
+//! Loading a tool bundle: manifest, component, import check, pre-linking.
+//!
+//! A bundle that fails any check is refused with an error naming the file
+//! and the problem; the host keeps serving the others.
+
+use super::Runtime;
+use crate::caps::ToolPre;
+use crate::config::Limits;
+use crate::manifest::{MANIFEST_FILE, Manifest, ToolLimits};
+use std::path::{Path, PathBuf};
+
+/// Components are tools, not applications: bound what a bundle may make the
+/// host read and compile.
+const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+
+/// WASI interfaces linked for every tool. They give nothing beyond the
+/// grants: no preopens, no environment, every socket address refused.
+const STANDARD_WASI: &[&str] = &["cli", "clocks", "random", "filesystem", "io", "sockets"];
+const OWN_INTERFACES: &[&str] = &["state", "secrets", "session", "log"];
+
+pub struct LoadedTool {
+    pub manifest: Manifest,
+    pub limits: ToolLimits,
+    /// `sha256:<hex>` of the component file.
+    pub digest: String,
+    /// The component's imports, e.g. `bulkhead:tool/state@0.1.0`.
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    pub bundle: PathBuf,
+    pub schema: jsonschema::Validator,
+    pub pre: ToolPre<crate::caps::HostState>,
+    /// Whether the compiled code came from the cache.
+    pub cached: bool,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct LoadError {
+    pub file: String,
+    pub message: String,
+}
+
+/// Which host facility an import needs, or why it cannot be linked.
+fn check_import(name: &str, manifest: &Manifest) -> Result<(), String> {
+    let (package, rest) = name.split_once('/').unwrap_or((name, ""));
+    let interface = rest.split('@').next().unwrap_or("");
+    match package {
+        "bulkhead:tool" if OWN_INTERFACES.contains(&interface) => Ok(()),
+        "wasi:http" => {
+            if manifest.grants.network.as_ref().is_none_or(|n| n.is_empty()) {
+                Err(format!("imports {name} but the manifest grants no network"))
+            } else {
+                Err(format!("imports {name}: outbound HTTP is not provided by this host version yet"))
+            }
+        }
+        p if p.strip_prefix("wasi:").is_some_and(|w| STANDARD_WASI.contains(&w)) => Ok(()),
+        _ => Err(format!("imports {name}, which this host does not provide")),
+    }
+}
+
+impl Runtime {
+    /// Loads every bundle folder under `dir` (a folder with a `tool.toml`).
+    /// Returns the loaded tools and the refused bundles.
+    pub fn load_dir(&self, dir: &Path, ceilings: &Limits) -> (Vec<LoadedTool>, Vec<LoadError>) {
+        let mut tools = Vec::new();
+        let mut errors = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                errors.push(LoadError { file: dir.display().to_string(), message: format!("cannot read tools folder: {e}") });
+                return (tools, errors);
+            }
+        };
+        let mut bundles: Vec<PathBuf> =
+            entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join(MANIFEST_FILE).is_file()).collect();
+        bundles.sort();
+        for bundle in bundles {
+            match self.load_bundle(&bundle, ceilings) {
+                Ok(tool) if tools.iter().any(|t: &LoadedTool| t.manifest.name == tool.manifest.name) => {
+                    errors.push(LoadError {
+                        file: bundle.join(MANIFEST_FILE).display().to_string(),
+                        message: format!("another bundle already has the name {:?}", tool.manifest.name),
+                    });
+                }
+                Ok(tool) => tools.push(tool),
+                Err(e) => errors.push(e),
+            }
+        }
+        (tools, errors)
+    }
+
+    pub fn load_bundle(&self, bundle: &Path, ceilings: &Limits) -> Result<LoadedTool, LoadError> {
+        let (manifest, component_path) =
+            Manifest::load(bundle, ceilings).map_err(|e| LoadError { file: e.file, message: e.message })?;
+        let file = component_path.display().to_string();
+        let err = |message: String| LoadError { file: file.clone(), message };
+        let meta = std::fs::metadata(&component_path).map_err(|e| {
+            err(if e.kind() == std::io::ErrorKind::NotFound {
+                "component not found (build the guest tools with scripts/build-guests)".into()
+            } else {
+                format!("cannot read component: {e}")
+            })
+        })?;
+        if meta.len() > MAX_COMPONENT_BYTES {
+            return Err(err(format!("component is {} bytes, over the {MAX_COMPONENT_BYTES}-byte limit", meta.len())));
+        }
+        let bytes = std::fs::read(&component_path).map_err(|e| err(format!("cannot read component: {e}")))?;
+        let hex = crate::util::sha256_hex(&bytes);
+        if let Some(pin) = &manifest.sha256 {
+            if !pin.eq_ignore_ascii_case(&hex) {
+                return Err(err(format!("component digest sha256:{hex} does not match the manifest's pin sha256:{pin}")));
+            }
+        }
+        let (component, cached) = super::engine::compile_cached(&self.engine, &bytes, &hex, self.cache_dir.as_deref())
+            .map_err(|e| err(format!("not a valid WebAssembly component: {e:#}")))?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        for name in &imports {
+            check_import(name, &manifest).map_err(&err)?;
+        }
+        if ty.get_export(&self.engine, "invoke").is_none() {
+            return Err(err("does not export `invoke: func(input: string) -> result<string, string>`".into()));
+        }
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| err(format!("cannot be linked: {e:#}")))?;
+        let pre = ToolPre::new(instance_pre).map_err(|e| err(format!("does not match the bulkhead:tool world: {e:#}")))?;
+        let limits = manifest.limits(ceilings).map_err(&err)?;
+        let schema = jsonschema::validator_for(&manifest.input_schema).map_err(|e| err(format!("input_schema: {e}")))?;
+        Ok(LoadedTool {
+            manifest,
+            limits,
+            digest: format!("sha256:{hex}"),
+            imports,
+            exports,
+            bundle: bundle.to_path_buf(),
+            schema,
+            pre,
+            cached,
+        })
+    }
+}

@@ -1,0 +1,108 @@
+//! The `calls` table: every tool call, from request to outcome.
+
+use super::Result;
+use crate::model::{Approval, Call, CallError, CallStatus, LogLine, Usage};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+const COLUMNS: &str = "id, session, tool, status, input, output, error, created_at, started_at, \
+    finished_at, usage, approval, idempotency_key, logs";
+
+fn parse<T: serde::de::DeserializeOwned>(text: Option<String>) -> Option<T> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+fn from_row(r: &Row) -> rusqlite::Result<Call> {
+    let status: String = r.get(3)?;
+    let input: String = r.get(4)?;
+    Ok(Call {
+        id: r.get(0)?,
+        session: r.get(1)?,
+        tool: r.get(2)?,
+        status: CallStatus::parse(&status).unwrap_or(CallStatus::Interrupted),
+        input: serde_json::from_str(&input).unwrap_or(serde_json::Value::Null),
+        output: parse(r.get(5)?),
+        error: parse::<CallError>(r.get(6)?),
+        created_at: r.get(7)?,
+        started_at: r.get(8)?,
+        finished_at: r.get(9)?,
+        usage: parse::<Usage>(r.get(10)?).unwrap_or_default(),
+        approval: parse::<Approval>(r.get(11)?),
+        idempotency_key: r.get(12)?,
+        logs: parse::<Vec<LogLine>>(r.get(13)?).unwrap_or_default(),
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("call fields serialize")
+}
+
+pub fn insert(conn: &Connection, call: &Call, principal: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO calls (id, session, principal, tool, status, input, created_at, started_at, usage, approval, idempotency_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        call.id,
+        call.session,
+        principal,
+        call.tool,
+        call.status.as_str(),
+        call.input.to_string(),
+        call.created_at,
+        call.started_at,
+        to_json(&call.usage),
+        call.approval.as_ref().map(to_json),
+        call.idempotency_key,
+    ])?;
+    Ok(())
+}
+
+/// Records a call's outcome (status, output, error, usage, logs, times).
+pub fn finish(conn: &Connection, call: &Call) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE calls SET status = ?2, output = ?3, error = ?4, started_at = ?5, finished_at = ?6, \
+         usage = ?7, approval = ?8, logs = ?9 WHERE id = ?1",
+    )?
+    .execute(params![
+        call.id,
+        call.status.as_str(),
+        call.output.as_ref().map(|o| o.to_string()),
+        call.error.as_ref().map(to_json),
+        call.started_at,
+        call.finished_at,
+        to_json(&call.usage),
+        call.approval.as_ref().map(to_json),
+        (!call.logs.is_empty()).then(|| to_json(&call.logs)),
+    ])?;
+    Ok(())
+}
+
+pub fn get(conn: &Connection, session: &str, id: &str) -> Result<Option<Call>> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM calls WHERE id = ?1 AND session = ?2"))?
+        .query_row([id, session], from_row)
+        .optional()?)
+}
+
+pub fn by_idempotency_key(conn: &Connection, session: &str, key: &str) -> Result<Option<Call>> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM calls WHERE session = ?1 AND idempotency_key = ?2"))?
+        .query_row([session, key], from_row)
+        .optional()?)
+}
+
+/// Calls of a session, oldest first, optionally of one status.
+pub fn list(conn: &Connection, session: &str, status: Option<CallStatus>, after: &str, limit: u32) -> Result<Vec<Call>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM calls WHERE session = ?1 AND (?2 IS NULL OR status = ?2) AND id > ?3 ORDER BY id LIMIT ?4"
+    ))?;
+    let rows = stmt.query_map(params![session, status.map(CallStatus::as_str), after, limit], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Calls left `running` by a host that stopped: (session, call id, tool).
+pub fn running(conn: &Connection) -> Result<Vec<(String, String, String)>> {
+    let mut stmt = conn.prepare_cached("SELECT session, id, tool FROM calls WHERE status = 'running'")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

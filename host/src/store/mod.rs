@@ -1,0 +1,234 @@
+//! Persistence in one SQLite file (WAL), behind a single writer thread.
+//!
+//! Every write goes through [`Db::write`]: the writer thread takes all jobs
+//! waiting at that moment, runs each inside its own savepoint of one
+//! transaction and commits once (group commit), then answers each job. A job
+//! is answered only after its commit, so an answered write survives a crash
+//! of the process; a job that fails rolls back its savepoint alone. One
+//! writer means `SQLITE_BUSY` never reaches a client.
+//!
+//! Reads use a small pool of read-only connections; WAL lets them run beside
+//! the writer.
+//!
+//! The submodules are plain functions over a `&Connection`, one per table,
+//! so the service composes several of them inside one write job.
+
+pub mod audit;
+pub mod calls;
+pub mod messages;
+pub mod schema;
+pub mod sessions;
+pub mod tool_state;
+
+use rusqlite::{Connection, OpenFlags};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, mpsc};
+use tokio::sync::oneshot;
+
+pub const DB_FILE: &str = "bulkhead.sqlite3";
+/// Jobs per transaction: bounds the latency a large batch adds to its first job.
+const MAX_BATCH: usize = 256;
+/// Read connections kept open when idle.
+const MAX_IDLE_READERS: usize = 16;
+/// Wait on a locked database (e.g. a checkpoint) instead of failing.
+const BUSY_TIMEOUT_MS: u32 = 5_000;
+
+/// What can go wrong in storage. `Unavailable` carries detail for the log
+/// only; clients see a generic 503.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("rejected: {0:?}")]
+    Rejected(Rejection),
+}
+
+/// A domain check made inside a transaction failed; nothing was written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    NotFound,
+    /// `If-Match` named another version than the current one.
+    StaleVersion { current: i64 },
+    /// An idempotency key was reused with another tool or input.
+    IdempotencyConflict,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl From<Rejection> for StoreError {
+    fn from(r: Rejection) -> Self {
+        StoreError::Rejected(r)
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// `Completion` answers a job once the fate of its transaction is known.
+type Completion = Box<dyn FnOnce(Result<()>) + Send>;
+/// A job runs on the writer's connection (or is told it cannot run: `None`).
+type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Completion) + Send>;
+
+/// How much a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// WAL with `synchronous = NORMAL`: survives a crash of the process.
+    #[default]
+    Normal,
+    /// `synchronous = FULL`: also survives power loss.
+    Full,
+}
+
+pub struct Db {
+    path: PathBuf,
+    writer: mpsc::Sender<Job>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database in `dir` and starts the writer.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Db> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
+        let sync = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"
+        ))?;
+        schema::migrate(&conn)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("bulkhead-db-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Db { path, writer: tx, readers: Mutex::new(Vec::new()) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the writer's transaction; resolves after the commit.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let Some(conn) = conn else {
+                let done: Completion = Box::new(move |r| {
+                    let _ = tx.send(r.map(|_| unreachable!("a job that did not run cannot commit")));
+                });
+                return (false, done);
+            };
+            match std::panic::catch_unwind(AssertUnwindSafe(|| f(conn))) {
+                Ok(Ok(value)) => (true, Box::new(move |r: Result<()>| {
+                    let _ = tx.send(r.map(|_| value));
+                })),
+                Ok(Err(e)) => (false, Box::new(move |_| {
+                    let _ = tx.send(Err(e));
+                })),
+                Err(_) => (false, Box::new(move |_| {
+                    let _ = tx.send(Err(StoreError::Unavailable("a write job panicked".into())));
+                })),
+            }
+        });
+        self.writer.send(job).map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("writer dropped a job".into()))?
+    }
+
+    /// Runs `f` on a read connection on this thread. For point lookups
+    /// made during a call (microseconds against the page cache).
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = match self.readers.lock().expect("reader pool poisoned").pop() {
+            Some(c) => c,
+            None => self.open_reader()?,
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock().expect("reader pool poisoned");
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        out
+    }
+
+    /// Runs `f` on a read connection on the blocking pool (for queries that
+    /// may scan: lists, audit chains).
+    pub async fn read_async<T, F>(self: &std::sync::Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.read(f))
+            .await
+            .map_err(|_| StoreError::Unavailable("read task failed".into()))?
+    }
+
+    fn open_reader(&self) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
+        Ok(conn)
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, batch);
+    }
+}
+
+fn run_batch(conn: &Connection, batch: Vec<Job>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        tracing::error!("cannot begin a transaction: {e}");
+        for job in batch {
+            let (_, done) = job(None);
+            done(Err(StoreError::Unavailable(e.to_string())));
+        }
+        return;
+    }
+    let mut completions = Vec::with_capacity(batch.len());
+    for job in batch {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            let (_, done) = job(None);
+            done(Err(e.into()));
+            continue;
+        }
+        let (ok, done) = job(Some(conn));
+        let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+        if let Err(e) = conn.execute_batch(end) {
+            tracing::error!("cannot end a savepoint: {e}");
+        }
+        completions.push(done);
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+    if let Err(e) = &commit {
+        tracing::error!("commit failed, the batch is rolled back: {e}");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for done in completions {
+        done(match &commit {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StoreError::Unavailable(e.to_string())),
+        });
+    }
+}

@@ -1,0 +1,90 @@
+//! The database schema. `user_version` records which migrations ran.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE sessions (
+    id          TEXT PRIMARY KEY,
+    principal   TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    expires_at  TEXT,
+    version     INTEGER NOT NULL DEFAULT 0,
+    boundary    TEXT NOT NULL,           -- JSON: effective grant per tool
+    env         TEXT NOT NULL,           -- JSON object
+    labels      TEXT NOT NULL,           -- JSON object
+    calls       INTEGER NOT NULL DEFAULT 0,
+    wall_ms     INTEGER NOT NULL DEFAULT 0,
+    fuel        INTEGER NOT NULL DEFAULT 0,
+    state_bytes_written INTEGER NOT NULL DEFAULT 0,
+    egress_requests     INTEGER NOT NULL DEFAULT 0,
+    egress_bytes        INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX sessions_principal ON sessions(principal, id);
+
+CREATE TABLE messages (
+    session     TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    seq         INTEGER NOT NULL,
+    role        TEXT NOT NULL,
+    content     TEXT NOT NULL,
+    metadata    TEXT,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (session, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE tool_state (
+    session     TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    tool        TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    value       BLOB NOT NULL,
+    PRIMARY KEY (session, tool, key)
+) WITHOUT ROWID;
+
+CREATE TABLE calls (
+    id              TEXT PRIMARY KEY,
+    session         TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    principal       TEXT NOT NULL,
+    tool            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    input           TEXT NOT NULL,
+    output          TEXT,
+    error           TEXT,
+    created_at      TEXT NOT NULL,
+    started_at      TEXT,
+    finished_at     TEXT,
+    usage           TEXT NOT NULL,
+    approval        TEXT,
+    idempotency_key TEXT,
+    logs            TEXT
+);
+CREATE INDEX calls_session ON calls(session, id);
+CREATE UNIQUE INDEX calls_idempotency ON calls(session, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX calls_open ON calls(status) WHERE status IN ('running', 'pending_approval');
+
+-- No foreign key: the audit chain outlives its session.
+CREATE TABLE audit (
+    session     TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    at          TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    call        TEXT,
+    data        TEXT NOT NULL,
+    prev_hash   TEXT NOT NULL,
+    hash        TEXT NOT NULL,
+    PRIMARY KEY (session, seq)
+) WITHOUT ROWID;
+"#];
+
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > MIGRATIONS.len() {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "database schema version {current} is newer than this host ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+    }
+    Ok(())
+}

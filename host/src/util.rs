@@ -1,0 +1,35 @@
+//! Small helpers shared across modules: timestamps, ids, hashing.
+
+use sha2::{Digest, Sha256};
+use std::time::SystemTime;
+
+/// RFC 3339 UTC timestamp with millisecond precision, as stored and served.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// RFC 3339 timestamp `secs` seconds from now.
+pub fn rfc3339_in(secs: u64) -> String {
+    humantime::format_rfc3339_millis(SystemTime::now() + std::time::Duration::from_secs(secs))
+        .to_string()
+}
+
+/// Whether an RFC 3339 timestamp written by [`now_rfc3339`] lies in the past.
+pub fn is_past(rfc3339: &str) -> bool {
+    humantime::parse_rfc3339(rfc3339).is_ok_and(|t| t <= SystemTime::now())
+}
+
+/// A new time-ordered id (UUID v7): sorting ids sorts by creation time.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Whether `s` looks like an id this host generated, so lookups of garbage
+/// answer 404 without touching the database.
+pub fn is_id(s: &str) -> bool {
+    uuid::Uuid::try_parse(s).is_ok()
+}
