@@ -1,0 +1,60 @@
+//! The HTTP API (contract §7), built once by [`router`] and served by axum.
+//!
+//! - [`extract`]: the caller's principal, JSON bodies and queries, each
+//!   failing with the contract's error body.
+//! - [`error`]: service errors to status codes, in one place.
+//! - [`sessions`], [`calls`], [`system`]: the handlers.
+
+pub mod calls;
+pub mod error;
+pub mod extract;
+pub mod sessions;
+pub mod system;
+
+use crate::service::Service;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use error::ApiError;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub fn router(service: Arc<Service>) -> Router {
+    let body_limit = (service.config.limits.max_request_kb as usize) << 10;
+    Router::new()
+        .route("/v1/sessions", get(sessions::list).post(sessions::create))
+        .route("/v1/sessions/{sid}", get(sessions::get).delete(sessions::delete))
+        .route("/v1/sessions/{sid}/messages", get(sessions::list_messages).post(sessions::append_message))
+        .route("/v1/sessions/{sid}/calls", get(calls::list).post(calls::create))
+        .route("/v1/sessions/{sid}/calls/{cid}", get(calls::get))
+        .route("/v1/sessions/{sid}/state/{tool}", get(calls::state))
+        .route("/v1/sessions/{sid}/audit", get(sessions::list_audit))
+        .route("/v1/tools", get(system::tools))
+        .route("/healthz", get(system::healthz))
+        .route("/metrics", get(system::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(service.clone(), count_requests))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            tracing::error!("a request handler panicked");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+        }))
+        .with_state(service)
+}
+
+async fn count_requests(State(s): State<Arc<Service>>, req: Request, next: Next) -> Response {
+    s.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+    next.run(req).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+}

@@ -1,0 +1,120 @@
+//! The operations of Bulkhead, shared by the HTTP API and the CLI: sessions,
+//! messages, calls. Every check of the permission boundary happens here.
+//!
+//! - [`sessions`]: create, read, list, delete; messages.
+//! - [`calls`]: run a tool call durably; read calls, state and audit.
+
+pub mod calls;
+pub mod error;
+pub mod sessions;
+
+pub use error::{Result, ServiceError};
+
+use crate::auth::{DevTokens, Principal, Principals};
+use crate::caps::secrets::SecretStore;
+use crate::config::Config;
+use crate::runtime::Runtime;
+use crate::runtime::loader::{LoadError, LoadedTool};
+use crate::store::{Db, Durability};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::{Semaphore, broadcast};
+
+/// Where a started service's principals came from.
+pub enum Credentials {
+    Configured,
+    Dev(DevTokens),
+}
+
+/// What `start` found: refused bundles and recovered calls, for the operator.
+pub struct StartReport {
+    pub refused: Vec<LoadError>,
+    pub interrupted: usize,
+    pub credentials: Credentials,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    pub calls_by_status: [AtomicU64; 7],
+    pub http_requests: AtomicU64,
+}
+
+pub struct Service {
+    pub config: Config,
+    pub db: Arc<Db>,
+    pub runtime: Arc<Runtime>,
+    pub tools: BTreeMap<String, Arc<LoadedTool>>,
+    pub principals: Principals,
+    pub secrets: Arc<SecretStore>,
+    pub metrics: Metrics,
+    call_slots: Arc<Semaphore>,
+    /// One lock per (session, tool): calls that share state run in order.
+    tool_locks: Mutex<HashMap<(String, String), Weak<tokio::sync::Mutex<()>>>>,
+    /// Ids of calls that just left `running`/`pending_approval`, for long-polls.
+    finished: broadcast::Sender<String>,
+}
+
+impl Service {
+    /// Opens the data folder, loads principals, secrets and tools, and marks
+    /// calls a previous host left running as interrupted.
+    pub async fn start(config: Config) -> anyhow::Result<(Arc<Service>, StartReport)> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
+        let (principals, credentials) = match &config.principals {
+            Some(list) => (Principals::from_config(list).map_err(anyhow::Error::msg)?, Credentials::Configured),
+            None => {
+                let (p, tokens) = Principals::dev(&config.data_dir)
+                    .with_context(|| format!("cannot set up dev tokens in {}", config.data_dir.display()))?;
+                (p, Credentials::Dev(tokens))
+            }
+        };
+        let secrets = Arc::new(SecretStore::load(&config.secrets).map_err(anyhow::Error::msg)?);
+        let db = Arc::new(Db::open(&config.data_dir, Durability::Normal)?);
+        let runtime = Runtime::new(&config.limits, Some(&config.data_dir.join("cache")))?;
+        let (loaded, refused) = runtime.load_dir(&config.tools_dir, &config.limits);
+        let tools = loaded.into_iter().map(|t| (t.manifest.name.clone(), Arc::new(t))).collect();
+        let service = Arc::new(Service {
+            call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls as usize)),
+            config,
+            db,
+            runtime,
+            tools,
+            principals,
+            secrets,
+            metrics: Metrics::default(),
+            tool_locks: Mutex::new(HashMap::new()),
+            finished: broadcast::channel(1024).0,
+        });
+        let interrupted = service.recover().await?;
+        Ok((service, StartReport { refused, interrupted, credentials }))
+    }
+
+    pub fn authenticate(&self, token: &str) -> Option<Arc<Principal>> {
+        self.principals.authenticate(token)
+    }
+
+    pub fn calls_in_flight(&self) -> usize {
+        self.config.limits.max_concurrent_calls as usize - self.call_slots.available_permits()
+    }
+
+    fn count_call(&self, status: crate::model::CallStatus) {
+        self.metrics.calls_by_status[status as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn tool_lock(&self, session: &str, tool: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.tool_locks.lock().expect("tool lock map poisoned");
+        let key = (session.to_string(), tool.to_string());
+        if let Some(lock) = locks.get(&key).and_then(Weak::upgrade) {
+            return lock;
+        }
+        if locks.len() >= 1024 {
+            locks.retain(|_, w| w.strong_count() > 0);
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(key, Arc::downgrade(&lock));
+        lock
+    }
+}

@@ -120,3 +120,7 @@ pub fn update_boundary(conn: &Connection, id: &str, tools: &BTreeMap<String, Too
 pub fn delete(conn: &Connection, id: &str) -> Result<bool> {
     Ok(conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?.execute([id])? > 0)
 }
+
+pub fn exists(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn.prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?.query_row([id], |_| Ok(())).optional()?.is_some())
+}

@@ -1,0 +1,95 @@
+//! `/v1/sessions/{sid}/calls` and `/v1/sessions/{sid}/state/{tool}`.
+
+use super::error::ApiError;
+use super::extract::{Body, Caller, Query};
+use crate::model::CallStatus;
+use crate::service::Service;
+use crate::service::calls::NewCall;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallPage {
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wait {
+    wait: Option<u64>,
+}
+
+/// `If-Match: "<version>"` (quotes optional; a weak `W/` tag is refused).
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let text = value.to_str().unwrap_or("").trim();
+    let bare = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
+    bare.parse::<i64>()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request("If-Match must be a session version, e.g. If-Match: \"3\""))
+}
+
+pub async fn create(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    Body(req): Body<NewCall>,
+) -> Result<Response, ApiError> {
+    let version = if_match(&headers)?;
+    let reply = s.call(&p, &sid, req, version).await?;
+    let status = if reply.call.status.is_open() { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let location = format!("/v1/sessions/{}/calls/{}", reply.call.session, reply.call.id);
+    let mut response = (status, [(header::LOCATION, location)], Json(reply.call)).into_response();
+    if reply.replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+pub async fn get(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Path((sid, cid)): Path<(String, String)>,
+    Query(q): Query<Wait>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.get_call(&p, &sid, &cid, q.wait).await?).into_response())
+}
+
+pub async fn list(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Path(sid): Path<String>,
+    Query(q): Query<CallPage>,
+) -> Result<Response, ApiError> {
+    let calls = s.list_calls(&p, &sid, q.status.as_deref(), q.after, q.limit).await?;
+    Ok(Json(json!({ "calls": calls })).into_response())
+}
+
+pub async fn state(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Path((sid, tool)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let entries = s.get_state(&p, &sid, &tool).await?;
+    Ok(Json(json!({ "entries": entries })).into_response())
+}
+
+/// For the `/metrics` labels.
+pub const STATUSES: [CallStatus; 7] = [
+    CallStatus::PendingApproval,
+    CallStatus::Running,
+    CallStatus::Succeeded,
+    CallStatus::Failed,
+    CallStatus::Trapped,
+    CallStatus::Rejected,
+    CallStatus::Interrupted,
+];

@@ -1,0 +1,77 @@
+//! `/v1/sessions` and `/v1/sessions/{sid}/messages`.
+
+use super::error::ApiError;
+use super::extract::{Body, Caller, Query};
+use crate::service::Service;
+use crate::service::sessions::{CreateSession, NewMessage};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionPage {
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeqPage {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+pub async fn create(State(s): State<Arc<Service>>, Caller(p): Caller, Body(req): Body<CreateSession>) -> Result<Response, ApiError> {
+    let session = s.create_session(&p, req).await?;
+    let location = format!("/v1/sessions/{}", session.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(session)).into_response())
+}
+
+pub async fn list(State(s): State<Arc<Service>>, Caller(p): Caller, Query(q): Query<SessionPage>) -> Result<Response, ApiError> {
+    let sessions = s.list_sessions(&p, q.after, q.limit).await?;
+    Ok(Json(json!({ "sessions": sessions })).into_response())
+}
+
+pub async fn get(State(s): State<Arc<Service>>, Caller(p): Caller, Path(sid): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(s.owned_session(&p, &sid).await?).into_response())
+}
+
+pub async fn delete(State(s): State<Arc<Service>>, Caller(p): Caller, Path(sid): Path<String>) -> Result<Response, ApiError> {
+    s.delete_session(&p, &sid).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn append_message(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Path(sid): Path<String>,
+    Body(m): Body<NewMessage>,
+) -> Result<Response, ApiError> {
+    let message = s.append_message(&p, &sid, m).await?;
+    Ok((StatusCode::CREATED, Json(message)).into_response())
+}
+
+pub async fn list_messages(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Path(sid): Path<String>,
+    Query(q): Query<SeqPage>,
+) -> Result<Response, ApiError> {
+    let messages = s.list_messages(&p, &sid, q.after, q.limit).await?;
+    Ok(Json(json!({ "messages": messages })).into_response())
+}
+
+pub async fn list_audit(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Path(sid): Path<String>,
+    Query(q): Query<SeqPage>,
+) -> Result<Response, ApiError> {
+    let events = s.list_audit(&p, &sid, q.after, q.limit).await?;
+    Ok(Json(json!({ "events": events })).into_response())
+}

@@ -1,0 +1,294 @@
+//! Tool calls: the durable path from request to committed outcome.
+//!
+//! 1. Check the boundary and the input (nothing is written on a 4xx).
+//! 2. Take a concurrency slot (429 when none), then the (session, tool)
+//!    lock: calls sharing state run one at a time, in arrival order.
+//! 3. Record the call `running` (with `call_requested`), checking
+//!    `If-Match` and the idempotency key in the same transaction.
+//! 4. Run the tool in its sandbox.
+//! 5. Commit the outcome, the state writes (only on success), usage and
+//!    audit events in one transaction; answer only after that commit.
+
+use super::sessions::page;
+use super::{Result, Service, ServiceError};
+use crate::auth::Principal;
+use crate::caps::CallEnv;
+use crate::model::{Approval, AuditEvent, Call, CallError, CallStatus, Session, Usage};
+use crate::runtime::invoke::Outcome;
+use crate::store::{Rejection, StoreError, audit, calls, sessions, tool_state};
+use crate::util;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// The longest a `?wait=` long-poll holds a request.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCall {
+    pub tool: String,
+    #[serde(default = "empty_object")]
+    pub input: Value,
+    pub idempotency_key: Option<String>,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+/// The result of `call`: the call, and whether it is a replay of an earlier
+/// request with the same idempotency key.
+pub struct CallReply {
+    pub call: Call,
+    pub replayed: bool,
+}
+
+enum Started {
+    New,
+    Existing(Call),
+}
+
+impl Service {
+    pub async fn call(&self, p: &Principal, sid: &str, req: NewCall, if_match: Option<i64>) -> Result<CallReply> {
+        let session = self.owned_session(p, sid).await?;
+        let tool = self.tools.get(&req.tool).cloned().ok_or_else(|| ServiceError::NotFound {
+            code: "unknown_tool",
+            message: format!("no tool named {:?}", req.tool.chars().take(64).collect::<String>()),
+        })?;
+        let Some(boundary) = session.tools.get(&req.tool).cloned() else {
+            return Err(ServiceError::forbidden("tool_not_allowed", format!("tool {} is not in this session's boundary", req.tool)));
+        };
+        if let Some(key) = &req.idempotency_key {
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+                return Err(ServiceError::bad_request(format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes")));
+            }
+        }
+        if let Some(error) = tool.schema.iter_errors(&req.input).next() {
+            let at = error.instance_path().to_string();
+            let at = if at.is_empty() { "input".to_string() } else { format!("input{at}") };
+            return Err(ServiceError::BadRequest { code: "invalid_input", message: format!("{at}: {error}") });
+        }
+        if let Some(key) = req.idempotency_key.clone() {
+            let sid = session.id.clone();
+            if let Some(first) = self.db.read_async(move |c| calls::by_idempotency_key(c, &sid, &key)).await? {
+                return replay(first, &req);
+            }
+        }
+        let _slot = self.call_slots.clone().try_acquire_owned().map_err(|_| ServiceError::Busy)?;
+
+        let now = util::now_rfc3339();
+        let mut call = Call {
+            id: util::new_id(),
+            session: session.id.clone(),
+            tool: req.tool.clone(),
+            status: CallStatus::Running,
+            input: req.input.clone(),
+            output: None,
+            error: None,
+            created_at: now.clone(),
+            started_at: None,
+            finished_at: None,
+            usage: Usage::default(),
+            approval: None,
+            idempotency_key: req.idempotency_key.clone(),
+            logs: Vec::new(),
+        };
+        if boundary.approval_required {
+            // Recorded and answered at once; nothing runs until decided.
+            call.status = CallStatus::PendingApproval;
+            call.approval = Some(Approval { required: true, decision: None, decided_by: None, reason: None, decided_at: None });
+        } else {
+            call.started_at = Some(now);
+        }
+
+        let lock = self.tool_lock(&session.id, &req.tool);
+        let _turn = if boundary.approval_required { None } else { Some(lock.lock().await) };
+
+        match self.record_request(&call, p, if_match).await? {
+            Started::Existing(first) => return replay(first, &req),
+            Started::New => {}
+        }
+        if call.status == CallStatus::PendingApproval {
+            self.count_call(call.status);
+            return Ok(CallReply { call, replayed: false });
+        }
+
+        let env = CallEnv {
+            session: session.id.clone(),
+            principal: session.principal.clone(),
+            tool: req.tool.clone(),
+            grant: boundary.grants.clone(),
+            session_env: session.env.clone(),
+            db: self.db.clone(),
+            secrets: self.secrets.clone(),
+            state_quota_bytes: tool.limits.state_kb << 10,
+        };
+        let input_text = req.input.to_string();
+        let outcome = self.runtime.invoke(&tool, &input_text, env).await;
+        let call = self.record_outcome(call, outcome, &p.name).await?;
+        self.count_call(call.status);
+        let _ = self.finished.send(call.id.clone());
+        Ok(CallReply { call, replayed: false })
+    }
+
+    /// Step 3: the `running` (or `pending_approval`) record, atomically with
+    /// the version and idempotency checks.
+    async fn record_request(&self, call: &Call, p: &Principal, if_match: Option<i64>) -> Result<Started> {
+        let call = call.clone();
+        let actor = p.name.clone();
+        Ok(self
+            .db
+            .write(move |c| {
+                if !sessions::exists(c, &call.session)? {
+                    return Err(Rejection::NotFound.into());
+                }
+                if let Some(key) = &call.idempotency_key {
+                    if let Some(first) = calls::by_idempotency_key(c, &call.session, key)? {
+                        return Ok(Started::Existing(first));
+                    }
+                }
+                sessions::check_version(c, &call.session, if_match)?;
+                calls::insert(c, &call, &actor)?;
+                let data = json!({ "tool": call.tool, "input_sha256": util::sha256_hex(call.input.to_string().as_bytes()), "status": call.status, "idempotency_key": call.idempotency_key });
+                audit::append(c, &call.session, "call_requested", &actor, Some(&call.id), data)?;
+                Ok(Started::New)
+            })
+            .await?)
+    }
+
+    /// Step 5: one transaction with everything the call changed.
+    async fn record_outcome(&self, mut call: Call, outcome: Outcome, actor: &str) -> Result<Call> {
+        call.status = outcome.status;
+        call.output = outcome.output;
+        call.error = outcome.error;
+        call.usage = outcome.usage;
+        call.logs = outcome.logs;
+        call.finished_at = Some(util::now_rfc3339());
+        let writes = outcome.state_writes;
+        let notes = outcome.notes;
+        let actor = actor.to_string();
+        let done = call.clone();
+        self.db
+            .write(move |c| {
+                calls::finish(c, &call)?;
+                for note in &notes {
+                    audit::append(c, &call.session, note.kind, &actor, Some(&call.id), note.data.clone())?;
+                }
+                if !writes.is_empty() {
+                    tool_state::apply(c, &call.session, &call.tool, &writes)?;
+                    let keys: Vec<&String> = writes.keys().collect();
+                    let data = json!({ "tool": call.tool, "keys": keys, "bytes": call.usage.state_bytes_written });
+                    audit::append(c, &call.session, "state_committed", &actor, Some(&call.id), data)?;
+                }
+                let data = json!({ "tool": call.tool, "status": call.status, "error": call.error.as_ref().map(|e| &e.code), "usage": call.usage });
+                audit::append(c, &call.session, "call_finished", &actor, Some(&call.id), data)?;
+                sessions::add_usage(c, &call.session, &call.usage)?;
+                sessions::bump_version(c, &call.session)?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| match e {
+                // The session was deleted while the call ran: its record went
+                // with it, nothing else was written.
+                StoreError::Rejected(Rejection::NotFound) => ServiceError::not_found("session"),
+                other => other.into(),
+            })?;
+        Ok(done)
+    }
+
+    /// Marks calls left `running` by a stopped host as `interrupted`.
+    pub async fn recover(&self) -> Result<usize> {
+        Ok(self
+            .db
+            .write(|c| {
+                let running = calls::running(c)?;
+                for (session, id, tool) in &running {
+                    let Some(mut call) = calls::get(c, session, id)? else { continue };
+                    call.status = CallStatus::Interrupted;
+                    call.error = Some(CallError { code: "interrupted".into(), message: "the host stopped while the call ran".into() });
+                    call.finished_at = Some(util::now_rfc3339());
+                    calls::finish(c, &call)?;
+                    let data = json!({ "tool": tool, "status": call.status, "error": "interrupted" });
+                    audit::append(c, session, "call_finished", "bulkhead", Some(id), data)?;
+                }
+                Ok(running.len())
+            })
+            .await?)
+    }
+
+    /// One call; with `wait`, holds until it leaves `pending_approval` or
+    /// `running` or the wait ends (no database connection is held meanwhile).
+    pub async fn get_call(&self, p: &Principal, sid: &str, cid: &str, wait: Option<u64>) -> Result<Call> {
+        let session = self.owned_session(p, sid).await?;
+        if !util::is_id(cid) {
+            return Err(ServiceError::not_found("call"));
+        }
+        let mut finished = self.finished.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
+        loop {
+            let (sid, id) = (session.id.clone(), cid.to_string());
+            let call = self.db.read_async(move |c| calls::get(c, &sid, &id)).await?.ok_or_else(|| ServiceError::not_found("call"))?;
+            if !call.status.is_open() {
+                return Ok(call);
+            }
+            // Wake on any finished call; re-read when it is this one (or the
+            // channel lagged and it might have been).
+            let woke = loop {
+                match tokio::time::timeout_at(deadline, finished.recv()).await {
+                    Err(_) => break false,
+                    Ok(Ok(id)) if id != cid => continue,
+                    Ok(_) => break true,
+                }
+            };
+            if !woke {
+                return Ok(call);
+            }
+        }
+    }
+
+    pub async fn list_calls(&self, p: &Principal, sid: &str, status: Option<&str>, after: Option<String>, limit: Option<u32>) -> Result<Vec<Call>> {
+        let session = self.owned_session(p, sid).await?;
+        let status = match status {
+            None => None,
+            Some(s) => Some(CallStatus::parse(s).ok_or_else(|| ServiceError::bad_request(format!("unknown status {:?}", s.chars().take(32).collect::<String>())))?),
+        };
+        let (after, limit) = (after.unwrap_or_default(), page(limit));
+        Ok(self.db.read_async(move |c| calls::list(c, &session.id, status, &after, limit)).await?)
+    }
+
+    /// A tool's state in the session, values base64-encoded.
+    pub async fn get_state(&self, p: &Principal, sid: &str, tool: &str) -> Result<BTreeMap<String, String>> {
+        let session: Session = self.owned_session(p, sid).await?;
+        if !session.tools.contains_key(tool) {
+            return Err(ServiceError::not_found("tool"));
+        }
+        let tool = tool.to_string();
+        let entries = self.db.read_async(move |c| tool_state::all(c, &session.id, &tool)).await?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Ok(entries.into_iter().map(|(k, v)| (k, b64.encode(v))).collect())
+    }
+
+    pub async fn list_audit(&self, p: &Principal, sid: &str, after: Option<i64>, limit: Option<u32>) -> Result<Vec<AuditEvent>> {
+        let session = self.owned_session(p, sid).await?;
+        let (after, limit) = (after.unwrap_or(0), page(limit));
+        Ok(self.db.read_async(move |c| audit::list(c, &session.id, after, limit)).await?)
+    }
+
+    /// Tools `p` may use (all, for admins).
+    pub fn visible_tools(&self, p: &Principal) -> Vec<Arc<crate::runtime::loader::LoadedTool>> {
+        self.tools.values().filter(|t| p.is_admin() || p.may_use_tool(&t.manifest.name)).cloned().collect()
+    }
+}
+
+/// The first call with this idempotency key, if the request matches it.
+fn replay(first: Call, req: &NewCall) -> Result<CallReply> {
+    if first.tool != req.tool || first.input != req.input {
+        return Err(StoreError::Rejected(Rejection::IdempotencyConflict).into());
+    }
+    Ok(CallReply { call: first, replayed: true })
+}

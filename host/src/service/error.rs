@@ -1,0 +1,67 @@
+//! Errors of the service layer: each maps to one status and code of the
+//! contract's error body. Internal detail stays in the log.
+
+use crate::store::{Rejection, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// 400: a malformed request or input that fails `input_schema`.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    /// 401
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// 403: role, tool or grant not allowed.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    /// 404
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    /// 409
+    #[error("{0}")]
+    Conflict(String),
+    /// 412
+    #[error("the session is at version {current}, not the one in If-Match")]
+    StaleVersion { current: i64 },
+    /// 429
+    #[error("too many calls in progress; retry later")]
+    Busy,
+    /// 503: storage failed; the detail is logged, not returned.
+    #[error("storage is unavailable; retry later")]
+    Unavailable(String),
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+impl ServiceError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ServiceError::BadRequest { code: "invalid_request", message: message.into() }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        let code = match what {
+            "session" => "session_not_found",
+            "call" => "call_not_found",
+            "tool" => "unknown_tool",
+            _ => "not_found",
+        };
+        ServiceError::NotFound { code, message: format!("no such {what}") }
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        ServiceError::Forbidden { code, message: message.into() }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(detail) => ServiceError::Unavailable(detail),
+            StoreError::Rejected(Rejection::NotFound) => ServiceError::not_found("session"),
+            StoreError::Rejected(Rejection::StaleVersion { current }) => ServiceError::StaleVersion { current },
+            StoreError::Rejected(Rejection::IdempotencyConflict) => {
+                ServiceError::Conflict("idempotency_key was already used with another tool or input".into())
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Sessions and their messages.
+
+use super::{Result, Service, ServiceError};
+use crate::auth::Principal;
+use crate::grants::{Grant, GrantSpec, is_var_name};
+use crate::model::{Message, Session, SessionUsage, ToolBoundary};
+use crate::store::{Rejection, audit, messages, sessions};
+use crate::util;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// Bounds on what a session carries, so one client cannot bloat every read.
+pub const MAX_ENV_ENTRIES: usize = 64;
+pub const MAX_ENV_VALUE_BYTES: usize = 4096;
+pub const MAX_LABELS: usize = 32;
+pub const MAX_LABEL_BYTES: usize = 256;
+pub const MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
+pub const MAX_PAGE: u32 = 1000;
+pub const DEFAULT_PAGE: u32 = 100;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    pub tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub grants: BTreeMap<String, GrantSpec>,
+    #[serde(default)]
+    pub approval_required: Vec<String>,
+    pub ttl_seconds: Option<u64>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    pub role: String,
+    pub content: String,
+    pub metadata: Option<Value>,
+}
+
+pub fn page(limit: Option<u32>) -> u32 {
+    limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
+}
+
+fn validate_map(what: &str, map: &BTreeMap<String, String>, max_entries: usize, max_value: usize, key_ok: fn(&str) -> bool) -> Result<()> {
+    if map.len() > max_entries {
+        return Err(ServiceError::bad_request(format!("{what}: at most {max_entries} entries")));
+    }
+    for (k, v) in map {
+        if !key_ok(k) {
+            return Err(ServiceError::bad_request(format!("{what}: {:?} is not a valid name", truncate(k))));
+        }
+        if v.len() > max_value {
+            return Err(ServiceError::bad_request(format!("{what}.{k}: value over {max_value} bytes")));
+        }
+    }
+    Ok(())
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn label_key_ok(k: &str) -> bool {
+    (1..=64).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+}
+
+fn role_ok(role: &str) -> bool {
+    (1..=32).contains(&role.len()) && role.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-')
+}
+
+impl Service {
+    /// The session if `p` may see it: its owner or an admin. Others get 404,
+    /// so session ids cannot be probed.
+    pub async fn owned_session(&self, p: &Principal, sid: &str) -> Result<Session> {
+        if !util::is_id(sid) {
+            return Err(ServiceError::not_found("session"));
+        }
+        let sid = sid.to_string();
+        let session = self.db.read_async(move |c| sessions::get(c, &sid)).await?;
+        match session {
+            Some(s) if s.principal == p.name || p.is_admin() => {
+                if s.expires_at.as_deref().is_some_and(util::is_past) {
+                    return Err(ServiceError::NotFound { code: "session_expired", message: "the session has expired".into() });
+                }
+                Ok(s)
+            }
+            _ => Err(ServiceError::not_found("session")),
+        }
+    }
+
+    pub async fn create_session(&self, p: &Principal, req: CreateSession) -> Result<Session> {
+        let names: Vec<String> = match req.tools {
+            Some(list) => {
+                for name in &list {
+                    if !self.tools.contains_key(name) {
+                        return Err(ServiceError::NotFound { code: "unknown_tool", message: format!("no tool named {:?}", truncate(name)) });
+                    }
+                    if !p.may_use_tool(name) {
+                        return Err(ServiceError::forbidden("tool_not_allowed", format!("principal {} may not use tool {name}", p.name)));
+                    }
+                }
+                list
+            }
+            None => self.tools.keys().filter(|t| p.may_use_tool(t)).cloned().collect(),
+        };
+        for name in req.grants.keys().chain(&req.approval_required) {
+            if !names.contains(name) {
+                return Err(ServiceError::bad_request(format!("{:?} is not one of this session's tools", truncate(name))));
+            }
+        }
+        validate_map("env", &req.env, MAX_ENV_ENTRIES, MAX_ENV_VALUE_BYTES, is_var_name)?;
+        validate_map("labels", &req.labels, MAX_LABELS, MAX_LABEL_BYTES, label_key_ok)?;
+        let ttl = req.ttl_seconds.map(|t| {
+            if (1..=MAX_TTL_SECONDS).contains(&t) { Ok(t) } else { Err(ServiceError::bad_request(format!("ttl_seconds must be 1..={MAX_TTL_SECONDS}"))) }
+        });
+        let expires_at = ttl.transpose()?.map(util::rfc3339_in);
+
+        let mut tools = BTreeMap::new();
+        for name in &names {
+            let tool = &self.tools[name];
+            let mut grant = Grant::from_manifest(&tool.manifest.grants);
+            if let Some(policy) = p.grants.get(name) {
+                grant = grant.intersect(policy);
+            }
+            if let Some(spec) = req.grants.get(name) {
+                spec.validate(&format!("grants.{name}")).map_err(ServiceError::bad_request)?;
+                grant = grant.narrow(spec).map_err(|e| ServiceError::forbidden("grant_widening", format!("grants.{name}: {e}")))?;
+            }
+            let approval_required = tool.manifest.approval.required || req.approval_required.contains(name);
+            tools.insert(name.clone(), ToolBoundary { grants: grant, approval_required });
+        }
+        let session = Session {
+            id: util::new_id(),
+            principal: p.name.clone(),
+            created_at: util::now_rfc3339(),
+            expires_at,
+            version: 0,
+            tools,
+            env: req.env,
+            labels: req.labels,
+            usage: SessionUsage::default(),
+        };
+        let s = session.clone();
+        self.db
+            .write(move |c| {
+                sessions::insert(c, &s)?;
+                let data = json!({ "tools": s.tools, "expires_at": s.expires_at, "labels": s.labels, "env": s.env.keys().collect::<Vec<_>>() });
+                audit::append(c, &s.id, "session_created", &s.principal, None, data)?;
+                Ok(())
+            })
+            .await?;
+        Ok(session)
+    }
+
+    pub async fn list_sessions(&self, p: &Principal, after: Option<String>, limit: Option<u32>) -> Result<Vec<Session>> {
+        let owner = (!p.is_admin()).then(|| p.name.clone());
+        let after = after.unwrap_or_default();
+        let limit = page(limit);
+        Ok(self.db.read_async(move |c| sessions::list(c, owner.as_deref(), &after, limit)).await?)
+    }
+
+    pub async fn delete_session(&self, p: &Principal, sid: &str) -> Result<()> {
+        let session = self.owned_session(p, sid).await?;
+        let actor = p.name.clone();
+        self.db
+            .write(move |c| {
+                if !sessions::delete(c, &session.id)? {
+                    return Err(Rejection::NotFound.into());
+                }
+                audit::append(c, &session.id, "session_deleted", &actor, None, json!({}))?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn append_message(&self, p: &Principal, sid: &str, m: NewMessage) -> Result<Message> {
+        if !role_ok(&m.role) {
+            return Err(ServiceError::bad_request("role must be 1 to 32 characters of a-z, _ or -"));
+        }
+        let session = self.owned_session(p, sid).await?;
+        let actor = p.name.clone();
+        Ok(self
+            .db
+            .write(move |c| {
+                // First, so a session deleted meanwhile answers 404.
+                sessions::bump_version(c, &session.id)?;
+                let msg = messages::append(c, &session.id, &m.role, &m.content, m.metadata.as_ref())?;
+                let data = json!({ "seq": msg.seq, "role": msg.role, "bytes": msg.content.len(), "sha256": util::sha256_hex(msg.content.as_bytes()) });
+                audit::append(c, &session.id, "message_appended", &actor, None, data)?;
+                Ok(msg)
+            })
+            .await?)
+    }
+
+    pub async fn list_messages(&self, p: &Principal, sid: &str, after: Option<i64>, limit: Option<u32>) -> Result<Vec<Message>> {
+        let session = self.owned_session(p, sid).await?;
+        let (after, limit) = (after.unwrap_or(0), page(limit));
+        Ok(self.db.read_async(move |c| messages::list(c, &session.id, after, limit)).await?)
+    }
+}
