@@ -37,6 +37,11 @@ impl Principal {
         self.has_role(Role::Admin)
     }
 
+    /// The principal of `bulkhead run`: every tool, no token.
+    pub fn local(name: &str) -> Principal {
+        Principal { name: name.into(), roles: vec![Role::Agent], tools: vec!["*".into()], grants: BTreeMap::new() }
+    }
+
     pub fn may_use_tool(&self, tool: &str) -> bool {
         self.tools.iter().any(|t| t == "*" || t == tool)
     }

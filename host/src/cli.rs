@@ -1,0 +1,252 @@
+//! The `bulkhead` commands (contract §2).
+
+use crate::auth::Principal;
+use crate::config::Config;
+use crate::runtime::Runtime;
+use crate::service::calls::NewCall;
+use crate::service::sessions::CreateSession;
+use crate::service::{Credentials, Service, StartReport, ToolSource};
+use crate::store::{Db, Durability, audit};
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "bulkhead", version, about = "A stateful tool host for AI agents: durable sessions running sandboxed WASI tool components.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host: the HTTP session API over the tools of the tools folder.
+    ///
+    /// Without --config it runs on embedded defaults: listens on
+    /// 127.0.0.1:7070, keeps its data in ./bulkhead-data, serves the example
+    /// tools of ./guest-tools (build them with scripts/build-guests), and
+    /// creates a dev agent and a dev approver whose tokens it prints once and
+    /// keeps in ./bulkhead-data/dev-tokens.env (mode 0600).
+    Serve {
+        /// The operator config (bulkhead.toml); paths in it are relative to it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Inspect tool bundles.
+    Tools {
+        #[command(subcommand)]
+        command: ToolsCommand,
+    },
+    /// Run one tool call locally, without a server, and print the call:
+    /// output or error, logs, usage, and any capability denials.
+    ///
+    /// The call runs with the manifest's grants in a session of a local
+    /// principal. With --state-dir the session (and so the tool's state)
+    /// persists there between runs; without it everything is discarded.
+    /// Exits 0 when the call succeeded, 1 when it did not, 2 on bad usage.
+    Run {
+        /// The bundle folder: tool.toml and its component.
+        bundle: PathBuf,
+        /// The call's input, as JSON.
+        #[arg(long)]
+        input: String,
+        /// Keep the session and its state in this folder across runs.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Check the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ToolsCommand {
+    /// Load every bundle of the tools folder and report errors, without
+    /// serving. Exits 1 when any bundle is refused.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify every session's audit hash chain. Exits 1 and names the first
+    /// broken record when the trail was tampered with.
+    Verify {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve(config.as_deref()).await,
+            Command::Tools { command: ToolsCommand::Check { config } } => tools_check(config.as_deref()),
+            Command::Run { bundle, input, state_dir } => run(&bundle, &input, state_dir.as_deref()).await,
+            Command::Audit { command: AuditCommand::Verify { config } } => audit_verify(config.as_deref()).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn report_start(report: &StartReport, service: &Service) {
+    for e in &report.refused {
+        eprintln!("refused bundle: {e}");
+    }
+    for t in service.tools.values() {
+        let from = if t.cached { "precompiled" } else { "compiled" };
+        eprintln!("tool {} {} ({}, {from})", t.manifest.name, t.manifest.version, t.digest);
+    }
+    if report.interrupted > 0 {
+        eprintln!("{} call(s) left running by the previous host are now interrupted", report.interrupted);
+    }
+}
+
+async fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let listen = config.listen;
+    let (service, report) = Service::start(config).await?;
+    report_start(&report, &service);
+    if service.tools.is_empty() {
+        eprintln!("warning: no tools loaded from {}", service.config.tools_dir.display());
+    }
+    match &report.credentials {
+        Credentials::Dev(tokens) if tokens.fresh => {
+            println!("dev tokens (printed once, kept in {}):", tokens.file.display());
+            println!("  dev-agent:    {}", tokens.agent);
+            println!("  dev-approver: {}", tokens.approver);
+        }
+        Credentials::Dev(tokens) => println!("dev tokens: {}", tokens.file.display()),
+        Credentials::Configured if service.principals.is_empty() => {
+            eprintln!("warning: the config names no principals; every API call will answer 401")
+        }
+        Credentials::Configured => {}
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    println!("bulkhead listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, crate::api::router(service)).with_graceful_shutdown(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    eprintln!("shutting down");
+}
+
+fn tools_check(config_path: Option<&Path>) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let runtime = Runtime::new(&config.limits, None)?;
+    let (tools, errors) = runtime.load_dir(&config.tools_dir, &config.limits);
+    for t in &tools {
+        println!("ok     {} {} {}", t.manifest.name, t.manifest.version, t.digest);
+        println!("       imports: {}", t.imports.join(", "));
+    }
+    for e in &errors {
+        println!("error  {e}");
+    }
+    println!("{} loaded, {} refused, from {}", tools.len(), errors.len(), config.tools_dir.display());
+    Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+const RUN_SESSION_FILE: &str = "run-session";
+
+async fn run(bundle: &Path, input: &str, state_dir: Option<&Path>) -> Result<ExitCode> {
+    let input: serde_json::Value = match serde_json::from_str(input) {
+        Ok(v) => v,
+        Err(e) => bail!("--input is not JSON: {e}"),
+    };
+    let temp = match state_dir {
+        Some(_) => None,
+        None => Some(std::env::temp_dir().join(format!("bulkhead-run-{}", crate::util::new_id()))),
+    };
+    let data_dir = state_dir.map(Path::to_path_buf).or(temp.clone()).expect("one of the two is set");
+    let mut config = Config::embedded();
+    config.data_dir = data_dir.clone();
+    config.principals = Some(Vec::new());
+    let result = run_in(config, bundle, input, &data_dir).await;
+    if let Some(dir) = temp {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+async fn run_in(config: Config, bundle: &Path, input: serde_json::Value, data_dir: &Path) -> Result<ExitCode> {
+    let (service, report) = Service::start_with(config, ToolSource::Bundle(bundle.to_path_buf())).await?;
+    if let Some(e) = report.refused.first() {
+        bail!("{e}");
+    }
+    let tool = service.tools.keys().next().cloned().context("no tool loaded")?;
+    let me = Principal::local("local");
+    let session_file = data_dir.join(RUN_SESSION_FILE);
+    let existing = std::fs::read_to_string(&session_file).ok().map(|s| s.trim().to_string());
+    let session = match existing {
+        Some(sid) if service.owned_session(&me, &sid).await.is_ok() => sid,
+        _ => {
+            let s = service.create_session(&me, CreateSession::default()).await?;
+            std::fs::write(&session_file, &s.id)?;
+            s.id
+        }
+    };
+    let reply = service.call(&me, &session, NewCall { tool, input, idempotency_key: None }, None).await?;
+    let call = reply.call;
+    let audit = service.list_audit(&me, &session, None, Some(1000)).await?;
+    let denials: Vec<_> =
+        audit.iter().filter(|e| e.kind == "capability_denied" && e.call.as_deref() == Some(&call.id)).map(|e| &e.data).collect();
+    let printed = serde_json::json!({
+        "status": call.status,
+        "output": call.output,
+        "error": call.error,
+        "logs": call.logs,
+        "usage": call.usage,
+        "denials": denials,
+        "session": session,
+    });
+    println!("{}", serde_json::to_string_pretty(&printed)?);
+    Ok(if call.status == crate::model::CallStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn audit_verify(config_path: Option<&Path>) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    if !config.data_dir.join(crate::store::DB_FILE).exists() {
+        bail!("no database in {}", config.data_dir.display());
+    }
+    let db = Db::open(&config.data_dir, Durability::Normal)?;
+    match db.read(audit::verify_all)? {
+        Ok(n) => {
+            println!("audit trail intact: {n} events verified");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(b) => {
+            println!("audit trail broken: session {} seq {}: {}", b.session, b.seq, b.reason);
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -21,6 +21,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{Semaphore, broadcast};
 
+/// Which bundles a service serves.
+pub enum ToolSource {
+    /// Every bundle folder in a tools folder.
+    Dir(std::path::PathBuf),
+    /// One bundle folder (`bulkhead run`).
+    Bundle(std::path::PathBuf),
+}
+
 /// Where a started service's principals came from.
 pub enum Credentials {
     Configured,
@@ -60,6 +68,11 @@ impl Service {
     /// Opens the data folder, loads principals, secrets and tools, and marks
     /// calls a previous host left running as interrupted.
     pub async fn start(config: Config) -> anyhow::Result<(Arc<Service>, StartReport)> {
+        let dir = config.tools_dir.clone();
+        Service::start_with(config, ToolSource::Dir(dir)).await
+    }
+
+    pub async fn start_with(config: Config, source: ToolSource) -> anyhow::Result<(Arc<Service>, StartReport)> {
         use anyhow::Context;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
@@ -74,7 +87,13 @@ impl Service {
         let secrets = Arc::new(SecretStore::load(&config.secrets).map_err(anyhow::Error::msg)?);
         let db = Arc::new(Db::open(&config.data_dir, Durability::Normal)?);
         let runtime = Runtime::new(&config.limits, Some(&config.data_dir.join("cache")))?;
-        let (loaded, refused) = runtime.load_dir(&config.tools_dir, &config.limits);
+        let (loaded, refused) = match &source {
+            ToolSource::Dir(dir) => runtime.load_dir(dir, &config.limits),
+            ToolSource::Bundle(bundle) => match runtime.load_bundle(bundle, &config.limits) {
+                Ok(tool) => (vec![tool], vec![]),
+                Err(e) => (vec![], vec![e]),
+            },
+        };
         let tools = loaded.into_iter().map(|t| (t.manifest.name.clone(), Arc::new(t))).collect();
         let service = Arc::new(Service {
             call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls as usize)),
