@@ -39,7 +39,12 @@ impl Principal {
 
     /// The principal of `bulkhead run`: every tool, no token.
     pub fn local(name: &str) -> Principal {
-        Principal { name: name.into(), roles: vec![Role::Agent], tools: vec!["*".into()], grants: BTreeMap::new() }
+        Principal {
+            name: name.into(),
+            roles: vec![Role::Agent],
+            tools: vec!["*".into()],
+            grants: BTreeMap::new(),
+        }
     }
 
     pub fn may_use_tool(&self, tool: &str) -> bool {
@@ -72,10 +77,17 @@ impl Principals {
         for p in configs {
             let hash = match (&p.token_env, &p.token_sha256) {
                 (Some(var), _) => {
-                    let token = std::env::var(var)
-                        .map_err(|_| format!("principal {:?}: environment variable {var} is not set", p.name))?;
+                    let token = std::env::var(var).map_err(|_| {
+                        format!(
+                            "principal {:?}: environment variable {var} is not set",
+                            p.name
+                        )
+                    })?;
                     if token.len() < MIN_TOKEN_LEN {
-                        return Err(format!("principal {:?}: the token in {var} is shorter than {MIN_TOKEN_LEN}", p.name));
+                        return Err(format!(
+                            "principal {:?}: the token in {var} is shorter than {MIN_TOKEN_LEN}",
+                            p.name
+                        ));
                     }
                     digest(&token)
                 }
@@ -94,7 +106,10 @@ impl Principals {
                 grants: p.grants.clone(),
             };
             if out.by_token.insert(hash, Arc::new(principal)).is_some() {
-                return Err(format!("principal {:?}: its token is the same as another principal's", p.name));
+                return Err(format!(
+                    "principal {:?}: its token is the same as another principal's",
+                    p.name
+                ));
             }
         }
         Ok(out)
@@ -110,9 +125,15 @@ impl Principals {
                     text.lines()
                         .find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
                         .filter(|t| t.len() >= MIN_TOKEN_LEN)
-                        .ok_or_else(|| std::io::Error::other(format!("{}: no valid {key}", file.display())))
+                        .ok_or_else(|| {
+                            std::io::Error::other(format!("{}: no valid {key}", file.display()))
+                        })
                 };
-                (get("BULKHEAD_AGENT_TOKEN")?, get("BULKHEAD_APPROVER_TOKEN")?, false)
+                (
+                    get("BULKHEAD_AGENT_TOKEN")?,
+                    get("BULKHEAD_APPROVER_TOKEN")?,
+                    false,
+                )
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let (agent, approver) = (new_token()?, new_token()?);
@@ -133,9 +154,21 @@ impl Principals {
                 grants: BTreeMap::new(),
             })
         };
-        principals.by_token.insert(digest(&agent), dev(DEV_AGENT, Role::Agent, &["*"]));
-        principals.by_token.insert(digest(&approver), dev(DEV_APPROVER, Role::Approver, &[]));
-        Ok((principals, DevTokens { agent, approver, file, fresh }))
+        principals
+            .by_token
+            .insert(digest(&agent), dev(DEV_AGENT, Role::Agent, &["*"]));
+        principals
+            .by_token
+            .insert(digest(&approver), dev(DEV_APPROVER, Role::Approver, &[]));
+        Ok((
+            principals,
+            DevTokens {
+                agent,
+                approver,
+                file,
+                fresh,
+            },
+        ))
     }
 
     pub fn authenticate(&self, token: &str) -> Option<Arc<Principal>> {
@@ -157,7 +190,11 @@ fn new_token() -> std::io::Result<String> {
 /// existing file or link).
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(contents.as_bytes())?;
     f.sync_all()
 }

@@ -33,3 +33,24 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn is_id(s: &str) -> bool {
     uuid::Uuid::try_parse(s).is_ok()
 }
+
+/// A TOML error on one line: `line N: message` (toml's own rendering spans
+/// several lines, which a log line or a test cannot show well).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let line = text[..start].matches('\n').count() + 1;
+            let source: String = text
+                .lines()
+                .nth(line - 1)
+                .unwrap_or("")
+                .trim()
+                .chars()
+                .take(80)
+                .collect();
+            format!("line {line} (`{source}`): {}", e.message().trim())
+        }
+        None => e.message().trim().to_string(),
+    }
+}

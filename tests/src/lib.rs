@@ -1,1 +1,410 @@
-//! Test harness
+//! The end-to-end test harness: starts the real `bulkhead` binary on a
+//! fresh data folder with chosen tool bundles, and talks to it over HTTP.
+//!
+//! - [`HostBuilder`] lays out a temporary folder: `bulkhead.toml`, `data/`,
+//!   `tools/<bundle>/` (copied from `guest-tools/` or `guests/`, optionally
+//!   with another manifest).
+//! - [`TestHost`] runs `bulkhead serve` there; it can be killed with SIGKILL
+//!   and restarted on the same folder.
+//! - [`Api`] is an HTTP client acting as one principal.
+//!
+//! The binary is `target/release/bulkhead` next to the test executable
+//! (`scripts/test` builds it), or `$BULKHEAD_BIN`.
+
+use anyhow::{Context, Result, bail};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Tokens of the principals every test config defines.
+pub const AGENT: &str = "test-agent-token-0000000001";
+pub const OTHER_AGENT: &str = "test-agent-token-0000000002";
+pub const APPROVER: &str = "test-approver-token-00000001";
+pub const ADMIN: &str = "test-admin-token-000000000001";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// The `bulkhead` binary under test.
+pub fn binary() -> PathBuf {
+    if let Ok(path) = std::env::var("BULKHEAD_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-… → target/<profile>/bulkhead
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("bulkhead");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Where a bundle comes from: an example tool or a test program.
+pub fn example_tool(name: &str) -> PathBuf {
+    repo_root().join("guest-tools").join(name)
+}
+
+pub fn test_program(name: &str) -> PathBuf {
+    repo_root().join("tests/guests").join(name)
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn unique_dir(prefix: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()))
+}
+
+struct Bundle {
+    name: String,
+    source: PathBuf,
+    manifest: Option<String>,
+    /// Extra files written into the bundle: (relative path, bytes).
+    files: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Default)]
+pub struct HostBuilder {
+    bundles: Vec<Bundle>,
+    config: String,
+}
+
+impl HostBuilder {
+    /// A bundle folder `name` copied from `source` (its tool.toml and .wasm).
+    pub fn bundle(mut self, name: &str, source: PathBuf) -> Self {
+        self.bundles.push(Bundle {
+            name: name.into(),
+            source,
+            manifest: None,
+            files: vec![],
+        });
+        self
+    }
+
+    /// A bundle from `source` whose tool.toml is replaced by `manifest`.
+    pub fn bundle_with_manifest(mut self, name: &str, source: PathBuf, manifest: &str) -> Self {
+        self.bundles.push(Bundle {
+            name: name.into(),
+            source,
+            manifest: Some(manifest.into()),
+            files: vec![],
+        });
+        self
+    }
+
+    /// A bundle made only of the given files (for broken bundles).
+    pub fn raw_bundle(mut self, name: &str, files: Vec<(&str, Vec<u8>)>) -> Self {
+        let files = files.into_iter().map(|(p, b)| (p.to_string(), b)).collect();
+        self.bundles.push(Bundle {
+            name: name.into(),
+            source: PathBuf::new(),
+            manifest: None,
+            files,
+        });
+        self
+    }
+
+    /// Extra TOML appended to the config (e.g. a `[limits]` table).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config.push_str(toml);
+        self.config.push('\n');
+        self
+    }
+
+    /// Writes the folder without starting a host.
+    pub fn layout(self) -> Result<PathBuf> {
+        let dir = unique_dir("bulkhead-test");
+        let tools = dir.join("tools");
+        std::fs::create_dir_all(&tools)?;
+        for b in &self.bundles {
+            let dest = tools.join(&b.name);
+            std::fs::create_dir_all(&dest)?;
+            if !b.source.as_os_str().is_empty() {
+                for entry in std::fs::read_dir(&b.source)
+                    .with_context(|| format!("{}", b.source.display()))?
+                {
+                    let path = entry?.path();
+                    let keep = path.extension().is_some_and(|e| e == "wasm")
+                        || path.file_name().is_some_and(|n| n == "tool.toml");
+                    if keep {
+                        std::fs::copy(&path, dest.join(path.file_name().unwrap()))?;
+                    }
+                }
+            }
+            if let Some(m) = &b.manifest {
+                std::fs::write(dest.join("tool.toml"), m)?;
+            }
+            for (rel, bytes) in &b.files {
+                std::fs::write(dest.join(rel), bytes)?;
+            }
+        }
+        let principals = [
+            ("agent", AGENT, "agent", "[\"*\"]"),
+            ("other-agent", OTHER_AGENT, "agent", "[\"*\"]"),
+            ("approver", APPROVER, "approver", "[]"),
+            ("admin", ADMIN, "admin", "[\"*\"]"),
+        ];
+        let mut config =
+            String::from("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\ntools_dir = \"tools\"\n");
+        config.push_str(&self.config);
+        for (name, token, role, tools) in principals {
+            config.push_str(&format!(
+                "\n[[principals]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nroles = [\"{role}\"]\ntools = {tools}\n",
+                sha256_hex(token)
+            ));
+        }
+        std::fs::write(dir.join("bulkhead.toml"), config)?;
+        Ok(dir)
+    }
+
+    pub async fn start(self) -> Result<TestHost> {
+        let dir = self.layout()?;
+        TestHost::start_in(dir).await
+    }
+}
+
+pub struct TestHost {
+    pub dir: PathBuf,
+    child: Option<Child>,
+    pub base: String,
+    /// Everything the host wrote to stderr so far (load reports, errors).
+    pub stderr_path: PathBuf,
+}
+
+impl TestHost {
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    pub async fn start_in(dir: PathBuf) -> Result<TestHost> {
+        let mut host = TestHost {
+            stderr_path: dir.join("stderr.log"),
+            dir,
+            child: None,
+            base: String::new(),
+        };
+        host.spawn().await?;
+        Ok(host)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)?;
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(self.dir.join("bulkhead.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .context("cannot start bulkhead")?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("bulkhead listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        self.child = Some(child);
+        let addr =
+            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await?;
+        match addr {
+            Ok(addr) => self.base = addr,
+            Err(_) => bail!("the host did not start; stderr:\n{}", self.stderr()),
+        }
+        Ok(())
+    }
+
+    /// Kills the host with SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL, then a new host on the same folder.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn().await
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("data/bulkhead.sqlite3")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("bulkhead.toml")
+    }
+
+    pub fn api(&self, token: &str) -> Api {
+        Api {
+            base: self.base.clone(),
+            token: Some(token.into()),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn agent(&self) -> Api {
+        self.api(AGENT)
+    }
+
+    pub fn anonymous(&self) -> Api {
+        Api {
+            base: self.base.clone(),
+            token: None,
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.kill9();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// An HTTP client acting as one principal. Answers are (status, JSON body).
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    token: Option<String>,
+    pub http: reqwest::Client,
+}
+
+pub type Reply = (StatusCode, Value);
+
+impl Api {
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    pub async fn send(req: reqwest::RequestBuilder) -> Result<Reply> {
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))?
+        };
+        Ok((status, body))
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Reply> {
+        Api::send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Result<Reply> {
+        Api::send(self.request(reqwest::Method::POST, path).json(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Reply> {
+        Api::send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
+    /// Creates a session (asserting 201) and returns its id.
+    pub async fn session(&self, body: Value) -> Result<String> {
+        let (status, s) = self.post("/v1/sessions", body).await?;
+        if status != StatusCode::CREATED {
+            bail!("create session: {status} {s}");
+        }
+        Ok(s["id"].as_str().context("session id")?.to_string())
+    }
+
+    pub async fn call(&self, sid: &str, tool: &str, input: Value) -> Result<Reply> {
+        self.post(
+            &format!("/v1/sessions/{sid}/calls"),
+            serde_json::json!({ "tool": tool, "input": input }),
+        )
+        .await
+    }
+
+    /// A tool's state in a session, values decoded as UTF-8.
+    pub async fn state(
+        &self,
+        sid: &str,
+        tool: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        use base64::Engine as _;
+        let (status, body) = self
+            .get(&format!("/v1/sessions/{sid}/state/{tool}"))
+            .await?;
+        if status != StatusCode::OK {
+            bail!("state: {status} {body}");
+        }
+        let entries = body["entries"].as_object().context("entries")?;
+        Ok(entries
+            .iter()
+            .map(|(k, v)| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap_or(""))
+                    .unwrap_or_default();
+                (k.clone(), String::from_utf8_lossy(&bytes).into_owned())
+            })
+            .collect())
+    }
+
+    /// The audit event kinds of a session, in order.
+    pub async fn audit_kinds(&self, sid: &str) -> Result<Vec<String>> {
+        let (_, body) = self
+            .get(&format!("/v1/sessions/{sid}/audit?limit=1000"))
+            .await?;
+        Ok(body["events"]
+            .as_array()
+            .context("events")?
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap_or("").to_string())
+            .collect())
+    }
+}
+
+/// Runs the binary with arguments; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> Result<(i32, String, String)> {
+    let out = Command::new(binary())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}

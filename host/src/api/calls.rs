@@ -29,12 +29,17 @@ pub struct Wait {
 
 /// `If-Match: "<version>"` (quotes optional; a weak `W/` tag is refused).
 fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
     let text = value.to_str().unwrap_or("").trim();
-    let bare = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
-    bare.parse::<i64>()
-        .map(Some)
-        .map_err(|_| ApiError::bad_request("If-Match must be a session version, e.g. If-Match: \"3\""))
+    let bare = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    bare.parse::<i64>().map(Some).map_err(|_| {
+        ApiError::bad_request("If-Match must be a session version, e.g. If-Match: \"3\"")
+    })
 }
 
 pub async fn create(
@@ -46,11 +51,20 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let version = if_match(&headers)?;
     let reply = s.call(&p, &sid, req, version).await?;
-    let status = if reply.call.status.is_open() { StatusCode::ACCEPTED } else { StatusCode::OK };
-    let location = format!("/v1/sessions/{}/calls/{}", reply.call.session, reply.call.id);
+    let status = if reply.call.status.is_open() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!(
+        "/v1/sessions/{}/calls/{}",
+        reply.call.session, reply.call.id
+    );
     let mut response = (status, [(header::LOCATION, location)], Json(reply.call)).into_response();
     if reply.replayed {
-        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
 }
@@ -70,7 +84,9 @@ pub async fn list(
     Path(sid): Path<String>,
     Query(q): Query<CallPage>,
 ) -> Result<Response, ApiError> {
-    let calls = s.list_calls(&p, &sid, q.status.as_deref(), q.after, q.limit).await?;
+    let calls = s
+        .list_calls(&p, &sid, q.status.as_deref(), q.after, q.limit)
+        .await?;
     Ok(Json(json!({ "calls": calls })).into_response())
 }
 

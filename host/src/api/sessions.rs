@@ -4,10 +4,10 @@ use super::error::ApiError;
 use super::extract::{Body, Caller, Query};
 use crate::service::Service;
 use crate::service::sessions::{CreateSession, NewMessage};
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -26,22 +26,43 @@ pub struct SeqPage {
     limit: Option<u32>,
 }
 
-pub async fn create(State(s): State<Arc<Service>>, Caller(p): Caller, Body(req): Body<CreateSession>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Body(req): Body<CreateSession>,
+) -> Result<Response, ApiError> {
     let session = s.create_session(&p, req).await?;
     let location = format!("/v1/sessions/{}", session.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(session)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(session),
+    )
+        .into_response())
 }
 
-pub async fn list(State(s): State<Arc<Service>>, Caller(p): Caller, Query(q): Query<SessionPage>) -> Result<Response, ApiError> {
+pub async fn list(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Query(q): Query<SessionPage>,
+) -> Result<Response, ApiError> {
     let sessions = s.list_sessions(&p, q.after, q.limit).await?;
     Ok(Json(json!({ "sessions": sessions })).into_response())
 }
 
-pub async fn get(State(s): State<Arc<Service>>, Caller(p): Caller, Path(sid): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Path(sid): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(s.owned_session(&p, &sid).await?).into_response())
 }
 
-pub async fn delete(State(s): State<Arc<Service>>, Caller(p): Caller, Path(sid): Path<String>) -> Result<Response, ApiError> {
+pub async fn delete(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Path(sid): Path<String>,
+) -> Result<Response, ApiError> {
     s.delete_session(&p, &sid).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -43,13 +43,15 @@ impl SecretStore {
                 (Some(var), _) => std::env::var(var)
                     .map_err(|_| format!("secret {name}: environment variable {var} is not set"))?,
                 (None, Some(path)) => {
-                    let meta = std::fs::metadata(path)
-                        .map_err(|e| format!("secret {name}: cannot read {}: {e}", path.display()))?;
+                    let meta = std::fs::metadata(path).map_err(|e| {
+                        format!("secret {name}: cannot read {}: {e}", path.display())
+                    })?;
                     if meta.len() > MAX_SECRET_FILE_BYTES {
                         return Err(format!("secret {name}: {} is too large", path.display()));
                     }
-                    let text = std::fs::read_to_string(path)
-                        .map_err(|e| format!("secret {name}: cannot read {}: {e}", path.display()))?;
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        format!("secret {name}: cannot read {}: {e}", path.display())
+                    })?;
                     text.trim_end_matches(['\n', '\r']).to_string()
                 }
                 (None, None) => return Err(format!("secret {name}: no source")),

@@ -45,7 +45,12 @@ pub fn engine_key(engine: &Engine) -> String {
 
 /// Loads `<cache>/<digest>-<engine>.cwasm` if present and valid, otherwise
 /// compiles `bytes` and stores the result for the next start.
-pub fn compile_cached(engine: &Engine, bytes: &[u8], digest: &str, cache: Option<&Path>) -> wasmtime::Result<(Component, bool)> {
+pub fn compile_cached(
+    engine: &Engine,
+    bytes: &[u8],
+    digest: &str,
+    cache: Option<&Path>,
+) -> wasmtime::Result<(Component, bool)> {
     let Some(cache) = cache else {
         return Ok((Component::from_binary(engine, bytes)?, false));
     };
@@ -57,7 +62,10 @@ pub fn compile_cached(engine: &Engine, bytes: &[u8], digest: &str, cache: Option
         // header and refuses a file made by other settings.
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(component) => return Ok((component, true)),
-            Err(e) => tracing::warn!("precompiled {} unusable, recompiling: {e:#}", path.display()),
+            Err(e) => tracing::warn!(
+                "precompiled {} unusable, recompiling: {e:#}",
+                path.display()
+            ),
         }
     }
     let component = Component::from_binary(engine, bytes)?;
@@ -71,7 +79,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)

@@ -54,32 +54,65 @@ enum Started {
 }
 
 impl Service {
-    pub async fn call(&self, p: &Principal, sid: &str, req: NewCall, if_match: Option<i64>) -> Result<CallReply> {
+    pub async fn call(
+        &self,
+        p: &Principal,
+        sid: &str,
+        req: NewCall,
+        if_match: Option<i64>,
+    ) -> Result<CallReply> {
         let session = self.owned_session(p, sid).await?;
-        let tool = self.tools.get(&req.tool).cloned().ok_or_else(|| ServiceError::NotFound {
-            code: "unknown_tool",
-            message: format!("no tool named {:?}", req.tool.chars().take(64).collect::<String>()),
-        })?;
+        let tool = self
+            .tools
+            .get(&req.tool)
+            .cloned()
+            .ok_or_else(|| ServiceError::NotFound {
+                code: "unknown_tool",
+                message: format!(
+                    "no tool named {:?}",
+                    req.tool.chars().take(64).collect::<String>()
+                ),
+            })?;
         let Some(boundary) = session.tools.get(&req.tool).cloned() else {
-            return Err(ServiceError::forbidden("tool_not_allowed", format!("tool {} is not in this session's boundary", req.tool)));
+            return Err(ServiceError::forbidden(
+                "tool_not_allowed",
+                format!("tool {} is not in this session's boundary", req.tool),
+            ));
         };
         if let Some(key) = &req.idempotency_key {
             if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-                return Err(ServiceError::bad_request(format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes")));
+                return Err(ServiceError::bad_request(format!(
+                    "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+                )));
             }
         }
         if let Some(error) = tool.schema.iter_errors(&req.input).next() {
             let at = error.instance_path().to_string();
-            let at = if at.is_empty() { "input".to_string() } else { format!("input{at}") };
-            return Err(ServiceError::BadRequest { code: "invalid_input", message: format!("{at}: {error}") });
+            let at = if at.is_empty() {
+                "input".to_string()
+            } else {
+                format!("input{at}")
+            };
+            return Err(ServiceError::BadRequest {
+                code: "invalid_input",
+                message: format!("{at}: {error}"),
+            });
         }
         if let Some(key) = req.idempotency_key.clone() {
             let sid = session.id.clone();
-            if let Some(first) = self.db.read_async(move |c| calls::by_idempotency_key(c, &sid, &key)).await? {
+            if let Some(first) = self
+                .db
+                .read_async(move |c| calls::by_idempotency_key(c, &sid, &key))
+                .await?
+            {
                 return replay(first, &req);
             }
         }
-        let _slot = self.call_slots.clone().try_acquire_owned().map_err(|_| ServiceError::Busy)?;
+        let _slot = self
+            .call_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServiceError::Busy)?;
 
         let now = util::now_rfc3339();
         let mut call = Call {
@@ -101,13 +134,23 @@ impl Service {
         if boundary.approval_required {
             // Recorded and answered at once; nothing runs until decided.
             call.status = CallStatus::PendingApproval;
-            call.approval = Some(Approval { required: true, decision: None, decided_by: None, reason: None, decided_at: None });
+            call.approval = Some(Approval {
+                required: true,
+                decision: None,
+                decided_by: None,
+                reason: None,
+                decided_at: None,
+            });
         } else {
             call.started_at = Some(now);
         }
 
         let lock = self.tool_lock(&session.id, &req.tool);
-        let _turn = if boundary.approval_required { None } else { Some(lock.lock().await) };
+        let _turn = if boundary.approval_required {
+            None
+        } else {
+            Some(lock.lock().await)
+        };
 
         match self.record_request(&call, p, if_match).await? {
             Started::Existing(first) => return replay(first, &req),
@@ -115,7 +158,10 @@ impl Service {
         }
         if call.status == CallStatus::PendingApproval {
             self.count_call(call.status);
-            return Ok(CallReply { call, replayed: false });
+            return Ok(CallReply {
+                call,
+                replayed: false,
+            });
         }
 
         let env = CallEnv {
@@ -133,12 +179,20 @@ impl Service {
         let call = self.record_outcome(call, outcome, &p.name).await?;
         self.count_call(call.status);
         let _ = self.finished.send(call.id.clone());
-        Ok(CallReply { call, replayed: false })
+        Ok(CallReply {
+            call,
+            replayed: false,
+        })
     }
 
     /// Step 3: the `running` (or `pending_approval`) record, atomically with
     /// the version and idempotency checks.
-    async fn record_request(&self, call: &Call, p: &Principal, if_match: Option<i64>) -> Result<Started> {
+    async fn record_request(
+        &self,
+        call: &Call,
+        p: &Principal,
+        if_match: Option<i64>,
+    ) -> Result<Started> {
         let call = call.clone();
         let actor = p.name.clone();
         Ok(self
@@ -208,12 +262,18 @@ impl Service {
             .write(|c| {
                 let running = calls::running(c)?;
                 for (session, id, tool) in &running {
-                    let Some(mut call) = calls::get(c, session, id)? else { continue };
+                    let Some(mut call) = calls::get(c, session, id)? else {
+                        continue;
+                    };
                     call.status = CallStatus::Interrupted;
-                    call.error = Some(CallError { code: "interrupted".into(), message: "the host stopped while the call ran".into() });
+                    call.error = Some(CallError {
+                        code: "interrupted".into(),
+                        message: "the host stopped while the call ran".into(),
+                    });
                     call.finished_at = Some(util::now_rfc3339());
                     calls::finish(c, &call)?;
-                    let data = json!({ "tool": tool, "status": call.status, "error": "interrupted" });
+                    let data =
+                        json!({ "tool": tool, "status": call.status, "error": "interrupted" });
                     audit::append(c, session, "call_finished", "bulkhead", Some(id), data)?;
                 }
                 Ok(running.len())
@@ -223,16 +283,27 @@ impl Service {
 
     /// One call; with `wait`, holds until it leaves `pending_approval` or
     /// `running` or the wait ends (no database connection is held meanwhile).
-    pub async fn get_call(&self, p: &Principal, sid: &str, cid: &str, wait: Option<u64>) -> Result<Call> {
+    pub async fn get_call(
+        &self,
+        p: &Principal,
+        sid: &str,
+        cid: &str,
+        wait: Option<u64>,
+    ) -> Result<Call> {
         let session = self.owned_session(p, sid).await?;
         if !util::is_id(cid) {
             return Err(ServiceError::not_found("call"));
         }
         let mut finished = self.finished.subscribe();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
         loop {
             let (sid, id) = (session.id.clone(), cid.to_string());
-            let call = self.db.read_async(move |c| calls::get(c, &sid, &id)).await?.ok_or_else(|| ServiceError::not_found("call"))?;
+            let call = self
+                .db
+                .read_async(move |c| calls::get(c, &sid, &id))
+                .await?
+                .ok_or_else(|| ServiceError::not_found("call"))?;
             if !call.status.is_open() {
                 return Ok(call);
             }
@@ -251,37 +322,76 @@ impl Service {
         }
     }
 
-    pub async fn list_calls(&self, p: &Principal, sid: &str, status: Option<&str>, after: Option<String>, limit: Option<u32>) -> Result<Vec<Call>> {
+    pub async fn list_calls(
+        &self,
+        p: &Principal,
+        sid: &str,
+        status: Option<&str>,
+        after: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<Vec<Call>> {
         let session = self.owned_session(p, sid).await?;
         let status = match status {
             None => None,
-            Some(s) => Some(CallStatus::parse(s).ok_or_else(|| ServiceError::bad_request(format!("unknown status {:?}", s.chars().take(32).collect::<String>())))?),
+            Some(s) => Some(CallStatus::parse(s).ok_or_else(|| {
+                ServiceError::bad_request(format!(
+                    "unknown status {:?}",
+                    s.chars().take(32).collect::<String>()
+                ))
+            })?),
         };
         let (after, limit) = (after.unwrap_or_default(), page(limit));
-        Ok(self.db.read_async(move |c| calls::list(c, &session.id, status, &after, limit)).await?)
+        Ok(self
+            .db
+            .read_async(move |c| calls::list(c, &session.id, status, &after, limit))
+            .await?)
     }
 
     /// A tool's state in the session, values base64-encoded.
-    pub async fn get_state(&self, p: &Principal, sid: &str, tool: &str) -> Result<BTreeMap<String, String>> {
+    pub async fn get_state(
+        &self,
+        p: &Principal,
+        sid: &str,
+        tool: &str,
+    ) -> Result<BTreeMap<String, String>> {
         let session: Session = self.owned_session(p, sid).await?;
         if !session.tools.contains_key(tool) {
             return Err(ServiceError::not_found("tool"));
         }
         let tool = tool.to_string();
-        let entries = self.db.read_async(move |c| tool_state::all(c, &session.id, &tool)).await?;
+        let entries = self
+            .db
+            .read_async(move |c| tool_state::all(c, &session.id, &tool))
+            .await?;
         let b64 = base64::engine::general_purpose::STANDARD;
-        Ok(entries.into_iter().map(|(k, v)| (k, b64.encode(v))).collect())
+        Ok(entries
+            .into_iter()
+            .map(|(k, v)| (k, b64.encode(v)))
+            .collect())
     }
 
-    pub async fn list_audit(&self, p: &Principal, sid: &str, after: Option<i64>, limit: Option<u32>) -> Result<Vec<AuditEvent>> {
+    pub async fn list_audit(
+        &self,
+        p: &Principal,
+        sid: &str,
+        after: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<Vec<AuditEvent>> {
         let session = self.owned_session(p, sid).await?;
         let (after, limit) = (after.unwrap_or(0), page(limit));
-        Ok(self.db.read_async(move |c| audit::list(c, &session.id, after, limit)).await?)
+        Ok(self
+            .db
+            .read_async(move |c| audit::list(c, &session.id, after, limit))
+            .await?)
     }
 
     /// Tools `p` may use (all, for admins).
     pub fn visible_tools(&self, p: &Principal) -> Vec<Arc<crate::runtime::loader::LoadedTool>> {
-        self.tools.values().filter(|t| p.is_admin() || p.may_use_tool(&t.manifest.name)).cloned().collect()
+        self.tools
+            .values()
+            .filter(|t| p.is_admin() || p.may_use_tool(&t.manifest.name))
+            .cloned()
+            .collect()
     }
 }
 
@@ -290,5 +400,8 @@ fn replay(first: Call, req: &NewCall) -> Result<CallReply> {
     if first.tool != req.tool || first.input != req.input {
         return Err(StoreError::Rejected(Rejection::IdempotencyConflict).into());
     }
-    Ok(CallReply { call: first, replayed: true })
+    Ok(CallReply {
+        call: first,
+        replayed: true,
+    })
 }

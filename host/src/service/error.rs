@@ -35,7 +35,10 @@ pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
 impl ServiceError {
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ServiceError::BadRequest { code: "invalid_request", message: message.into() }
+        ServiceError::BadRequest {
+            code: "invalid_request",
+            message: message.into(),
+        }
     }
 
     pub fn not_found(what: &str) -> Self {
@@ -45,11 +48,17 @@ impl ServiceError {
             "tool" => "unknown_tool",
             _ => "not_found",
         };
-        ServiceError::NotFound { code, message: format!("no such {what}") }
+        ServiceError::NotFound {
+            code,
+            message: format!("no such {what}"),
+        }
     }
 
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
-        ServiceError::Forbidden { code, message: message.into() }
+        ServiceError::Forbidden {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -58,10 +67,12 @@ impl From<StoreError> for ServiceError {
         match e {
             StoreError::Unavailable(detail) => ServiceError::Unavailable(detail),
             StoreError::Rejected(Rejection::NotFound) => ServiceError::not_found("session"),
-            StoreError::Rejected(Rejection::StaleVersion { current }) => ServiceError::StaleVersion { current },
-            StoreError::Rejected(Rejection::IdempotencyConflict) => {
-                ServiceError::Conflict("idempotency_key was already used with another tool or input".into())
+            StoreError::Rejected(Rejection::StaleVersion { current }) => {
+                ServiceError::StaleVersion { current }
             }
+            StoreError::Rejected(Rejection::IdempotencyConflict) => ServiceError::Conflict(
+                "idempotency_key was already used with another tool or input".into(),
+            ),
         }
     }
 }

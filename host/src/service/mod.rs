@@ -72,15 +72,26 @@ impl Service {
         Service::start_with(config, ToolSource::Dir(dir)).await
     }
 
-    pub async fn start_with(config: Config, source: ToolSource) -> anyhow::Result<(Arc<Service>, StartReport)> {
+    pub async fn start_with(
+        config: Config,
+        source: ToolSource,
+    ) -> anyhow::Result<(Arc<Service>, StartReport)> {
         use anyhow::Context;
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data folder {}",
+                config.data_dir.display()
+            )
+        })?;
         let (principals, credentials) = match &config.principals {
-            Some(list) => (Principals::from_config(list).map_err(anyhow::Error::msg)?, Credentials::Configured),
+            Some(list) => (
+                Principals::from_config(list).map_err(anyhow::Error::msg)?,
+                Credentials::Configured,
+            ),
             None => {
-                let (p, tokens) = Principals::dev(&config.data_dir)
-                    .with_context(|| format!("cannot set up dev tokens in {}", config.data_dir.display()))?;
+                let (p, tokens) = Principals::dev(&config.data_dir).with_context(|| {
+                    format!("cannot set up dev tokens in {}", config.data_dir.display())
+                })?;
                 (p, Credentials::Dev(tokens))
             }
         };
@@ -94,7 +105,10 @@ impl Service {
                 Err(e) => (vec![], vec![e]),
             },
         };
-        let tools = loaded.into_iter().map(|t| (t.manifest.name.clone(), Arc::new(t))).collect();
+        let tools = loaded
+            .into_iter()
+            .map(|t| (t.manifest.name.clone(), Arc::new(t)))
+            .collect();
         let service = Arc::new(Service {
             call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls as usize)),
             config,
@@ -108,7 +122,14 @@ impl Service {
             finished: broadcast::channel(1024).0,
         });
         let interrupted = service.recover().await?;
-        Ok((service, StartReport { refused, interrupted, credentials }))
+        Ok((
+            service,
+            StartReport {
+                refused,
+                interrupted,
+                credentials,
+            },
+        ))
     }
 
     pub fn authenticate(&self, token: &str) -> Option<Arc<Principal>> {

@@ -46,16 +46,29 @@ pub fn page(limit: Option<u32>) -> u32 {
     limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
 }
 
-fn validate_map(what: &str, map: &BTreeMap<String, String>, max_entries: usize, max_value: usize, key_ok: fn(&str) -> bool) -> Result<()> {
+fn validate_map(
+    what: &str,
+    map: &BTreeMap<String, String>,
+    max_entries: usize,
+    max_value: usize,
+    key_ok: fn(&str) -> bool,
+) -> Result<()> {
     if map.len() > max_entries {
-        return Err(ServiceError::bad_request(format!("{what}: at most {max_entries} entries")));
+        return Err(ServiceError::bad_request(format!(
+            "{what}: at most {max_entries} entries"
+        )));
     }
     for (k, v) in map {
         if !key_ok(k) {
-            return Err(ServiceError::bad_request(format!("{what}: {:?} is not a valid name", truncate(k))));
+            return Err(ServiceError::bad_request(format!(
+                "{what}: {:?} is not a valid name",
+                truncate(k)
+            )));
         }
         if v.len() > max_value {
-            return Err(ServiceError::bad_request(format!("{what}.{k}: value over {max_value} bytes")));
+            return Err(ServiceError::bad_request(format!(
+                "{what}.{k}: value over {max_value} bytes"
+            )));
         }
     }
     Ok(())
@@ -66,11 +79,16 @@ fn truncate(s: &str) -> String {
 }
 
 fn label_key_ok(k: &str) -> bool {
-    (1..=64).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    (1..=64).contains(&k.len())
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
 }
 
 fn role_ok(role: &str) -> bool {
-    (1..=32).contains(&role.len()) && role.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-')
+    (1..=32).contains(&role.len())
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-')
 }
 
 impl Service {
@@ -85,7 +103,10 @@ impl Service {
         match session {
             Some(s) if s.principal == p.name || p.is_admin() => {
                 if s.expires_at.as_deref().is_some_and(util::is_past) {
-                    return Err(ServiceError::NotFound { code: "session_expired", message: "the session has expired".into() });
+                    return Err(ServiceError::NotFound {
+                        code: "session_expired",
+                        message: "the session has expired".into(),
+                    });
                 }
                 Ok(s)
             }
@@ -98,25 +119,57 @@ impl Service {
             Some(list) => {
                 for name in &list {
                     if !self.tools.contains_key(name) {
-                        return Err(ServiceError::NotFound { code: "unknown_tool", message: format!("no tool named {:?}", truncate(name)) });
+                        return Err(ServiceError::NotFound {
+                            code: "unknown_tool",
+                            message: format!("no tool named {:?}", truncate(name)),
+                        });
                     }
                     if !p.may_use_tool(name) {
-                        return Err(ServiceError::forbidden("tool_not_allowed", format!("principal {} may not use tool {name}", p.name)));
+                        return Err(ServiceError::forbidden(
+                            "tool_not_allowed",
+                            format!("principal {} may not use tool {name}", p.name),
+                        ));
                     }
                 }
                 list
             }
-            None => self.tools.keys().filter(|t| p.may_use_tool(t)).cloned().collect(),
+            None => self
+                .tools
+                .keys()
+                .filter(|t| p.may_use_tool(t))
+                .cloned()
+                .collect(),
         };
         for name in req.grants.keys().chain(&req.approval_required) {
             if !names.contains(name) {
-                return Err(ServiceError::bad_request(format!("{:?} is not one of this session's tools", truncate(name))));
+                return Err(ServiceError::bad_request(format!(
+                    "{:?} is not one of this session's tools",
+                    truncate(name)
+                )));
             }
         }
-        validate_map("env", &req.env, MAX_ENV_ENTRIES, MAX_ENV_VALUE_BYTES, is_var_name)?;
-        validate_map("labels", &req.labels, MAX_LABELS, MAX_LABEL_BYTES, label_key_ok)?;
+        validate_map(
+            "env",
+            &req.env,
+            MAX_ENV_ENTRIES,
+            MAX_ENV_VALUE_BYTES,
+            is_var_name,
+        )?;
+        validate_map(
+            "labels",
+            &req.labels,
+            MAX_LABELS,
+            MAX_LABEL_BYTES,
+            label_key_ok,
+        )?;
         let ttl = req.ttl_seconds.map(|t| {
-            if (1..=MAX_TTL_SECONDS).contains(&t) { Ok(t) } else { Err(ServiceError::bad_request(format!("ttl_seconds must be 1..={MAX_TTL_SECONDS}"))) }
+            if (1..=MAX_TTL_SECONDS).contains(&t) {
+                Ok(t)
+            } else {
+                Err(ServiceError::bad_request(format!(
+                    "ttl_seconds must be 1..={MAX_TTL_SECONDS}"
+                )))
+            }
         });
         let expires_at = ttl.transpose()?.map(util::rfc3339_in);
 
@@ -128,11 +181,21 @@ impl Service {
                 grant = grant.intersect(policy);
             }
             if let Some(spec) = req.grants.get(name) {
-                spec.validate(&format!("grants.{name}")).map_err(ServiceError::bad_request)?;
-                grant = grant.narrow(spec).map_err(|e| ServiceError::forbidden("grant_widening", format!("grants.{name}: {e}")))?;
+                spec.validate(&format!("grants.{name}"))
+                    .map_err(ServiceError::bad_request)?;
+                grant = grant.narrow(spec).map_err(|e| {
+                    ServiceError::forbidden("grant_widening", format!("grants.{name}: {e}"))
+                })?;
             }
-            let approval_required = tool.manifest.approval.required || req.approval_required.contains(name);
-            tools.insert(name.clone(), ToolBoundary { grants: grant, approval_required });
+            let approval_required =
+                tool.manifest.approval.required || req.approval_required.contains(name);
+            tools.insert(
+                name.clone(),
+                ToolBoundary {
+                    grants: grant,
+                    approval_required,
+                },
+            );
         }
         let session = Session {
             id: util::new_id(),
@@ -157,11 +220,19 @@ impl Service {
         Ok(session)
     }
 
-    pub async fn list_sessions(&self, p: &Principal, after: Option<String>, limit: Option<u32>) -> Result<Vec<Session>> {
+    pub async fn list_sessions(
+        &self,
+        p: &Principal,
+        after: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<Vec<Session>> {
         let owner = (!p.is_admin()).then(|| p.name.clone());
         let after = after.unwrap_or_default();
         let limit = page(limit);
-        Ok(self.db.read_async(move |c| sessions::list(c, owner.as_deref(), &after, limit)).await?)
+        Ok(self
+            .db
+            .read_async(move |c| sessions::list(c, owner.as_deref(), &after, limit))
+            .await?)
     }
 
     pub async fn delete_session(&self, p: &Principal, sid: &str) -> Result<()> {
@@ -181,7 +252,9 @@ impl Service {
 
     pub async fn append_message(&self, p: &Principal, sid: &str, m: NewMessage) -> Result<Message> {
         if !role_ok(&m.role) {
-            return Err(ServiceError::bad_request("role must be 1 to 32 characters of a-z, _ or -"));
+            return Err(ServiceError::bad_request(
+                "role must be 1 to 32 characters of a-z, _ or -",
+            ));
         }
         let session = self.owned_session(p, sid).await?;
         let actor = p.name.clone();
@@ -198,9 +271,18 @@ impl Service {
             .await?)
     }
 
-    pub async fn list_messages(&self, p: &Principal, sid: &str, after: Option<i64>, limit: Option<u32>) -> Result<Vec<Message>> {
+    pub async fn list_messages(
+        &self,
+        p: &Principal,
+        sid: &str,
+        after: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<Vec<Message>> {
         let session = self.owned_session(p, sid).await?;
         let (after, limit) = (after.unwrap_or(0), page(limit));
-        Ok(self.db.read_async(move |c| messages::list(c, &session.id, after, limit)).await?)
+        Ok(self
+            .db
+            .read_async(move |c| messages::list(c, &session.id, after, limit))
+            .await?)
     }
 }

@@ -79,30 +79,44 @@ pub fn finish(conn: &Connection, call: &Call) -> Result<()> {
 
 pub fn get(conn: &Connection, session: &str, id: &str) -> Result<Option<Call>> {
     Ok(conn
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM calls WHERE id = ?1 AND session = ?2"))?
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM calls WHERE id = ?1 AND session = ?2"
+        ))?
         .query_row([id, session], from_row)
         .optional()?)
 }
 
 pub fn by_idempotency_key(conn: &Connection, session: &str, key: &str) -> Result<Option<Call>> {
     Ok(conn
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM calls WHERE session = ?1 AND idempotency_key = ?2"))?
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM calls WHERE session = ?1 AND idempotency_key = ?2"
+        ))?
         .query_row([session, key], from_row)
         .optional()?)
 }
 
 /// Calls of a session, oldest first, optionally of one status.
-pub fn list(conn: &Connection, session: &str, status: Option<CallStatus>, after: &str, limit: u32) -> Result<Vec<Call>> {
+pub fn list(
+    conn: &Connection,
+    session: &str,
+    status: Option<CallStatus>,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<Call>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM calls WHERE session = ?1 AND (?2 IS NULL OR status = ?2) AND id > ?3 ORDER BY id LIMIT ?4"
     ))?;
-    let rows = stmt.query_map(params![session, status.map(CallStatus::as_str), after, limit], from_row)?;
+    let rows = stmt.query_map(
+        params![session, status.map(CallStatus::as_str), after, limit],
+        from_row,
+    )?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Calls left `running` by a host that stopped: (session, call id, tool).
 pub fn running(conn: &Connection) -> Result<Vec<(String, String, String)>> {
-    let mut stmt = conn.prepare_cached("SELECT session, id, tool FROM calls WHERE status = 'running'")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT session, id, tool FROM calls WHERE status = 'running'")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

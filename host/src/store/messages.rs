@@ -16,7 +16,13 @@ fn from_row(r: &Row) -> rusqlite::Result<Message> {
 }
 
 /// Appends a message with the next sequence number of its session.
-pub fn append(conn: &Connection, session: &str, role: &str, content: &str, metadata: Option<&serde_json::Value>) -> Result<Message> {
+pub fn append(
+    conn: &Connection,
+    session: &str,
+    role: &str,
+    content: &str,
+    metadata: Option<&serde_json::Value>,
+) -> Result<Message> {
     let seq: i64 = conn
         .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE session = ?1")?
         .query_row([session], |r| r.get(0))?;
@@ -24,7 +30,13 @@ pub fn append(conn: &Connection, session: &str, role: &str, content: &str, metad
     let meta = metadata.map(|m| m.to_string());
     conn.prepare_cached("INSERT INTO messages (session, seq, role, content, metadata, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
         .execute(params![session, seq, role, content, meta, created_at])?;
-    Ok(Message { seq, role: role.into(), content: content.into(), metadata: metadata.cloned(), created_at })
+    Ok(Message {
+        seq,
+        role: role.into(),
+        content: content.into(),
+        metadata: metadata.cloned(),
+        created_at,
+    })
 }
 
 /// Messages after `after`, oldest first.

@@ -6,7 +6,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::BTreeMap;
 
 fn json<T: serde::de::DeserializeOwned>(text: String) -> rusqlite::Result<T> {
-    serde_json::from_str(&text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 const COLUMNS: &str = "id, principal, created_at, expires_at, version, boundary, env, labels, \
@@ -62,7 +64,12 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Session>> {
 }
 
 /// Sessions oldest first (ids are time-ordered), for one principal or all.
-pub fn list(conn: &Connection, principal: Option<&str>, after: &str, limit: u32) -> Result<Vec<Session>> {
+pub fn list(
+    conn: &Connection,
+    principal: Option<&str>,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<Session>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM sessions WHERE (?1 IS NULL OR principal = ?1) AND id > ?2 ORDER BY id LIMIT ?3"
     ))?;
@@ -72,7 +79,9 @@ pub fn list(conn: &Connection, principal: Option<&str>, after: &str, limit: u32)
 
 /// Checks `If-Match` inside the transaction that will change the session.
 pub fn check_version(conn: &Connection, id: &str, expected: Option<i64>) -> Result<()> {
-    let Some(expected) = expected else { return Ok(()) };
+    let Some(expected) = expected else {
+        return Ok(());
+    };
     let current: Option<i64> = conn
         .prepare_cached("SELECT version FROM sessions WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
@@ -86,10 +95,12 @@ pub fn check_version(conn: &Connection, id: &str, expected: Option<i64>) -> Resu
 
 /// Increments the version; returns the new one. NotFound if the session is gone.
 pub fn bump_version(conn: &Connection, id: &str) -> Result<i64> {
-    conn.prepare_cached("UPDATE sessions SET version = version + 1 WHERE id = ?1 RETURNING version")?
-        .query_row([id], |r| r.get(0))
-        .optional()?
-        .ok_or(Rejection::NotFound.into())
+    conn.prepare_cached(
+        "UPDATE sessions SET version = version + 1 WHERE id = ?1 RETURNING version",
+    )?
+    .query_row([id], |r| r.get(0))
+    .optional()?
+    .ok_or(Rejection::NotFound.into())
 }
 
 /// Adds a finished call's usage to the session's totals.
@@ -110,17 +121,29 @@ pub fn add_usage(conn: &Connection, id: &str, u: &crate::model::Usage) -> Result
     Ok(())
 }
 
-pub fn update_boundary(conn: &Connection, id: &str, tools: &BTreeMap<String, ToolBoundary>) -> Result<()> {
+pub fn update_boundary(
+    conn: &Connection,
+    id: &str,
+    tools: &BTreeMap<String, ToolBoundary>,
+) -> Result<()> {
     let text = serde_json::to_string(tools).expect("boundary serializes");
-    conn.prepare_cached("UPDATE sessions SET boundary = ?2 WHERE id = ?1")?.execute(params![id, text])?;
+    conn.prepare_cached("UPDATE sessions SET boundary = ?2 WHERE id = ?1")?
+        .execute(params![id, text])?;
     Ok(())
 }
 
 /// Deletes the session with its messages, state and calls (the audit stays).
 pub fn delete(conn: &Connection, id: &str) -> Result<bool> {
-    Ok(conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?.execute([id])? > 0)
+    Ok(conn
+        .prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+        .execute([id])?
+        > 0)
 }
 
 pub fn exists(conn: &Connection, id: &str) -> Result<bool> {
-    Ok(conn.prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?.query_row([id], |_| Ok(())).optional()?.is_some())
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
+        .query_row([id], |_| Ok(()))
+        .optional()?
+        .is_some())
 }

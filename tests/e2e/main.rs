@@ -1,0 +1,7 @@
+//! End-to-end tests against the real `bulkhead` binary (see the harness in
+//! `src/lib.rs`). One module per area of the contract.
+
+mod api;
+mod durability;
+mod loading;
+mod sandbox;
