@@ -6,9 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent");
     for dir in ["guest-tools", "tests/guests", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
@@ -21,8 +19,5 @@ fn main() {
         .env_remove("CARGO_BUILD_TARGET")
         .status()
         .expect("cannot run scripts/build-guests");
-    assert!(
-        status.success(),
-        "building the guest components failed (scripts/build-guests)"
-    );
+    assert!(status.success(), "building the guest components failed (scripts/build-guests)");
 }

@@ -26,6 +26,8 @@ pub struct Principal {
     tools: Vec<String>,
     /// Narrowing for all of this principal's sessions, per tool.
     pub grants: BTreeMap<String, GrantSpec>,
+    /// Tools whose calls by this principal always wait for approval.
+    pub approval_required: Vec<String>,
 }
 
 impl Principal {
@@ -44,6 +46,7 @@ impl Principal {
             roles: vec![Role::Agent],
             tools: vec!["*".into()],
             grants: BTreeMap::new(),
+            approval_required: Vec::new(),
         }
     }
 
@@ -77,12 +80,8 @@ impl Principals {
         for p in configs {
             let hash = match (&p.token_env, &p.token_sha256) {
                 (Some(var), _) => {
-                    let token = std::env::var(var).map_err(|_| {
-                        format!(
-                            "principal {:?}: environment variable {var} is not set",
-                            p.name
-                        )
-                    })?;
+                    let token = std::env::var(var)
+                        .map_err(|_| format!("principal {:?}: environment variable {var} is not set", p.name))?;
                     if token.len() < MIN_TOKEN_LEN {
                         return Err(format!(
                             "principal {:?}: the token in {var} is shorter than {MIN_TOKEN_LEN}",
@@ -104,12 +103,10 @@ impl Principals {
                 roles: p.roles.clone(),
                 tools: p.tools.clone(),
                 grants: p.grants.clone(),
+                approval_required: p.approval_required.clone(),
             };
             if out.by_token.insert(hash, Arc::new(principal)).is_some() {
-                return Err(format!(
-                    "principal {:?}: its token is the same as another principal's",
-                    p.name
-                ));
+                return Err(format!("principal {:?}: its token is the same as another principal's", p.name));
             }
         }
         Ok(out)
@@ -125,22 +122,13 @@ impl Principals {
                     text.lines()
                         .find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
                         .filter(|t| t.len() >= MIN_TOKEN_LEN)
-                        .ok_or_else(|| {
-                            std::io::Error::other(format!("{}: no valid {key}", file.display()))
-                        })
+                        .ok_or_else(|| std::io::Error::other(format!("{}: no valid {key}", file.display())))
                 };
-                (
-                    get("BULKHEAD_AGENT_TOKEN")?,
-                    get("BULKHEAD_APPROVER_TOKEN")?,
-                    false,
-                )
+                (get("BULKHEAD_AGENT_TOKEN")?, get("BULKHEAD_APPROVER_TOKEN")?, false)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let (agent, approver) = (new_token()?, new_token()?);
-                write_private(
-                    &file,
-                    &format!("BULKHEAD_AGENT_TOKEN={agent}\nBULKHEAD_APPROVER_TOKEN={approver}\n"),
-                )?;
+                write_private(&file, &format!("BULKHEAD_AGENT_TOKEN={agent}\nBULKHEAD_APPROVER_TOKEN={approver}\n"))?;
                 (agent, approver, true)
             }
             Err(e) => return Err(e),
@@ -152,23 +140,12 @@ impl Principals {
                 roles: vec![role],
                 tools: tools.iter().map(|t| t.to_string()).collect(),
                 grants: BTreeMap::new(),
+                approval_required: Vec::new(),
             })
         };
-        principals
-            .by_token
-            .insert(digest(&agent), dev(DEV_AGENT, Role::Agent, &["*"]));
-        principals
-            .by_token
-            .insert(digest(&approver), dev(DEV_APPROVER, Role::Approver, &[]));
-        Ok((
-            principals,
-            DevTokens {
-                agent,
-                approver,
-                file,
-                fresh,
-            },
-        ))
+        principals.by_token.insert(digest(&agent), dev(DEV_AGENT, Role::Agent, &["*"]));
+        principals.by_token.insert(digest(&approver), dev(DEV_APPROVER, Role::Approver, &[]));
+        Ok((principals, DevTokens { agent, approver, file, fresh }))
     }
 
     pub fn authenticate(&self, token: &str) -> Option<Arc<Principal>> {
@@ -190,11 +167,7 @@ fn new_token() -> std::io::Result<String> {
 /// existing file or link).
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     f.write_all(contents.as_bytes())?;
     f.sync_all()
 }

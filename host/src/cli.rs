@@ -88,16 +88,9 @@ enum AuditCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -107,17 +100,9 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => serve(config.as_deref()).await,
-            Command::Tools {
-                command: ToolsCommand::Check { config },
-            } => tools_check(config.as_deref()),
-            Command::Run {
-                bundle,
-                input,
-                state_dir,
-            } => run(&bundle, &input, state_dir.as_deref()).await,
-            Command::Audit {
-                command: AuditCommand::Verify { config },
-            } => audit_verify(config.as_deref()).await,
+            Command::Tools { command: ToolsCommand::Check { config } } => tools_check(config.as_deref()),
+            Command::Run { bundle, input, state_dir } => run(&bundle, &input, state_dir.as_deref()).await,
+            Command::Audit { command: AuditCommand::Verify { config } } => audit_verify(config.as_deref()).await,
         }
     });
     match result {
@@ -135,16 +120,10 @@ fn report_start(report: &StartReport, service: &Service) {
     }
     for t in service.tools.values() {
         let from = if t.cached { "precompiled" } else { "compiled" };
-        eprintln!(
-            "tool {} {} ({}, {from})",
-            t.manifest.name, t.manifest.version, t.digest
-        );
+        eprintln!("tool {} {} ({}, {from})", t.manifest.name, t.manifest.version, t.digest);
     }
     if report.interrupted > 0 {
-        eprintln!(
-            "{} call(s) left running by the previous host are now interrupted",
-            report.interrupted
-        );
+        eprintln!("{} call(s) left running by the previous host are now interrupted", report.interrupted);
     }
 }
 
@@ -154,17 +133,11 @@ async fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
     let (service, report) = Service::start(config).await?;
     report_start(&report, &service);
     if service.tools.is_empty() {
-        eprintln!(
-            "warning: no tools loaded from {}",
-            service.config.tools_dir.display()
-        );
+        eprintln!("warning: no tools loaded from {}", service.config.tools_dir.display());
     }
     match &report.credentials {
         Credentials::Dev(tokens) if tokens.fresh => {
-            println!(
-                "dev tokens (printed once, kept in {}):",
-                tokens.file.display()
-            );
+            println!("dev tokens (printed once, kept in {}):", tokens.file.display());
             println!("  dev-agent:    {}", tokens.agent);
             println!("  dev-approver: {}", tokens.approver);
         }
@@ -174,13 +147,9 @@ async fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
         }
         Credentials::Configured => {}
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     println!("bulkhead listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, crate::api::router(service))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, crate::api::router(service)).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -188,8 +157,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]
@@ -202,26 +171,14 @@ fn tools_check(config_path: Option<&Path>) -> Result<ExitCode> {
     let runtime = Runtime::new(&config.limits, None)?;
     let (tools, errors) = runtime.load_dir(&config.tools_dir, &config.limits);
     for t in &tools {
-        println!(
-            "ok     {} {} {}",
-            t.manifest.name, t.manifest.version, t.digest
-        );
+        println!("ok     {} {} {}", t.manifest.name, t.manifest.version, t.digest);
         println!("       imports: {}", t.imports.join(", "));
     }
     for e in &errors {
         println!("error  {e}");
     }
-    println!(
-        "{} loaded, {} refused, from {}",
-        tools.len(),
-        errors.len(),
-        config.tools_dir.display()
-    );
-    Ok(if errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    println!("{} loaded, {} refused, from {}", tools.len(), errors.len(), config.tools_dir.display());
+    Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 const RUN_SESSION_FILE: &str = "run-session";
@@ -235,10 +192,7 @@ async fn run(bundle: &Path, input: &str, state_dir: Option<&Path>) -> Result<Exi
         Some(_) => None,
         None => Some(std::env::temp_dir().join(format!("bulkhead-run-{}", crate::util::new_id()))),
     };
-    let data_dir = state_dir
-        .map(Path::to_path_buf)
-        .or(temp.clone())
-        .expect("one of the two is set");
+    let data_dir = state_dir.map(Path::to_path_buf).or(temp.clone()).expect("one of the two is set");
     let mut config = Config::embedded();
     config.data_dir = data_dir.clone();
     config.principals = Some(Vec::new());
@@ -249,50 +203,24 @@ async fn run(bundle: &Path, input: &str, state_dir: Option<&Path>) -> Result<Exi
     result
 }
 
-async fn run_in(
-    config: Config,
-    bundle: &Path,
-    input: serde_json::Value,
-    data_dir: &Path,
-) -> Result<ExitCode> {
-    let (service, report) =
-        Service::start_with(config, ToolSource::Bundle(bundle.to_path_buf())).await?;
+async fn run_in(config: Config, bundle: &Path, input: serde_json::Value, data_dir: &Path) -> Result<ExitCode> {
+    let (service, report) = Service::start_with(config, ToolSource::Bundle(bundle.to_path_buf())).await?;
     if let Some(e) = report.refused.first() {
         bail!("{e}");
     }
-    let tool = service
-        .tools
-        .keys()
-        .next()
-        .cloned()
-        .context("no tool loaded")?;
+    let tool = service.tools.keys().next().cloned().context("no tool loaded")?;
     let me = Principal::local("local");
     let session_file = data_dir.join(RUN_SESSION_FILE);
-    let existing = std::fs::read_to_string(&session_file)
-        .ok()
-        .map(|s| s.trim().to_string());
+    let existing = std::fs::read_to_string(&session_file).ok().map(|s| s.trim().to_string());
     let session = match existing {
         Some(sid) if service.owned_session(&me, &sid).await.is_ok() => sid,
         _ => {
-            let s = service
-                .create_session(&me, CreateSession::default())
-                .await?;
+            let s = service.create_session(&me, CreateSession::default()).await?;
             std::fs::write(&session_file, &s.id)?;
             s.id
         }
     };
-    let reply = service
-        .call(
-            &me,
-            &session,
-            NewCall {
-                tool,
-                input,
-                idempotency_key: None,
-            },
-            None,
-        )
-        .await?;
+    let reply = service.call(&me, &session, NewCall { tool, input, idempotency_key: None }, Default::default()).await?;
     let call = reply.call;
     let audit = service.list_audit(&me, &session, None, Some(1000)).await?;
     let denials: Vec<_> = audit
@@ -310,11 +238,7 @@ async fn run_in(
         "session": session,
     });
     println!("{}", serde_json::to_string_pretty(&printed)?);
-    Ok(if call.status == crate::model::CallStatus::Succeeded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if call.status == crate::model::CallStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 async fn audit_verify(config_path: Option<&Path>) -> Result<ExitCode> {
@@ -329,10 +253,7 @@ async fn audit_verify(config_path: Option<&Path>) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(b) => {
-            println!(
-                "audit trail broken: session {} seq {}: {}",
-                b.session, b.seq, b.reason
-            );
+            println!("audit trail broken: session {} seq {}: {}", b.session, b.seq, b.reason);
             Ok(ExitCode::from(1))
         }
     }

@@ -63,11 +63,7 @@ impl Limits {
             ("limits.max_output_kb", self.max_output_kb, 64 * 1024),
             ("limits.max_state_kb", self.max_state_kb, 1024 * 1024),
             ("limits.max_request_kb", self.max_request_kb, 64 * 1024),
-            (
-                "limits.max_concurrent_calls",
-                self.max_concurrent_calls.into(),
-                4096,
-            ),
+            ("limits.max_concurrent_calls", self.max_concurrent_calls.into(), 4096),
         ];
         for (key, value, max) in checks {
             if value == 0 || value > max {
@@ -100,6 +96,15 @@ pub struct VolumeConfig {
     pub access: Access,
 }
 
+/// Human approval gates (an extension of contract §3).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// A call left undecided this long ends `rejected` with code `expired`.
+    /// Absent: pending calls wait until decided.
+    pub expire_after_seconds: Option<u64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -122,6 +127,9 @@ pub struct PrincipalConfig {
     /// Narrowing applied to every session of this principal, per tool.
     #[serde(default)]
     pub grants: BTreeMap<String, GrantSpec>,
+    /// Tools whose every call by this principal waits for a human decision.
+    #[serde(default)]
+    pub approval_required: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +147,8 @@ struct RawConfig {
     #[serde(default)]
     volumes: BTreeMap<String, VolumeConfig>,
     #[serde(default)]
+    approvals: ApprovalsConfig,
+    #[serde(default)]
     principals: Vec<PrincipalConfig>,
 }
 
@@ -152,6 +162,7 @@ pub struct Config {
     pub network: NetworkConfig,
     pub secrets: BTreeMap<String, SecretSource>,
     pub volumes: BTreeMap<String, VolumeConfig>,
+    pub approvals: ApprovalsConfig,
     /// `None` on embedded defaults: a dev agent and a dev approver are made.
     pub principals: Option<Vec<PrincipalConfig>>,
 }
@@ -168,6 +179,7 @@ impl Config {
             network: NetworkConfig::default(),
             secrets: BTreeMap::new(),
             volumes: BTreeMap::new(),
+            approvals: ApprovalsConfig::default(),
             principals: None,
         }
     }
@@ -178,10 +190,7 @@ impl Config {
             return Ok(Config::embedded());
         };
         let file = path.display().to_string();
-        let err = |message: String| ConfigError {
-            file: file.clone(),
-            message,
-        };
+        let err = |message: String| ConfigError { file: file.clone(), message };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, base).map_err(err)
@@ -191,54 +200,33 @@ impl Config {
     pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| crate::util::toml_error(text, &e))?;
         let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen = listen.parse().map_err(|_| {
-            format!("listen = {listen:?} is not an address like \"127.0.0.1:7070\"")
-        })?;
+        let listen =
+            listen.parse().map_err(|_| format!("listen = {listen:?} is not an address like \"127.0.0.1:7070\""))?;
         raw.limits.validate()?;
+        if raw.approvals.expire_after_seconds == Some(0) {
+            return Err("approvals.expire_after_seconds must be above 0".into());
+        }
         for cidr in &raw.network.allow_private {
-            crate::grants::parse_cidr(cidr).ok_or_else(|| {
-                format!("network.allow_private: {cidr:?} is not a CIDR like \"10.0.0.0/8\"")
-            })?;
+            crate::grants::parse_cidr(cidr)
+                .ok_or_else(|| format!("network.allow_private: {cidr:?} is not a CIDR like \"10.0.0.0/8\""))?;
         }
         for (name, source) in &raw.secrets {
             if source.env.is_some() == source.file.is_some() {
-                return Err(format!(
-                    "secrets.{name}: give exactly one of `env` or `file`"
-                ));
+                return Err(format!("secrets.{name}: give exactly one of `env` or `file`"));
             }
         }
         let rel = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
+            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
         };
         let secrets = raw
             .secrets
             .into_iter()
-            .map(|(name, s)| {
-                (
-                    name,
-                    SecretSource {
-                        env: s.env,
-                        file: s.file.as_deref().map(rel),
-                    },
-                )
-            })
+            .map(|(name, s)| (name, SecretSource { env: s.env, file: s.file.as_deref().map(rel) }))
             .collect();
         let volumes = raw
             .volumes
             .into_iter()
-            .map(|(name, v)| {
-                (
-                    name,
-                    VolumeConfig {
-                        path: rel(&v.path),
-                        access: v.access,
-                    },
-                )
-            })
+            .map(|(name, v)| (name, VolumeConfig { path: rel(&v.path), access: v.access }))
             .collect();
         for (i, p) in raw.principals.iter().enumerate() {
             validate_principal(p).map_err(|e| format!("principals[{i}]: {e}"))?;
@@ -251,15 +239,13 @@ impl Config {
         }
         Ok(Config {
             listen,
-            data_dir: rel(raw
-                .data_dir
-                .as_deref()
-                .unwrap_or(Path::new(DEFAULT_DATA_DIR))),
+            data_dir: rel(raw.data_dir.as_deref().unwrap_or(Path::new(DEFAULT_DATA_DIR))),
             tools_dir: rel(raw.tools_dir.as_deref().unwrap_or(Path::new("./tools"))),
             limits: raw.limits,
             network: raw.network,
             secrets,
             volumes,
+            approvals: raw.approvals,
             principals: Some(raw.principals),
         })
     }
@@ -327,18 +313,8 @@ mod tests {
         assert_eq!(c.limits.max_timeout_ms, 1000);
         assert_eq!(c.limits.max_memory_mb, 256);
         assert_eq!(c.tools_dir, Path::new("/etc/bulkhead/tools"));
-        assert_eq!(
-            c.secrets["DB_PASSWORD"].file.as_deref(),
-            Some(Path::new("/etc/bulkhead/db_password"))
-        );
-        assert_eq!(
-            c.principals.unwrap()[0].grants["http-fetch"]
-                .network
-                .as_ref()
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(c.secrets["DB_PASSWORD"].file.as_deref(), Some(Path::new("/etc/bulkhead/db_password")));
+        assert_eq!(c.principals.unwrap()[0].grants["http-fetch"].network.as_ref().unwrap().len(), 1);
     }
 
     #[test]
@@ -349,25 +325,13 @@ mod tests {
             ("[limits]\nmax_timeout_ms = 0", "limits.max_timeout_ms"),
             ("[limits]\nmax_timeout_ms = -5", "max_timeout_ms"),
             ("listen = \"localhost\"", "listen"),
-            (
-                "[network]\nallow_private = [\"10.0.0.0/33\"]",
-                "allow_private",
-            ),
+            ("[network]\nallow_private = [\"10.0.0.0/33\"]", "allow_private"),
             ("[secrets]\nX = {}", "secrets.X"),
             ("[secrets]\nX = { env = \"A\", file = \"b\" }", "secrets.X"),
             ("[volumes]\nv = { path = \"/x\", access = \"rw\" }", "rw"),
-            (
-                "[[principals]]\nname = \"a\"\nroles = [\"agent\"]",
-                "token_env",
-            ),
-            (
-                "[[principals]]\nname = \"a\"\ntoken_env = \"T\"\nroles = [\"root\"]",
-                "root",
-            ),
-            (
-                "[[principals]]\nname = \"A B\"\ntoken_env = \"T\"\nroles = [\"agent\"]",
-                "principals[0]",
-            ),
+            ("[[principals]]\nname = \"a\"\nroles = [\"agent\"]", "token_env"),
+            ("[[principals]]\nname = \"a\"\ntoken_env = \"T\"\nroles = [\"root\"]", "root"),
+            ("[[principals]]\nname = \"A B\"\ntoken_env = \"T\"\nroles = [\"agent\"]", "principals[0]"),
             (
                 "[[principals]]\nname = \"a\"\ntoken_env = \"T\"\nroles = [\"agent\"]\n[[principals]]\nname = \"a\"\ntoken_env = \"U\"\nroles = [\"agent\"]",
                 "twice",

@@ -63,23 +63,12 @@ impl GrantSpec {
         }
         for f in self.files.iter().flatten() {
             validate_guest_path(&f.path).map_err(|e| format!("{what}.files: {e}"))?;
-            let ok = f.source == "session"
-                || f.source
-                    .strip_prefix("volume:")
-                    .is_some_and(|v| !v.is_empty());
+            let ok = f.source == "session" || f.source.strip_prefix("volume:").is_some_and(|v| !v.is_empty());
             if !ok {
-                return Err(format!(
-                    "{what}.files: source {:?} must be \"session\" or \"volume:NAME\"",
-                    f.source
-                ));
+                return Err(format!("{what}.files: source {:?} must be \"session\" or \"volume:NAME\"", f.source));
             }
         }
-        for name in self
-            .secrets
-            .iter()
-            .flatten()
-            .chain(self.env.iter().flatten())
-        {
+        for name in self.secrets.iter().flatten().chain(self.env.iter().flatten()) {
             if !is_var_name(name) {
                 return Err(format!("{what}: {name:?} is not a name like FOO_BAR"));
             }
@@ -105,15 +94,8 @@ impl Grant {
     pub fn intersect(&self, policy: &GrantSpec) -> Grant {
         let mut out = self.clone();
         if let Some(hosts) = &policy.network {
-            let mine: Vec<HostPattern> = self
-                .network
-                .iter()
-                .filter_map(|h| HostPattern::parse(h).ok())
-                .collect();
-            let theirs: Vec<HostPattern> = hosts
-                .iter()
-                .filter_map(|h| HostPattern::parse(h).ok())
-                .collect();
+            let mine: Vec<HostPattern> = self.network.iter().filter_map(|h| HostPattern::parse(h).ok()).collect();
+            let theirs: Vec<HostPattern> = hosts.iter().filter_map(|h| HostPattern::parse(h).ok()).collect();
             // Pairwise: the narrower of two overlapping patterns survives.
             let mut kept: Vec<String> = Vec::new();
             for (m, m_text) in mine.iter().zip(&self.network) {
@@ -137,13 +119,8 @@ impl Grant {
                 .files
                 .iter()
                 .filter_map(|f| {
-                    let p = files
-                        .iter()
-                        .find(|p| p.path == f.path && p.source == f.source)?;
-                    Some(FileGrant {
-                        access: f.access.min(p.access),
-                        ..f.clone()
-                    })
+                    let p = files.iter().find(|p| p.path == f.path && p.source == f.source)?;
+                    Some(FileGrant { access: f.access.min(p.access), ..f.clone() })
                 })
                 .collect();
         }
@@ -164,11 +141,7 @@ impl Grant {
     pub fn narrow(&self, spec: &GrantSpec) -> Result<Grant, String> {
         let mut out = self.clone();
         if let Some(hosts) = &spec.network {
-            let mine: Vec<HostPattern> = self
-                .network
-                .iter()
-                .filter_map(|h| HostPattern::parse(h).ok())
-                .collect();
+            let mine: Vec<HostPattern> = self.network.iter().filter_map(|h| HostPattern::parse(h).ok()).collect();
             for host in hosts {
                 let want = HostPattern::parse(host)?;
                 if !mine.iter().any(|m| m.covers(&want)) {
@@ -179,27 +152,19 @@ impl Grant {
         }
         if let Some(files) = &spec.files {
             for f in files {
-                let covered = self
-                    .files
-                    .iter()
-                    .any(|m| m.path == f.path && m.source == f.source && f.access <= m.access);
+                let covered =
+                    self.files.iter().any(|m| m.path == f.path && m.source == f.source && f.access <= m.access);
                 if !covered {
-                    return Err(format!(
-                        "files {:?} ({:?}) is not within the grant",
-                        f.path, f.source
-                    ));
+                    return Err(format!("files {:?} ({:?}) is not within the grant", f.path, f.source));
                 }
             }
             out.files = files.clone();
         }
-        for (field, want, have) in [
-            ("secrets", &spec.secrets, &self.secrets),
-            ("env", &spec.env, &self.env),
-        ] {
-            if let Some(want) = want {
-                if let Some(extra) = want.iter().find(|w| !have.contains(w)) {
-                    return Err(format!("{field} {extra:?} is not within the grant"));
-                }
+        for (field, want, have) in [("secrets", &spec.secrets, &self.secrets), ("env", &spec.env, &self.env)] {
+            if let Some(want) = want
+                && let Some(extra) = want.iter().find(|w| !have.contains(w))
+            {
+                return Err(format!("{field} {extra:?} is not within the grant"));
             }
         }
         if let Some(s) = &spec.secrets {
@@ -253,15 +218,9 @@ impl HostPattern {
                 && !l.ends_with('-')
         };
         if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
-            return Err(format!(
-                "{text:?} is not a host name like api.example.com or *.example.org:8443"
-            ));
+            return Err(format!("{text:?} is not a host name like api.example.com or *.example.org:8443"));
         }
-        Ok(HostPattern {
-            host,
-            wildcard,
-            port,
-        })
+        Ok(HostPattern { host, wildcard, port })
     }
 
     /// Whether every destination `other` allows is also allowed by `self`.
@@ -271,8 +230,7 @@ impl HostPattern {
             (false, false) => self.host == other.host,
             (false, true) => false,
             (true, _) => {
-                other.host.ends_with(&format!(".{}", self.host))
-                    || (other.wildcard && other.host == self.host)
+                other.host.ends_with(&format!(".{}", self.host)) || (other.wildcard && other.host == self.host)
             }
         };
         port_ok && host_ok
@@ -292,9 +250,7 @@ pub fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
 pub fn is_var_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     name.len() <= 128
-        && bytes
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
@@ -304,13 +260,7 @@ fn validate_guest_path(path: &str) -> Result<(), String> {
         && path != "/"
         && !path.split('/').any(|c| c == ".." || c == ".")
         && !path.contains('\0');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "guest path {path:?} must be absolute, not /, without . or .."
-        ))
-    }
+    if ok { Ok(()) } else { Err(format!("guest path {path:?} must be absolute, not /, without . or ..")) }
 }
 
 #[cfg(test)]
@@ -345,32 +295,17 @@ mod tests {
             ("*.example.com", "a.example.com.evil.com", false),
         ];
         for (have, want, expected) in cases {
-            let (h, w) = (
-                HostPattern::parse(have).unwrap(),
-                HostPattern::parse(want).unwrap(),
-            );
+            let (h, w) = (HostPattern::parse(have).unwrap(), HostPattern::parse(want).unwrap());
             assert_eq!(h.covers(&w), expected, "{have} covers {want}");
         }
     }
 
     #[test]
     fn host_pattern_rejects_garbage() {
-        for bad in [
-            "",
-            "*",
-            "*.",
-            "http://x.com",
-            "a b.com",
-            "x.com:0",
-            "x.com:99999",
-            "-x.com",
-            "x..com",
-            "x.com/path",
-        ] {
-            assert!(
-                HostPattern::parse(bad).is_err(),
-                "{bad:?} should be refused"
-            );
+        for bad in
+            ["", "*", "*.", "http://x.com", "a b.com", "x.com:0", "x.com:99999", "-x.com", "x..com", "x.com/path"]
+        {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
 
@@ -380,106 +315,41 @@ mod tests {
         let cases: Vec<(GrantSpec, Result<Grant, ()>)> = vec![
             (GrantSpec::default(), Ok(base.clone())),
             (
-                GrantSpec {
-                    network: Some(vec!["api.example.com".into()]),
-                    ..Default::default()
-                },
+                GrantSpec { network: Some(vec!["api.example.com".into()]), ..Default::default() },
                 Ok(grant(&["api.example.com"], &["A", "B"], true)),
             ),
+            (GrantSpec { network: Some(vec!["evil.com".into()]), ..Default::default() }, Err(())),
             (
-                GrantSpec {
-                    network: Some(vec!["evil.com".into()]),
-                    ..Default::default()
-                },
-                Err(()),
-            ),
-            (
-                GrantSpec {
-                    secrets: Some(vec!["A".into()]),
-                    ..Default::default()
-                },
+                GrantSpec { secrets: Some(vec!["A".into()]), ..Default::default() },
                 Ok(grant(&["*.example.com"], &["A"], true)),
             ),
+            (GrantSpec { secrets: Some(vec!["C".into()]), ..Default::default() }, Err(())),
             (
-                GrantSpec {
-                    secrets: Some(vec!["C".into()]),
-                    ..Default::default()
-                },
-                Err(()),
-            ),
-            (
-                GrantSpec {
-                    history: Some(false),
-                    ..Default::default()
-                },
+                GrantSpec { history: Some(false), ..Default::default() },
                 Ok(grant(&["*.example.com"], &["A", "B"], false)),
             ),
-            (
-                GrantSpec {
-                    env: Some(vec!["TZ".into()]),
-                    ..Default::default()
-                },
-                Err(()),
-            ),
+            (GrantSpec { env: Some(vec!["TZ".into()]), ..Default::default() }, Err(())),
         ];
         for (spec, expected) in cases {
             assert_eq!(base.narrow(&spec).map_err(|_| ()), expected, "{spec:?}");
         }
         let no_history = grant(&[], &[], false);
-        assert!(
-            no_history
-                .narrow(&GrantSpec {
-                    history: Some(true),
-                    ..Default::default()
-                })
-                .is_err()
-        );
+        assert!(no_history.narrow(&GrantSpec { history: Some(true), ..Default::default() }).is_err());
     }
 
     #[test]
     fn file_narrowing_can_lower_access_but_not_raise_it() {
-        let rw = FileGrant {
-            path: "/w".into(),
-            source: "session".into(),
-            access: Access::ReadWrite,
-        };
-        let ro = FileGrant {
-            access: Access::ReadOnly,
-            ..rw.clone()
-        };
-        let base = Grant {
-            files: vec![ro.clone()],
-            ..Grant::default()
-        };
-        assert!(
-            base.narrow(&GrantSpec {
-                files: Some(vec![rw.clone()]),
-                ..Default::default()
-            })
-            .is_err()
-        );
-        let wide = Grant {
-            files: vec![rw.clone()],
-            ..Grant::default()
-        };
+        let rw = FileGrant { path: "/w".into(), source: "session".into(), access: Access::ReadWrite };
+        let ro = FileGrant { access: Access::ReadOnly, ..rw.clone() };
+        let base = Grant { files: vec![ro.clone()], ..Grant::default() };
+        assert!(base.narrow(&GrantSpec { files: Some(vec![rw.clone()]), ..Default::default() }).is_err());
+        let wide = Grant { files: vec![rw.clone()], ..Grant::default() };
         assert_eq!(
-            wide.narrow(&GrantSpec {
-                files: Some(vec![ro.clone()]),
-                ..Default::default()
-            })
-            .unwrap()
-            .files,
+            wide.narrow(&GrantSpec { files: Some(vec![ro.clone()]), ..Default::default() }).unwrap().files,
             vec![ro.clone()]
         );
         // A principal's policy intersects: read-write ∩ read-only = read-only.
-        assert_eq!(
-            wide.intersect(&GrantSpec {
-                files: Some(vec![ro.clone()]),
-                ..Default::default()
-            })
-            .files,
-            vec![ro]
-        );
+        assert_eq!(wide.intersect(&GrantSpec { files: Some(vec![ro.clone()]), ..Default::default() }).files, vec![ro]);
     }
 
     #[test]
@@ -491,38 +361,20 @@ mod tests {
             history: Some(false),
             ..Default::default()
         };
-        assert_eq!(
-            manifest.intersect(&policy),
-            grant(&["api.example.com"], &["B"], false)
-        );
+        assert_eq!(manifest.intersect(&policy), grant(&["api.example.com"], &["B"], false));
         // A narrower policy entry under a manifest wildcard is kept as the policy wrote it.
         let wild = grant(&["*.example.com"], &[], false);
-        let narrow = GrantSpec {
-            network: Some(vec!["a.example.com".into()]),
-            ..Default::default()
-        };
-        assert_eq!(
-            wild.intersect(&narrow).network,
-            vec!["a.example.com".to_string()]
-        );
+        let narrow = GrantSpec { network: Some(vec!["a.example.com".into()]), ..Default::default() };
+        assert_eq!(wild.intersect(&narrow).network, vec!["a.example.com".to_string()]);
         assert_eq!(manifest.intersect(&GrantSpec::default()), manifest);
     }
 
     #[test]
     fn spec_validation_table() {
         let bad = [
-            GrantSpec {
-                network: Some(vec!["bad host".into()]),
-                ..Default::default()
-            },
-            GrantSpec {
-                secrets: Some(vec!["1BAD".into()]),
-                ..Default::default()
-            },
-            GrantSpec {
-                env: Some(vec!["A-B".into()]),
-                ..Default::default()
-            },
+            GrantSpec { network: Some(vec!["bad host".into()]), ..Default::default() },
+            GrantSpec { secrets: Some(vec!["1BAD".into()]), ..Default::default() },
+            GrantSpec { env: Some(vec!["A-B".into()]), ..Default::default() },
             GrantSpec {
                 files: Some(vec![FileGrant {
                     path: "/a/../etc".into(),
@@ -532,11 +384,7 @@ mod tests {
                 ..Default::default()
             },
             GrantSpec {
-                files: Some(vec![FileGrant {
-                    path: "rel".into(),
-                    source: "session".into(),
-                    access: Access::ReadOnly,
-                }]),
+                files: Some(vec![FileGrant { path: "rel".into(), source: "session".into(), access: Access::ReadOnly }]),
                 ..Default::default()
             },
             GrantSpec {

@@ -64,12 +64,8 @@ pub struct ToolLimits {
 }
 
 /// Used when a manifest does not say (the contract's example values).
-pub const DEFAULT_TOOL_LIMITS: ToolLimits = ToolLimits {
-    timeout_ms: 10_000,
-    memory_mb: 64,
-    output_kb: 256,
-    state_kb: 1024,
-};
+pub const DEFAULT_TOOL_LIMITS: ToolLimits =
+    ToolLimits { timeout_ms: 10_000, memory_mb: 64, output_kb: 256, state_kb: 1024 };
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -80,10 +76,7 @@ pub struct ManifestError {
 
 /// `[a-z0-9-]{1,64}`: tool and principal names.
 pub fn is_valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 impl Manifest {
@@ -92,16 +85,10 @@ impl Manifest {
     pub fn load(bundle: &Path, ceilings: &Limits) -> Result<(Manifest, PathBuf), ManifestError> {
         let path = bundle.join(MANIFEST_FILE);
         let file = path.display().to_string();
-        let err = |message: String| ManifestError {
-            file: file.clone(),
-            message,
-        };
+        let err = |message: String| ManifestError { file: file.clone(), message };
         let meta = std::fs::metadata(&path).map_err(|e| err(format!("cannot read: {e}")))?;
         if meta.len() > MAX_MANIFEST_BYTES {
-            return Err(err(format!(
-                "is {} bytes, over the {MAX_MANIFEST_BYTES}-byte limit",
-                meta.len()
-            )));
+            return Err(err(format!("is {} bytes, over the {MAX_MANIFEST_BYTES}-byte limit", meta.len())));
         }
         let text = std::fs::read_to_string(&path).map_err(|e| err(format!("cannot read: {e}")))?;
         let manifest = Manifest::parse(&text, ceilings).map_err(err)?;
@@ -121,19 +108,14 @@ impl Manifest {
             return Err("description is over 4096 bytes".into());
         }
         let inside = !m.component.as_os_str().is_empty()
-            && m.component
-                .components()
-                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+            && m.component.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
         if !inside {
-            return Err(format!(
-                "component = {:?} must be a relative path inside the bundle",
-                m.component
-            ));
+            return Err(format!("component = {:?} must be a relative path inside the bundle", m.component));
         }
-        if let Some(pin) = &m.sha256 {
-            if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err("sha256 must be 64 hex digits".into());
-            }
+        if let Some(pin) = &m.sha256
+            && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err("sha256 must be 64 hex digits".into());
         }
         if !m.input_schema.is_object() {
             return Err("input_schema must be a table (a JSON Schema object)".into());
@@ -149,33 +131,16 @@ impl Manifest {
     pub fn limits(&self, ceilings: &Limits) -> Result<ToolLimits, String> {
         let pick = |key: &str, asked: Option<u64>, default: u64, ceiling: u64| match asked {
             Some(0) => Err(format!("limits.{key} must be above 0")),
-            Some(v) if v > ceiling => Err(format!(
-                "limits.{key} = {v} is above the host's ceiling {ceiling}"
-            )),
+            Some(v) if v > ceiling => Err(format!("limits.{key} = {v} is above the host's ceiling {ceiling}")),
             Some(v) => Ok(v),
             None => Ok(default.min(ceiling)),
         };
         let d = DEFAULT_TOOL_LIMITS;
         let l = &self.limits;
         Ok(ToolLimits {
-            timeout_ms: pick(
-                "timeout_ms",
-                l.timeout_ms,
-                d.timeout_ms,
-                ceilings.max_timeout_ms,
-            )?,
-            memory_mb: pick(
-                "memory_mb",
-                l.memory_mb,
-                d.memory_mb,
-                ceilings.max_memory_mb,
-            )?,
-            output_kb: pick(
-                "output_kb",
-                l.output_kb,
-                d.output_kb,
-                ceilings.max_output_kb,
-            )?,
+            timeout_ms: pick("timeout_ms", l.timeout_ms, d.timeout_ms, ceilings.max_timeout_ms)?,
+            memory_mb: pick("memory_mb", l.memory_mb, d.memory_mb, ceilings.max_memory_mb)?,
+            output_kb: pick("output_kb", l.output_kb, d.output_kb, ceilings.max_output_kb)?,
             state_kb: pick("state_kb", l.state_kb, d.state_kb, ceilings.max_state_kb)?,
         })
     }
@@ -209,23 +174,13 @@ mod tests {
         assert_eq!(m.name, "http-fetch");
         assert!(m.approval.required);
         let l = m.limits(&Limits::default()).unwrap();
-        assert_eq!(
-            (l.timeout_ms, l.memory_mb),
-            (10_000, DEFAULT_TOOL_LIMITS.memory_mb)
-        );
+        assert_eq!((l.timeout_ms, l.memory_mb), (10_000, DEFAULT_TOOL_LIMITS.memory_mb));
     }
 
     #[test]
     fn defaults_never_exceed_ceilings() {
-        let m = Manifest::parse(
-            "name = \"t\"\nversion = \"1\"\ncomponent = \"t.wasm\"",
-            &Limits::default(),
-        )
-        .unwrap();
-        let ceilings = Limits {
-            max_memory_mb: 8,
-            ..Limits::default()
-        };
+        let m = Manifest::parse("name = \"t\"\nversion = \"1\"\ncomponent = \"t.wasm\"", &Limits::default()).unwrap();
+        let ceilings = Limits { max_memory_mb: 8, ..Limits::default() };
         assert_eq!(m.limits(&ceilings).unwrap().memory_mb, 8);
         assert_eq!(m.input_schema, serde_json::json!({"type": "object"}));
     }
@@ -237,44 +192,17 @@ mod tests {
             (format!("name = \"t\"\n{base}colour = \"red\""), "colour"),
             (format!("name = \"T!\"\n{base}"), "name"),
             (format!("{base}"), "name"),
-            (
-                "name = \"t\"\nversion = \"1\"\ncomponent = \"../../etc/passwd\"".to_string(),
-                "component",
-            ),
-            (
-                "name = \"t\"\nversion = \"1\"\ncomponent = \"/abs.wasm\"".to_string(),
-                "component",
-            ),
+            ("name = \"t\"\nversion = \"1\"\ncomponent = \"../../etc/passwd\"".to_string(), "component"),
+            ("name = \"t\"\nversion = \"1\"\ncomponent = \"/abs.wasm\"".to_string(), "component"),
             (format!("name = \"t\"\n{base}sha256 = \"abc\""), "sha256"),
-            (
-                format!("name = \"t\"\n{base}input_schema = \"string\""),
-                "input_schema",
-            ),
-            (
-                format!("name = \"t\"\n{base}input_schema = {{ type = \"no-such-type\" }}"),
-                "input_schema",
-            ),
-            (
-                format!("name = \"t\"\n{base}[limits]\ntimeout_ms = 99999999"),
-                "limits.timeout_ms",
-            ),
-            (
-                format!("name = \"t\"\n{base}[limits]\nmemory_mb = 0"),
-                "limits.memory_mb",
-            ),
+            (format!("name = \"t\"\n{base}input_schema = \"string\""), "input_schema"),
+            (format!("name = \"t\"\n{base}input_schema = {{ type = \"no-such-type\" }}"), "input_schema"),
+            (format!("name = \"t\"\n{base}[limits]\ntimeout_ms = 99999999"), "limits.timeout_ms"),
+            (format!("name = \"t\"\n{base}[limits]\nmemory_mb = 0"), "limits.memory_mb"),
             (format!("name = \"t\"\n{base}[limits]\ncpu = 1"), "cpu"),
-            (
-                format!("name = \"t\"\n{base}[grants]\nnetwork = [\"http://x\"]"),
-                "grants.network",
-            ),
-            (
-                format!("name = \"t\"\n{base}[grants]\nsockets = true"),
-                "sockets",
-            ),
-            (
-                format!("name = \"t\"\n{base}[approval]\nrequired = \"yes\""),
-                "required",
-            ),
+            (format!("name = \"t\"\n{base}[grants]\nnetwork = [\"http://x\"]"), "grants.network"),
+            (format!("name = \"t\"\n{base}[grants]\nsockets = true"), "sockets"),
+            (format!("name = \"t\"\n{base}[approval]\nrequired = \"yes\""), "required"),
         ];
         for (text, needle) in cases {
             let err = Manifest::parse(&text, &Limits::default()).expect_err(&text);

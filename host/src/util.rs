@@ -10,8 +10,7 @@ pub fn now_rfc3339() -> String {
 
 /// RFC 3339 timestamp `secs` seconds from now.
 pub fn rfc3339_in(secs: u64) -> String {
-    humantime::format_rfc3339_millis(SystemTime::now() + std::time::Duration::from_secs(secs))
-        .to_string()
+    humantime::format_rfc3339_millis(SystemTime::now() + std::time::Duration::from_secs(secs)).to_string()
 }
 
 /// Whether an RFC 3339 timestamp written by [`now_rfc3339`] lies in the past.
@@ -41,14 +40,7 @@ pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
         Some(span) => {
             let start = span.start.min(text.len());
             let line = text[..start].matches('\n').count() + 1;
-            let source: String = text
-                .lines()
-                .nth(line - 1)
-                .unwrap_or("")
-                .trim()
-                .chars()
-                .take(80)
-                .collect();
+            let source: String = text.lines().nth(line - 1).unwrap_or("").trim().chars().take(80).collect();
             format!("line {line} (`{source}`): {}", e.message().trim())
         }
         None => e.message().trim().to_string(),

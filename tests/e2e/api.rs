@@ -6,11 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 async fn counter_host(extra_config: &str) -> anyhow::Result<TestHost> {
-    TestHost::builder()
-        .bundle("counter", example_tool("counter"))
-        .config(extra_config)
-        .start()
-        .await
+    TestHost::builder().bundle("counter", example_tool("counter")).config(extra_config).start().await
 }
 
 #[tokio::test]
@@ -18,15 +14,9 @@ async fn requests_without_a_valid_token_answer_401() -> anyhow::Result<()> {
     let host = counter_host("").await?;
     let cases = [
         host.anonymous().request(Method::GET, "/v1/sessions"),
-        host.api("not-a-real-token-at-all")
-            .request(Method::GET, "/v1/sessions"),
-        host.anonymous()
-            .request(Method::GET, "/v1/tools")
-            .header("authorization", "Basic dXNlcjpwYXNz"),
-        host.anonymous()
-            .request(Method::POST, "/v1/sessions")
-            .header("authorization", "Bearer")
-            .json(&json!({})),
+        host.api("not-a-real-token-at-all").request(Method::GET, "/v1/sessions"),
+        host.anonymous().request(Method::GET, "/v1/tools").header("authorization", "Basic dXNlcjpwYXNz"),
+        host.anonymous().request(Method::POST, "/v1/sessions").header("authorization", "Bearer").json(&json!({})),
     ];
     for req in cases {
         let resp = req.send().await?;
@@ -36,17 +26,8 @@ async fn requests_without_a_valid_token_answer_401() -> anyhow::Result<()> {
         assert_eq!(body["error"]["code"], "unauthorized");
     }
     let (status, body) = host.anonymous().get("/healthz").await?;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (StatusCode::OK, Some("ok"))
-    );
-    let metrics = host
-        .anonymous()
-        .request(Method::GET, "/metrics")
-        .send()
-        .await?
-        .text()
-        .await?;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let metrics = host.anonymous().request(Method::GET, "/metrics").send().await?.text().await?;
     assert!(metrics.contains("bulkhead_tools_loaded 1"), "{metrics}");
     Ok(())
 }
@@ -56,9 +37,7 @@ async fn a_principal_sees_only_its_own_sessions() -> anyhow::Result<()> {
     let host = counter_host("").await?;
     let mine = host.agent();
     let theirs = host.api(OTHER_AGENT);
-    let sid = mine
-        .session(json!({"labels": {"case": "ownership"}}))
-        .await?;
+    let sid = mine.session(json!({"labels": {"case": "ownership"}})).await?;
     for path in [
         format!("/v1/sessions/{sid}"),
         format!("/v1/sessions/{sid}/messages"),
@@ -93,125 +72,72 @@ async fn bad_requests_get_the_documented_4xx_and_nothing_runs() -> anyhow::Resul
     let sid = api.session(json!({})).await?;
     let calls = format!("/v1/sessions/{sid}/calls");
     let post_raw = |body: &'static str, content_type: &'static str| {
-        api.request(Method::POST, &calls)
-            .header("content-type", content_type)
-            .body(body)
+        api.request(Method::POST, &calls).header("content-type", content_type).body(body)
     };
     let big = json!({"tool": "counter", "input": {"name": "x".repeat(8 * 1024)}});
     let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
-        (
-            post_raw("{\"tool\": ", "application/json"),
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-        ),
-        (
-            post_raw("[1, 2]", "application/json"),
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-        ),
+        (post_raw("{\"tool\": ", "application/json"), StatusCode::BAD_REQUEST, "invalid_json"),
+        (post_raw("[1, 2]", "application/json"), StatusCode::BAD_REQUEST, "invalid_json"),
         (
             post_raw("{\"tool\": \"counter\"}", "text/plain"),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
         ),
+        (api.request(Method::POST, &calls).body("{}"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        (api.request(Method::POST, &calls).json(&big), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
         (
-            api.request(Method::POST, &calls).body("{}"),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-        ),
-        (
-            api.request(Method::POST, &calls).json(&big),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-        ),
-        (
-            api.request(Method::POST, &calls)
-                .json(&json!({"tool": "nope", "input": {}})),
+            api.request(Method::POST, &calls).json(&json!({"tool": "nope", "input": {}})),
             StatusCode::NOT_FOUND,
             "unknown_tool",
         ),
         (
-            api.request(Method::POST, &calls)
-                .json(&json!({"tool": "counter", "input": {"by": "two"}})),
+            api.request(Method::POST, &calls).json(&json!({"tool": "counter", "input": {"by": "two"}})),
             StatusCode::BAD_REQUEST,
             "invalid_input",
         ),
         (
-            api.request(Method::POST, &calls)
-                .json(&json!({"tool": "counter", "input": {"colour": 1}})),
+            api.request(Method::POST, &calls).json(&json!({"tool": "counter", "input": {"colour": 1}})),
             StatusCode::BAD_REQUEST,
             "invalid_input",
         ),
         (
-            api.request(Method::POST, &calls)
-                .json(&json!({"tool": "counter", "input": {}, "extra": 1})),
+            api.request(Method::POST, &calls).json(&json!({"tool": "counter", "input": {}, "extra": 1})),
             StatusCode::BAD_REQUEST,
             "invalid_json",
         ),
         (
-            api.request(Method::POST, &calls)
-                .json(&json!({"tool": "counter", "idempotency_key": ""})),
+            api.request(Method::POST, &calls).json(&json!({"tool": "counter", "idempotency_key": ""})),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
         (
-            api.request(Method::POST, &calls)
-                .header("if-match", "banana")
-                .json(&json!({"tool": "counter"})),
+            api.request(Method::POST, &calls).header("if-match", "banana").json(&json!({"tool": "counter"})),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
+        (api.request(Method::GET, &format!("{calls}?limit=lots")), StatusCode::BAD_REQUEST, "invalid_request"),
+        (api.request(Method::GET, &format!("{calls}?status=weird")), StatusCode::BAD_REQUEST, "invalid_request"),
+        (api.request(Method::GET, "/v1/sessions/not-an-id"), StatusCode::NOT_FOUND, "session_not_found"),
+        (api.request(Method::GET, &format!("{calls}/not-an-id")), StatusCode::NOT_FOUND, "call_not_found"),
+        (api.request(Method::GET, "/v1/nothing-here"), StatusCode::NOT_FOUND, "not_found"),
+        (api.request(Method::PUT, "/v1/sessions"), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         (
-            api.request(Method::GET, &format!("{calls}?limit=lots")),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            api.request(Method::GET, &format!("{calls}?status=weird")),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            api.request(Method::GET, "/v1/sessions/not-an-id"),
-            StatusCode::NOT_FOUND,
-            "session_not_found",
-        ),
-        (
-            api.request(Method::GET, &format!("{calls}/not-an-id")),
-            StatusCode::NOT_FOUND,
-            "call_not_found",
-        ),
-        (
-            api.request(Method::GET, "/v1/nothing-here"),
-            StatusCode::NOT_FOUND,
-            "not_found",
-        ),
-        (
-            api.request(Method::PUT, "/v1/sessions"),
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-        ),
-        (
-            api.request(Method::POST, "/v1/sessions")
-                .json(&json!({"tools": ["missing"]})),
+            api.request(Method::POST, "/v1/sessions").json(&json!({"tools": ["missing"]})),
             StatusCode::NOT_FOUND,
             "unknown_tool",
         ),
         (
-            api.request(Method::POST, "/v1/sessions")
-                .json(&json!({"env": {"BAD NAME": "x"}})),
+            api.request(Method::POST, "/v1/sessions").json(&json!({"env": {"BAD NAME": "x"}})),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
         (
-            api.request(Method::POST, "/v1/sessions")
-                .json(&json!({"ttl_seconds": 0})),
+            api.request(Method::POST, "/v1/sessions").json(&json!({"ttl_seconds": 0})),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
         (
-            api.request(Method::POST, "/v1/sessions")
-                .json(&json!({"grants": {"counter": {"history": true}}})),
+            api.request(Method::POST, "/v1/sessions").json(&json!({"grants": {"counter": {"history": true}}})),
             StatusCode::FORBIDDEN,
             "grant_widening",
         ),
@@ -224,16 +150,8 @@ async fn bad_requests_get_the_documented_4xx_and_nothing_runs() -> anyhow::Resul
     ];
     for (req, want_status, want_code) in cases {
         let (status, body) = Api::send(req).await?;
-        assert_eq!(
-            (status, body["error"]["code"].as_str()),
-            (want_status, Some(want_code)),
-            "{body}"
-        );
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty())
-        );
+        assert_eq!((status, body["error"]["code"].as_str()), (want_status, Some(want_code)), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     let (_, list) = api.get(&calls).await?;
     assert_eq!(list["calls"], json!([]), "no request above ran anything");
@@ -250,40 +168,18 @@ async fn messages_round_trip_in_order_with_paging() -> anyhow::Result<()> {
     let path = format!("/v1/sessions/{sid}/messages");
     for i in 1..=5 {
         let role = if i % 2 == 1 { "user" } else { "assistant" };
-        let (status, m) = api
-            .post(
-                &path,
-                json!({"role": role, "content": format!("message {i} ✓"), "metadata": {"i": i}}),
-            )
-            .await?;
+        let (status, m) =
+            api.post(&path, json!({"role": role, "content": format!("message {i} ✓"), "metadata": {"i": i}})).await?;
         assert_eq!(status, StatusCode::CREATED);
         assert_eq!(m["seq"], i);
     }
     let (_, all) = api.get(&path).await?;
-    let contents: Vec<&str> = all["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["content"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        contents,
-        [
-            "message 1 ✓",
-            "message 2 ✓",
-            "message 3 ✓",
-            "message 4 ✓",
-            "message 5 ✓"
-        ]
-    );
+    let contents: Vec<&str> =
+        all["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(contents, ["message 1 ✓", "message 2 ✓", "message 3 ✓", "message 4 ✓", "message 5 ✓"]);
     assert_eq!(all["messages"][1]["metadata"]["i"], 2);
     let (_, page) = api.get(&format!("{path}?after=2&limit=2")).await?;
-    let seqs: Vec<i64> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_i64().unwrap())
-        .collect();
+    let seqs: Vec<i64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, [3, 4]);
     Ok(())
 }
@@ -304,19 +200,11 @@ async fn an_idempotency_key_returns_the_first_call_without_running_again() -> an
     let api = host.agent();
     let (_, after_restart) = api.post(&calls, body).await?;
     assert_eq!(after_restart["id"], first["id"], "across restarts too");
-    let (status, conflict) = api
-        .post(
-            &calls,
-            json!({"tool": "counter", "input": {"by": 6}, "idempotency_key": "order-42"}),
-        )
-        .await?;
+    let (status, conflict) =
+        api.post(&calls, json!({"tool": "counter", "input": {"by": 6}, "idempotency_key": "order-42"})).await?;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(conflict["error"]["code"], "idempotency_conflict");
-    assert_eq!(
-        api.state(&sid, "counter").await?["count/default"],
-        "5",
-        "the tool ran once"
-    );
+    assert_eq!(api.state(&sid, "counter").await?["count/default"], "5", "the tool ran once");
     Ok(())
 }
 
@@ -326,21 +214,12 @@ async fn a_stale_if_match_answers_412_and_runs_nothing() -> anyhow::Result<()> {
     let api = host.agent();
     let sid = api.session(json!({})).await?;
     let calls = format!("/v1/sessions/{sid}/calls");
-    let req = |v: &str| {
-        api.request(Method::POST, &calls)
-            .header("if-match", v.to_string())
-            .json(&json!({"tool": "counter"}))
-    };
+    let req =
+        |v: &str| api.request(Method::POST, &calls).header("if-match", v.to_string()).json(&json!({"tool": "counter"}));
     let (status, call) = Api::send(req("\"0\"")).await?;
-    assert_eq!(
-        (status, call["status"].as_str()),
-        (StatusCode::OK, Some("succeeded"))
-    );
+    assert_eq!((status, call["status"].as_str()), (StatusCode::OK, Some("succeeded")));
     let (status, body) = Api::send(req("\"0\"")).await?;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::PRECONDITION_FAILED, Some("stale_version"))
-    );
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::PRECONDITION_FAILED, Some("stale_version")));
     let (status, _) = Api::send(req("1")).await?;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(api.state(&sid, "counter").await?["count/default"], "2");
@@ -358,16 +237,9 @@ async fn deleting_a_session_removes_it_but_keeps_its_audit_chain() -> anyhow::Re
     let (status, _) = api.get(&format!("/v1/sessions/{sid}")).await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let db = rusqlite::Connection::open(host.db_path())?;
-    let state_rows: i64 = db.query_row(
-        "SELECT COUNT(*) FROM tool_state WHERE session = ?1",
-        [&sid],
-        |r| r.get(0),
-    )?;
-    let last: String = db.query_row(
-        "SELECT kind FROM audit WHERE session = ?1 ORDER BY seq DESC LIMIT 1",
-        [&sid],
-        |r| r.get(0),
-    )?;
+    let state_rows: i64 = db.query_row("SELECT COUNT(*) FROM tool_state WHERE session = ?1", [&sid], |r| r.get(0))?;
+    let last: String =
+        db.query_row("SELECT kind FROM audit WHERE session = ?1 ORDER BY seq DESC LIMIT 1", [&sid], |r| r.get(0))?;
     assert_eq!((state_rows, last.as_str()), (0, "session_deleted"));
     Ok(())
 }

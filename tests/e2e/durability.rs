@@ -7,10 +7,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn counter_state_persists_across_calls_and_sigkill() -> anyhow::Result<()> {
-    let mut host = TestHost::builder()
-        .bundle("counter", example_tool("counter"))
-        .start()
-        .await?;
+    let mut host = TestHost::builder().bundle("counter", example_tool("counter")).start().await?;
     let api = host.agent();
     let sid = api.session(json!({})).await?;
     for expected in 1..=3 {
@@ -19,94 +16,50 @@ async fn counter_state_persists_across_calls_and_sigkill() -> anyhow::Result<()>
         assert_eq!(call["status"], "succeeded");
         assert_eq!(call["output"]["value"], expected);
     }
-    let (status, _) = api
-        .post(
-            &format!("/v1/sessions/{sid}/messages"),
-            json!({"role": "user", "content": "remember me"}),
-        )
-        .await?;
+    let (status, _) =
+        api.post(&format!("/v1/sessions/{sid}/messages"), json!({"role": "user", "content": "remember me"})).await?;
     assert_eq!(status, StatusCode::CREATED);
 
     host.restart().await?;
     let api = host.agent();
     let (_, call) = api.call(&sid, "counter", json!({"by": 10})).await?;
-    assert_eq!(
-        call["output"]["value"], 13,
-        "state survived SIGKILL: {call}"
-    );
+    assert_eq!(call["output"]["value"], 13, "state survived SIGKILL: {call}");
     assert_eq!(api.state(&sid, "counter").await?["count/default"], "13");
     let (_, msgs) = api.get(&format!("/v1/sessions/{sid}/messages")).await?;
     assert_eq!(msgs["messages"][0]["content"], "remember me");
     let (_, session) = api.get(&format!("/v1/sessions/{sid}")).await?;
     assert_eq!(session["usage"]["calls"], 4);
-    assert_eq!(
-        session["version"], 5,
-        "4 calls and 1 message each bumped the version"
-    );
+    assert_eq!(session["version"], 5, "4 calls and 1 message each bumped the version");
     Ok(())
 }
 
 #[tokio::test]
 async fn a_call_that_fails_or_traps_after_writing_commits_no_state() -> anyhow::Result<()> {
-    let host = TestHost::builder()
-        .bundle("state-then-fail", test_program("state-then-fail"))
-        .start()
-        .await?;
+    let host = TestHost::builder().bundle("state-then-fail", test_program("state-then-fail")).start().await?;
     let api = host.agent();
     let sid = api.session(json!({})).await?;
-    let (_, ok) = api
-        .call(
-            &sid,
-            "state-then-fail",
-            json!({"key": "k", "value": "first", "then": "ok"}),
-        )
-        .await?;
+    let (_, ok) = api.call(&sid, "state-then-fail", json!({"key": "k", "value": "first", "then": "ok"})).await?;
     assert_eq!(ok["status"], "succeeded", "{ok}");
 
-    let (status, failed) = api
-        .call(
-            &sid,
-            "state-then-fail",
-            json!({"key": "k", "value": "second", "then": "error"}),
-        )
-        .await?;
+    let (status, failed) =
+        api.call(&sid, "state-then-fail", json!({"key": "k", "value": "second", "then": "error"})).await?;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["error"]["code"], "tool_error");
     assert_eq!(failed["usage"]["state_bytes_written"], 0);
 
-    let (_, trapped) = api
-        .call(
-            &sid,
-            "state-then-fail",
-            json!({"key": "k", "value": "third", "then": "trap"}),
-        )
-        .await?;
+    let (_, trapped) = api.call(&sid, "state-then-fail", json!({"key": "k", "value": "third", "then": "trap"})).await?;
     assert_eq!(trapped["status"], "trapped");
     assert_eq!(trapped["error"]["code"], "trap");
 
-    let (_, other) = api
-        .call(
-            &sid,
-            "state-then-fail",
-            json!({"key": "other", "value": "x", "then": "error"}),
-        )
-        .await?;
+    let (_, other) = api.call(&sid, "state-then-fail", json!({"key": "other", "value": "x", "then": "error"})).await?;
     assert_eq!(other["status"], "failed");
 
     let state = api.state(&sid, "state-then-fail").await?;
-    assert_eq!(
-        state.len(),
-        1,
-        "only the successful call's write: {state:?}"
-    );
+    assert_eq!(state.len(), 1, "only the successful call's write: {state:?}");
     assert_eq!(state["k"], "first");
     let kinds = api.audit_kinds(&sid).await?;
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "state_committed").count(),
-        1,
-        "{kinds:?}"
-    );
+    assert_eq!(kinds.iter().filter(|k| *k == "state_committed").count(), 1, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| *k == "call_finished").count(), 4);
     Ok(())
 }
@@ -120,22 +73,17 @@ async fn calls_running_when_the_host_dies_are_interrupted_after_restart() -> any
         [limits]
         timeout_ms = 20000
     "#;
-    let mut host = TestHost::builder()
-        .bundle_with_manifest("spin", test_program("spin-forever"), manifest)
-        .start()
-        .await?;
+    let mut host =
+        TestHost::builder().bundle_with_manifest("spin", test_program("spin-forever"), manifest).start().await?;
     let api = host.agent();
     let sid = api.session(json!({})).await?;
     let background = api.clone();
     let sid2 = sid.clone();
-    let pending =
-        tokio::spawn(async move { background.call(&sid2, "spin-forever", json!({})).await });
+    let pending = tokio::spawn(async move { background.call(&sid2, "spin-forever", json!({})).await });
     // Wait until the call is recorded as running.
     let mut running = false;
     for _ in 0..100 {
-        let (_, list) = api
-            .get(&format!("/v1/sessions/{sid}/calls?status=running"))
-            .await?;
+        let (_, list) = api.get(&format!("/v1/sessions/{sid}/calls?status=running")).await?;
         if list["calls"].as_array().is_some_and(|c| !c.is_empty()) {
             running = true;
             break;
@@ -144,10 +92,7 @@ async fn calls_running_when_the_host_dies_are_interrupted_after_restart() -> any
     }
     assert!(running, "the call never showed as running");
     host.restart().await?;
-    assert!(
-        pending.await?.is_err(),
-        "the client saw its connection cut, not an answer"
-    );
+    assert!(pending.await?.is_err(), "the client saw its connection cut, not an answer");
     let api = host.agent();
     let (_, list) = api.get(&format!("/v1/sessions/{sid}/calls")).await?;
     let calls = list["calls"].as_array().unwrap();
@@ -160,36 +105,17 @@ async fn calls_running_when_the_host_dies_are_interrupted_after_restart() -> any
 
 #[tokio::test]
 async fn audit_chain_verifies_and_tampering_is_named() -> anyhow::Result<()> {
-    let mut host = TestHost::builder()
-        .bundle("counter", example_tool("counter"))
-        .start()
-        .await?;
+    let mut host = TestHost::builder().bundle("counter", example_tool("counter")).start().await?;
     let api = host.agent();
     let sid = api.session(json!({})).await?;
     api.call(&sid, "counter", json!({})).await?;
-    api.post(
-        &format!("/v1/sessions/{sid}/messages"),
-        json!({"role": "assistant", "content": "done"}),
-    )
-    .await?;
+    api.post(&format!("/v1/sessions/{sid}/messages"), json!({"role": "assistant", "content": "done"})).await?;
     let kinds = api.audit_kinds(&sid).await?;
-    assert_eq!(
-        kinds,
-        [
-            "session_created",
-            "call_requested",
-            "state_committed",
-            "call_finished",
-            "message_appended"
-        ]
-    );
+    assert_eq!(kinds, ["session_created", "call_requested", "state_committed", "call_finished", "message_appended"]);
     let (_, events) = api.get(&format!("/v1/sessions/{sid}/audit")).await?;
     let events = events["events"].as_array().unwrap().clone();
     for pair in events.windows(2) {
-        assert_eq!(
-            pair[1]["prev_hash"], pair[0]["hash"],
-            "each event chains to the one before"
-        );
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"], "each event chains to the one before");
     }
     host.kill9();
 
@@ -200,44 +126,28 @@ async fn audit_chain_verifies_and_tampering_is_named() -> anyhow::Result<()> {
     assert!(out.contains("5 events verified"), "{out}");
 
     let db = rusqlite::Connection::open(host.db_path())?;
-    db.execute(
-        "UPDATE audit SET data = '{\"tool\":\"forged\"}' WHERE session = ?1 AND seq = 3",
-        [&sid],
-    )?;
+    db.execute("UPDATE audit SET data = '{\"tool\":\"forged\"}' WHERE session = ?1 AND seq = 3", [&sid])?;
     drop(db);
     let (code, out, _) = run_cli(&["audit", "verify", "--config", config])?;
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains(&format!("session {sid} seq 3")),
-        "names the broken record: {out}"
-    );
+    assert!(out.contains(&format!("session {sid} seq 3")), "names the broken record: {out}");
     Ok(())
 }
 
 #[tokio::test]
 async fn parallel_increments_of_one_counter_lose_nothing() -> anyhow::Result<()> {
-    let host = TestHost::builder()
-        .bundle("counter", example_tool("counter"))
-        .start()
-        .await?;
+    let host = TestHost::builder().bundle("counter", example_tool("counter")).start().await?;
     let api = host.agent();
     let sid = api.session(json!({})).await?;
     let other = api.session(json!({})).await?;
     let mut tasks = Vec::new();
     for client in 0..16 {
         let api = api.clone();
-        let sid = if client % 4 == 3 {
-            other.clone()
-        } else {
-            sid.clone()
-        };
+        let sid = if client % 4 == 3 { other.clone() } else { sid.clone() };
         tasks.push(tokio::spawn(async move {
             for _ in 0..10 {
                 let (status, call) = api.call(&sid, "counter", json!({})).await?;
-                anyhow::ensure!(
-                    status == StatusCode::OK && call["status"] == "succeeded",
-                    "{status} {call}"
-                );
+                anyhow::ensure!(status == StatusCode::OK && call["status"] == "succeeded", "{status} {call}");
             }
             anyhow::Ok(())
         }));

@@ -13,46 +13,26 @@ async fn broken_bundles_are_refused_by_name_and_the_rest_still_serve() -> anyhow
         .bundle("counter", example_tool("counter"))
         .raw_bundle(
             "malformed",
-            vec![
-                ("tool.toml", b"name = \"malformed\"\nversion = ".to_vec()),
-                ("c.wasm", counter_wasm.clone()),
-            ],
+            vec![("tool.toml", b"name = \"malformed\"\nversion = ".to_vec()), ("c.wasm", counter_wasm.clone())],
         )
         .raw_bundle(
             "unknown-key",
-            vec![
-                ("tool.toml", format!("{good}colour = \"red\"").into_bytes()),
-                ("c.wasm", counter_wasm.clone()),
-            ],
+            vec![("tool.toml", format!("{good}colour = \"red\"").into_bytes()), ("c.wasm", counter_wasm.clone())],
         )
         .raw_bundle(
             "garbage",
             vec![
-                (
-                    "tool.toml",
-                    good.replace("\"x\"", "\"garbage\"").into_bytes(),
-                ),
+                ("tool.toml", good.replace("\"x\"", "\"garbage\"").into_bytes()),
                 ("c.wasm", b"\0asm garbage bytes".to_vec()),
             ],
         )
-        .raw_bundle(
-            "missing",
-            vec![(
-                "tool.toml",
-                good.replace("\"x\"", "\"missing\"").into_bytes(),
-            )],
-        )
+        .raw_bundle("missing", vec![("tool.toml", good.replace("\"x\"", "\"missing\"").into_bytes())])
         .raw_bundle(
             "pinned",
             vec![
                 (
                     "tool.toml",
-                    format!(
-                        "{}sha256 = \"{}\"",
-                        good.replace("\"x\"", "\"pinned\""),
-                        "0".repeat(64)
-                    )
-                    .into_bytes(),
+                    format!("{}sha256 = \"{}\"", good.replace("\"x\"", "\"pinned\""), "0".repeat(64)).into_bytes(),
                 ),
                 ("c.wasm", counter_wasm),
             ],
@@ -66,45 +46,23 @@ async fn broken_bundles_are_refused_by_name_and_the_rest_still_serve() -> anyhow
         ("garbage/c.wasm", "not a valid WebAssembly component"),
         ("missing/c.wasm", "component not found"),
         ("pinned/c.wasm", "does not match the manifest's pin"),
-        (
-            "unknown-import/unknown_import.wasm",
-            "test:backdoor/shell@0.1.0",
-        ),
+        ("unknown-import/unknown_import.wasm", "test:backdoor/shell@0.1.0"),
     ];
     for (file, reason) in expectations {
-        let line = stderr
-            .lines()
-            .find(|l| l.contains(file))
-            .unwrap_or_else(|| panic!("no report for {file} in:\n{stderr}"));
-        assert!(
-            line.starts_with("refused bundle:") && line.contains(reason),
-            "{line}"
-        );
+        let line =
+            stderr.lines().find(|l| l.contains(file)).unwrap_or_else(|| panic!("no report for {file} in:\n{stderr}"));
+        assert!(line.starts_with("refused bundle:") && line.contains(reason), "{line}");
     }
     let api = host.agent();
     let (_, tools) = api.get("/v1/tools").await?;
-    let names: Vec<&str> = tools["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = tools["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["counter"]);
     let counter = &tools["tools"][0];
     assert!(counter["digest"].as_str().unwrap().starts_with("sha256:"));
-    assert!(
-        counter["imports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|i| i == "bulkhead:tool/state@0.1.0")
-    );
+    assert!(counter["imports"].as_array().unwrap().iter().any(|i| i == "bulkhead:tool/state@0.1.0"));
     let sid = api.session(json!({})).await?;
     let (status, call) = api.call(&sid, "counter", json!({})).await?;
-    assert_eq!(
-        (status, call["status"].as_str()),
-        (StatusCode::OK, Some("succeeded"))
-    );
+    assert_eq!((status, call["status"].as_str()), (StatusCode::OK, Some("succeeded")));
 
     let config = host.config_path();
     let (code, out, _) = run_cli(&["tools", "check", "--config", config.to_str().unwrap()])?;
@@ -120,24 +78,12 @@ async fn a_restart_loads_precompiled_tools_and_compiles_nothing() -> anyhow::Res
         .bundle("notes", example_tool("notes"))
         .start()
         .await?;
-    assert_eq!(
-        host.stderr().matches(", compiled)").count(),
-        2,
-        "{}",
-        host.stderr()
-    );
+    assert_eq!(host.stderr().matches(", compiled)").count(), 2, "{}", host.stderr());
     host.restart().await?;
-    assert_eq!(
-        host.stderr().matches(", precompiled)").count(),
-        2,
-        "{}",
-        host.stderr()
-    );
+    assert_eq!(host.stderr().matches(", precompiled)").count(), 2, "{}", host.stderr());
     let api = host.agent();
     let sid = api.session(json!({})).await?;
-    let (_, call) = api
-        .call(&sid, "notes", json!({"op": "add", "text": "cached"}))
-        .await?;
+    let (_, call) = api.call(&sid, "notes", json!({"op": "add", "text": "cached"})).await?;
     assert_eq!(call["output"]["count"], 1);
     Ok(())
 }
@@ -149,20 +95,10 @@ async fn bulkhead_run_calls_a_bundle_without_a_server() -> anyhow::Result<()> {
     let state = std::env::temp_dir().join(format!("bulkhead-run-test-{}", std::process::id()));
     let state_arg = state.to_str().unwrap();
     for expected in [3, 6] {
-        let (code, out, err) = run_cli(&[
-            "run",
-            bundle,
-            "--input",
-            "{\"by\": 3}",
-            "--state-dir",
-            state_arg,
-        ])?;
+        let (code, out, err) = run_cli(&["run", bundle, "--input", "{\"by\": 3}", "--state-dir", state_arg])?;
         assert_eq!(code, 0, "{out}{err}");
         let printed: serde_json::Value = serde_json::from_str(&out)?;
-        assert_eq!(
-            printed["output"]["value"], expected,
-            "state persists in --state-dir"
-        );
+        assert_eq!(printed["output"]["value"], expected, "state persists in --state-dir");
         assert!(printed["usage"]["fuel"].as_u64().unwrap() > 0);
     }
     let (code, _, err) = run_cli(&["run", bundle, "--input", "{not json"])?;

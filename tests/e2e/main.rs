@@ -5,3 +5,4 @@ mod api;
 mod durability;
 mod loading;
 mod sandbox;
+mod workflows;

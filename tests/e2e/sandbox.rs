@@ -17,14 +17,8 @@ async fn a_tool_without_grants_reaches_nothing() -> anyhow::Result<()> {
         .start()
         .await?;
     let api = host.agent();
-    let sid = api
-        .session(json!({"env": {"TZ": "UTC", "HOME": "/root"}}))
-        .await?;
-    api.post(
-        &format!("/v1/sessions/{sid}/messages"),
-        json!({"role": "user", "content": "private"}),
-    )
-    .await?;
+    let sid = api.session(json!({"env": {"TZ": "UTC", "HOME": "/root"}})).await?;
+    api.post(&format!("/v1/sessions/{sid}/messages"), json!({"role": "user", "content": "private"})).await?;
     let (status, call) = api.call(&sid, "sandbox-probe", json!({})).await?;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(call["status"], "succeeded", "{call}");
@@ -36,26 +30,18 @@ async fn a_tool_without_grants_reaches_nothing() -> anyhow::Result<()> {
     }
     assert_eq!(out["tcp_connected"], false);
     assert_eq!(out["dns_resolved"], false);
-    assert_eq!(
-        out["secret_readable"], false,
-        "a configured but ungranted secret stays out of reach"
-    );
+    assert_eq!(out["secret_readable"], false, "a configured but ungranted secret stays out of reach");
     assert_eq!(out["history_readable"], false);
     assert_eq!(out["session"], sid);
     assert_eq!(out["principal"], "agent");
     let logs = call["logs"].as_array().unwrap();
     assert!(
-        logs.iter().any(|l| l["level"] == "stdout"
-            && l["message"].as_str().unwrap().contains("probe on stdout")),
+        logs.iter().any(|l| l["level"] == "stdout" && l["message"].as_str().unwrap().contains("probe on stdout")),
         "{logs:?}"
     );
     assert!(logs.iter().any(|l| l["level"] == "stderr"));
     let kinds = api.audit_kinds(&sid).await?;
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "capability_denied").count(),
-        2,
-        "secret and history denials: {kinds:?}"
-    );
+    assert_eq!(kinds.iter().filter(|k| *k == "capability_denied").count(), 2, "secret and history denials: {kinds:?}");
     Ok(())
 }
 
@@ -75,74 +61,39 @@ async fn history_is_readable_only_when_granted() -> anyhow::Result<()> {
         .await?;
     let api = host.agent();
     let sid = api.session(json!({})).await?;
-    for (role, content) in [
-        ("user", "first"),
-        ("assistant", "second"),
-        ("user", "third"),
-    ] {
-        api.post(
-            &format!("/v1/sessions/{sid}/messages"),
-            json!({"role": role, "content": content}),
-        )
-        .await?;
+    for (role, content) in [("user", "first"), ("assistant", "second"), ("user", "third")] {
+        api.post(&format!("/v1/sessions/{sid}/messages"), json!({"role": role, "content": content})).await?;
     }
-    let (_, ok) = api
-        .call(&sid, "notes", json!({"op": "summarize", "limit": 2}))
-        .await?;
+    let (_, ok) = api.call(&sid, "notes", json!({"op": "summarize", "limit": 2})).await?;
     assert_eq!(ok["status"], "succeeded", "{ok}");
     assert_eq!(
         ok["output"]["messages"],
         json!([{"role": "assistant", "content": "second"}, {"role": "user", "content": "third"}])
     );
 
-    let (_, no) = api
-        .call(&sid, "notes-no-history", json!({"op": "summarize"}))
-        .await?;
-    assert_eq!(
-        no["status"], "failed",
-        "an error the guest sees, not a trap: {no}"
-    );
-    assert!(
-        no["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not granted")
-    );
-    let (_, events) = api
-        .get(&format!("/v1/sessions/{sid}/audit?limit=1000"))
-        .await?;
-    let denial = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "capability_denied")
-        .expect("a denial event");
+    let (_, no) = api.call(&sid, "notes-no-history", json!({"op": "summarize"})).await?;
+    assert_eq!(no["status"], "failed", "an error the guest sees, not a trap: {no}");
+    assert!(no["error"]["message"].as_str().unwrap().contains("not granted"));
+    let (_, events) = api.get(&format!("/v1/sessions/{sid}/audit?limit=1000")).await?;
+    let denial =
+        events["events"].as_array().unwrap().iter().find(|e| e["kind"] == "capability_denied").expect("a denial event");
     assert_eq!(denial["data"]["capability"], "history");
     assert_eq!(denial["call"], no["id"]);
 
     // A session can narrow history away from a tool that has it.
-    let narrowed = api
-        .session(json!({"grants": {"notes": {"history": false}}}))
-        .await?;
-    let (_, no) = api
-        .call(&narrowed, "notes", json!({"op": "summarize"}))
-        .await?;
+    let narrowed = api.session(json!({"grants": {"notes": {"history": false}}})).await?;
+    let (_, no) = api.call(&narrowed, "notes", json!({"op": "summarize"})).await?;
     assert_eq!(no["status"], "failed");
     Ok(())
 }
 
 #[tokio::test]
-async fn an_infinite_loop_is_stopped_at_its_timeout_and_the_host_keeps_serving()
--> anyhow::Result<()> {
+async fn an_infinite_loop_is_stopped_at_its_timeout_and_the_host_keeps_serving() -> anyhow::Result<()> {
     let host = TestHost::builder()
         .bundle_with_manifest(
             "spin",
             test_program("spin-forever"),
-            &manifest(
-                "spin-forever",
-                "spin_forever.wasm",
-                "[limits]\ntimeout_ms = 300",
-            ),
+            &manifest("spin-forever", "spin_forever.wasm", "[limits]\ntimeout_ms = 300"),
         )
         .bundle("counter", example_tool("counter"))
         .start()
@@ -179,27 +130,16 @@ async fn a_memory_bomb_is_stopped_at_its_memory_limit() -> anyhow::Result<()> {
         .bundle_with_manifest(
             "bomb",
             test_program("memory-bomb"),
-            &manifest(
-                "memory-bomb",
-                "memory_bomb.wasm",
-                "[limits]\nmemory_mb = 16",
-            ),
+            &manifest("memory-bomb", "memory_bomb.wasm", "[limits]\nmemory_mb = 16"),
         )
         .start()
         .await?;
     let api = host.agent();
     let sid = api.session(json!({})).await?;
     let (_, call) = api.call(&sid, "memory-bomb", json!({})).await?;
-    assert_eq!(
-        (call["status"].as_str(), call["error"]["code"].as_str()),
-        (Some("trapped"), Some("memory")),
-        "{call}"
-    );
+    assert_eq!((call["status"].as_str(), call["error"]["code"].as_str()), (Some("trapped"), Some("memory")), "{call}");
     let peak = call["usage"]["memory_peak_bytes"].as_u64().unwrap();
-    assert!(
-        peak <= 16 << 20 && peak > 8 << 20,
-        "peak {peak} within the limit"
-    );
+    assert!(peak <= 16 << 20 && peak > 8 << 20, "peak {peak} within the limit");
     Ok(())
 }
 
@@ -209,51 +149,26 @@ async fn oversized_output_is_refused_and_chatty_stdio_is_capped() -> anyhow::Res
         .bundle_with_manifest(
             "flood",
             test_program("output-flood"),
-            &manifest(
-                "output-flood",
-                "output_flood.wasm",
-                "[limits]\noutput_kb = 16",
-            ),
+            &manifest("output-flood", "output_flood.wasm", "[limits]\noutput_kb = 16"),
         )
         .start()
         .await?;
     let api = host.agent();
     let sid = api.session(json!({})).await?;
-    let (_, big) = api
-        .call(&sid, "output-flood", json!({"output_bytes": 32 * 1024}))
-        .await?;
+    let (_, big) = api.call(&sid, "output-flood", json!({"output_bytes": 32 * 1024})).await?;
     assert_eq!(
         (big["status"].as_str(), big["error"]["code"].as_str()),
         (Some("trapped"), Some("output_too_large")),
         "{big}"
     );
-    let (_, chatty) = api
-        .call(
-            &sid,
-            "output-flood",
-            json!({"output_bytes": 10, "stdout_bytes": 4 << 20}),
-        )
-        .await?;
-    assert_eq!(
-        chatty["status"], "succeeded",
-        "a chatty tool is not an error: {}",
-        chatty["error"]
-    );
+    let (_, chatty) = api.call(&sid, "output-flood", json!({"output_bytes": 10, "stdout_bytes": 4 << 20})).await?;
+    assert_eq!(chatty["status"], "succeeded", "a chatty tool is not an error: {}", chatty["error"]);
     assert_eq!(chatty["output"], "a".repeat(10));
-    let stdout = chatty["logs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["level"] == "stdout")
-        .unwrap()["message"]
+    let stdout = chatty["logs"].as_array().unwrap().iter().find(|l| l["level"] == "stdout").unwrap()["message"]
         .as_str()
         .unwrap()
         .to_string();
-    assert!(
-        stdout.len() < 80 * 1024 && stdout.ends_with("[output truncated]"),
-        "{}",
-        stdout.len()
-    );
+    assert!(stdout.len() < 80 * 1024 && stdout.ends_with("[output truncated]"), "{}", stdout.len());
     Ok(())
 }
 
@@ -263,45 +178,23 @@ async fn a_write_over_the_state_quota_fails_the_call_and_commits_nothing() -> an
         .bundle_with_manifest(
             "stf",
             test_program("state-then-fail"),
-            &manifest(
-                "state-then-fail",
-                "state_then_fail.wasm",
-                "[limits]\nstate_kb = 8",
-            ),
+            &manifest("state-then-fail", "state_then_fail.wasm", "[limits]\nstate_kb = 8"),
         )
         .start()
         .await?;
     let api = host.agent();
     let sid = api.session(json!({})).await?;
-    let (_, small) = api
-        .call(
-            &sid,
-            "state-then-fail",
-            json!({"key": "a", "fill_bytes": 4000}),
-        )
-        .await?;
+    let (_, small) = api.call(&sid, "state-then-fail", json!({"key": "a", "fill_bytes": 4000})).await?;
     assert_eq!(small["status"], "succeeded");
     assert_eq!(small["output"]["stored"], true);
-    let (_, over) = api
-        .call(
-            &sid,
-            "state-then-fail",
-            json!({"key": "b", "fill_bytes": 5000}),
-        )
-        .await?;
+    let (_, over) = api.call(&sid, "state-then-fail", json!({"key": "b", "fill_bytes": 5000})).await?;
     assert_eq!(
         (over["status"].as_str(), over["error"]["code"].as_str()),
         (Some("trapped"), Some("state_quota")),
         "{over}"
     );
     // Replacing a value counts its new size, not both.
-    let (_, replace) = api
-        .call(
-            &sid,
-            "state-then-fail",
-            json!({"key": "a", "fill_bytes": 8000}),
-        )
-        .await?;
+    let (_, replace) = api.call(&sid, "state-then-fail", json!({"key": "a", "fill_bytes": 8000})).await?;
     assert_eq!(replace["status"], "succeeded", "{replace}");
     let state = api.state(&sid, "state-then-fail").await?;
     assert_eq!(state.keys().collect::<Vec<_>>(), ["a"]);

@@ -25,12 +25,11 @@ pub const AGENT: &str = "test-agent-token-0000000001";
 pub const OTHER_AGENT: &str = "test-agent-token-0000000002";
 pub const APPROVER: &str = "test-approver-token-00000001";
 pub const ADMIN: &str = "test-admin-token-000000000001";
+/// Has both roles: may approve others' calls, never its own.
+pub const SELF_APPROVER: &str = "test-self-approver-token-0001";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
 
 /// The `bulkhead` binary under test.
@@ -40,16 +39,8 @@ pub fn binary() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/e2e-… → target/<profile>/bulkhead
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("bulkhead");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (scripts/test does)",
-        bin.display()
-    );
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("bulkhead");
+    assert!(bin.exists(), "{} is missing: build it first (scripts/test does)", bin.display());
     bin
 }
 
@@ -69,10 +60,7 @@ fn sha256_hex(s: &str) -> String {
 fn unique_dir(prefix: &str) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()))
 }
 
@@ -93,35 +81,20 @@ pub struct HostBuilder {
 impl HostBuilder {
     /// A bundle folder `name` copied from `source` (its tool.toml and .wasm).
     pub fn bundle(mut self, name: &str, source: PathBuf) -> Self {
-        self.bundles.push(Bundle {
-            name: name.into(),
-            source,
-            manifest: None,
-            files: vec![],
-        });
+        self.bundles.push(Bundle { name: name.into(), source, manifest: None, files: vec![] });
         self
     }
 
     /// A bundle from `source` whose tool.toml is replaced by `manifest`.
     pub fn bundle_with_manifest(mut self, name: &str, source: PathBuf, manifest: &str) -> Self {
-        self.bundles.push(Bundle {
-            name: name.into(),
-            source,
-            manifest: Some(manifest.into()),
-            files: vec![],
-        });
+        self.bundles.push(Bundle { name: name.into(), source, manifest: Some(manifest.into()), files: vec![] });
         self
     }
 
     /// A bundle made only of the given files (for broken bundles).
     pub fn raw_bundle(mut self, name: &str, files: Vec<(&str, Vec<u8>)>) -> Self {
         let files = files.into_iter().map(|(p, b)| (p.to_string(), b)).collect();
-        self.bundles.push(Bundle {
-            name: name.into(),
-            source: PathBuf::new(),
-            manifest: None,
-            files,
-        });
+        self.bundles.push(Bundle { name: name.into(), source: PathBuf::new(), manifest: None, files });
         self
     }
 
@@ -141,9 +114,7 @@ impl HostBuilder {
             let dest = tools.join(&b.name);
             std::fs::create_dir_all(&dest)?;
             if !b.source.as_os_str().is_empty() {
-                for entry in std::fs::read_dir(&b.source)
-                    .with_context(|| format!("{}", b.source.display()))?
-                {
+                for entry in std::fs::read_dir(&b.source).with_context(|| format!("{}", b.source.display()))? {
                     let path = entry?.path();
                     let keep = path.extension().is_some_and(|e| e == "wasm")
                         || path.file_name().is_some_and(|n| n == "tool.toml");
@@ -160,18 +131,18 @@ impl HostBuilder {
             }
         }
         let principals = [
-            ("agent", AGENT, "agent", "[\"*\"]"),
-            ("other-agent", OTHER_AGENT, "agent", "[\"*\"]"),
-            ("approver", APPROVER, "approver", "[]"),
-            ("admin", ADMIN, "admin", "[\"*\"]"),
+            ("agent", AGENT, r#"["agent"]"#, r#"["*"]"#),
+            ("other-agent", OTHER_AGENT, r#"["agent"]"#, r#"["*"]"#),
+            ("approver", APPROVER, r#"["approver"]"#, "[]"),
+            ("admin", ADMIN, r#"["admin"]"#, r#"["*"]"#),
+            ("self-approver", SELF_APPROVER, r#"["agent", "approver"]"#, r#"["*"]"#),
         ];
-        let mut config =
-            String::from("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\ntools_dir = \"tools\"\n");
+        let mut config = String::from("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\ntools_dir = \"tools\"\n");
         config.push_str(&self.config);
-        for (name, token, role, tools) in principals {
+        for (name, token, roles, tools) in principals {
+            let hash = sha256_hex(token);
             config.push_str(&format!(
-                "\n[[principals]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nroles = [\"{role}\"]\ntools = {tools}\n",
-                sha256_hex(token)
+                "\n[[principals]]\nname = \"{name}\"\ntoken_sha256 = \"{hash}\"\nroles = {roles}\ntools = {tools}\n"
             ));
         }
         std::fs::write(dir.join("bulkhead.toml"), config)?;
@@ -198,21 +169,13 @@ impl TestHost {
     }
 
     pub async fn start_in(dir: PathBuf) -> Result<TestHost> {
-        let mut host = TestHost {
-            stderr_path: dir.join("stderr.log"),
-            dir,
-            child: None,
-            base: String::new(),
-        };
+        let mut host = TestHost { stderr_path: dir.join("stderr.log"), dir, child: None, base: String::new() };
         host.spawn().await?;
         Ok(host)
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.stderr_path)?;
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr_path)?;
         let mut child = Command::new(binary())
             .arg("serve")
             .arg("--config")
@@ -232,8 +195,7 @@ impl TestHost {
             }
         });
         self.child = Some(child);
-        let addr =
-            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await?;
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await?;
         match addr {
             Ok(addr) => self.base = addr,
             Err(_) => bail!("the host did not start; stderr:\n{}", self.stderr()),
@@ -268,11 +230,7 @@ impl TestHost {
     }
 
     pub fn api(&self, token: &str) -> Api {
-        Api {
-            base: self.base.clone(),
-            token: Some(token.into()),
-            http: reqwest::Client::new(),
-        }
+        Api { base: self.base.clone(), token: Some(token.into()), http: reqwest::Client::new() }
     }
 
     pub fn agent(&self) -> Api {
@@ -280,11 +238,7 @@ impl TestHost {
     }
 
     pub fn anonymous(&self) -> Api {
-        Api {
-            base: self.base.clone(),
-            token: None,
-            http: reqwest::Client::new(),
-        }
+        Api { base: self.base.clone(), token: None, http: reqwest::Client::new() }
     }
 }
 
@@ -350,23 +304,13 @@ impl Api {
     }
 
     pub async fn call(&self, sid: &str, tool: &str, input: Value) -> Result<Reply> {
-        self.post(
-            &format!("/v1/sessions/{sid}/calls"),
-            serde_json::json!({ "tool": tool, "input": input }),
-        )
-        .await
+        self.post(&format!("/v1/sessions/{sid}/calls"), serde_json::json!({ "tool": tool, "input": input })).await
     }
 
     /// A tool's state in a session, values decoded as UTF-8.
-    pub async fn state(
-        &self,
-        sid: &str,
-        tool: &str,
-    ) -> Result<std::collections::BTreeMap<String, String>> {
+    pub async fn state(&self, sid: &str, tool: &str) -> Result<std::collections::BTreeMap<String, String>> {
         use base64::Engine as _;
-        let (status, body) = self
-            .get(&format!("/v1/sessions/{sid}/state/{tool}"))
-            .await?;
+        let (status, body) = self.get(&format!("/v1/sessions/{sid}/state/{tool}")).await?;
         if status != StatusCode::OK {
             bail!("state: {status} {body}");
         }
@@ -374,9 +318,8 @@ impl Api {
         Ok(entries
             .iter()
             .map(|(k, v)| {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(v.as_str().unwrap_or(""))
-                    .unwrap_or_default();
+                let bytes =
+                    base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or("")).unwrap_or_default();
                 (k.clone(), String::from_utf8_lossy(&bytes).into_owned())
             })
             .collect())
@@ -384,9 +327,7 @@ impl Api {
 
     /// The audit event kinds of a session, in order.
     pub async fn audit_kinds(&self, sid: &str) -> Result<Vec<String>> {
-        let (_, body) = self
-            .get(&format!("/v1/sessions/{sid}/audit?limit=1000"))
-            .await?;
+        let (_, body) = self.get(&format!("/v1/sessions/{sid}/audit?limit=1000")).await?;
         Ok(body["events"]
             .as_array()
             .context("events")?
@@ -398,10 +339,7 @@ impl Api {
 
 /// Runs the binary with arguments; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> Result<(i32, String, String)> {
-    let out = Command::new(binary())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()?;
+    let out = Command::new(binary()).args(args).env("RUST_LOG", "warn").output()?;
     Ok((
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

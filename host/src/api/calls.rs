@@ -4,7 +4,7 @@ use super::error::ApiError;
 use super::extract::{Body, Caller, Query};
 use crate::model::CallStatus;
 use crate::service::Service;
-use crate::service::calls::NewCall;
+use crate::service::calls::{CallOptions, NewCall};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -28,18 +28,25 @@ pub struct Wait {
 }
 
 /// `If-Match: "<version>"` (quotes optional; a weak `W/` tag is refused).
-fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+pub(super) fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
     let text = value.to_str().unwrap_or("").trim();
-    let bare = text
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .unwrap_or(text);
-    bare.parse::<i64>().map(Some).map_err(|_| {
-        ApiError::bad_request("If-Match must be a session version, e.g. If-Match: \"3\"")
-    })
+    let bare = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
+    bare.parse::<i64>()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request("If-Match must be a session version, e.g. If-Match: \"3\""))
+}
+
+/// `Prefer: respond-async` (RFC 7240), among other preferences.
+fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.split(';').next().is_some_and(|token| token.trim().eq_ignore_ascii_case("respond-async")))
 }
 
 pub async fn create(
@@ -49,22 +56,13 @@ pub async fn create(
     headers: HeaderMap,
     Body(req): Body<NewCall>,
 ) -> Result<Response, ApiError> {
-    let version = if_match(&headers)?;
-    let reply = s.call(&p, &sid, req, version).await?;
-    let status = if reply.call.status.is_open() {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::OK
-    };
-    let location = format!(
-        "/v1/sessions/{}/calls/{}",
-        reply.call.session, reply.call.id
-    );
+    let opts = CallOptions { if_match: if_match(&headers)?, respond_async: prefers_async(&headers) };
+    let reply = s.call(&p, &sid, req, opts).await?;
+    let status = if reply.call.status.is_open() { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let location = format!("/v1/sessions/{}/calls/{}", reply.call.session, reply.call.id);
     let mut response = (status, [(header::LOCATION, location)], Json(reply.call)).into_response();
     if reply.replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
 }
@@ -84,9 +82,7 @@ pub async fn list(
     Path(sid): Path<String>,
     Query(q): Query<CallPage>,
 ) -> Result<Response, ApiError> {
-    let calls = s
-        .list_calls(&p, &sid, q.status.as_deref(), q.after, q.limit)
-        .await?;
+    let calls = s.list_calls(&p, &sid, q.status.as_deref(), q.after, q.limit).await?;
     Ok(Json(json!({ "calls": calls })).into_response())
 }
 

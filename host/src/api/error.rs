@@ -15,11 +15,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -32,9 +28,7 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -44,34 +38,18 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> ApiError {
         let message = e.to_string();
         match e {
-            ServiceError::BadRequest { code, .. } => {
-                ApiError::new(StatusCode::BAD_REQUEST, code, message)
-            }
-            ServiceError::Unauthorized => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-            }
-            ServiceError::Forbidden { code, .. } => {
-                ApiError::new(StatusCode::FORBIDDEN, code, message)
-            }
-            ServiceError::NotFound { code, .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, code, message)
-            }
-            ServiceError::Conflict(_) => {
-                ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", message)
-            }
+            ServiceError::BadRequest { code, .. } => ApiError::new(StatusCode::BAD_REQUEST, code, message),
+            ServiceError::Unauthorized => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message),
+            ServiceError::Forbidden { code, .. } => ApiError::new(StatusCode::FORBIDDEN, code, message),
+            ServiceError::NotFound { code, .. } => ApiError::new(StatusCode::NOT_FOUND, code, message),
+            ServiceError::Conflict { code, .. } => ApiError::new(StatusCode::CONFLICT, code, message),
             ServiceError::StaleVersion { .. } => {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, "stale_version", message)
             }
-            ServiceError::Busy => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_calls", message)
-            }
+            ServiceError::Busy => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_calls", message),
             ServiceError::Unavailable(detail) => {
                 tracing::error!("storage unavailable: {detail}");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
-                    message,
-                )
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message)
             }
         }
     }

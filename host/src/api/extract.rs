@@ -17,30 +17,16 @@ pub struct Caller(pub Arc<Principal>);
 impl FromRequestParts<Arc<Service>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        service: &Arc<Service>,
-    ) -> Result<Self, ApiError> {
-        let unauthorized = || {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or invalid bearer token",
-            )
-        };
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(unauthorized)?;
+    async fn from_request_parts(parts: &mut Parts, service: &Arc<Service>) -> Result<Self, ApiError> {
+        let unauthorized =
+            || ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid bearer token");
+        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(unauthorized)?;
         let text = value.to_str().map_err(|_| unauthorized())?;
         let (scheme, token) = text.split_once(' ').ok_or_else(unauthorized)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(unauthorized());
         }
-        service
-            .authenticate(token.trim())
-            .map(Caller)
-            .ok_or_else(unauthorized)
+        service.authenticate(token.trim()).map(Caller).ok_or_else(unauthorized)
     }
 }
 
@@ -58,30 +44,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
                 "unsupported_media_type",
                 "the body must be JSON with Content-Type: application/json",
             )),
-            Err(JsonRejection::BytesRejection(r))
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is over the size limit (max_request_kb)",
-                ))
+            Err(JsonRejection::BytesRejection(r)) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is over the size limit (max_request_kb)",
+            )),
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.body_text()))
             }
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                e.body_text(),
-            )),
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                e.body_text(),
-            )),
-            Err(other) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                other.body_text(),
-            )),
+            Err(JsonRejection::JsonSyntaxError(e)) => {
+                Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.body_text()))
+            }
+            Err(other) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", other.body_text())),
         }
     }
 }

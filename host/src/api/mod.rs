@@ -26,39 +26,24 @@ pub fn router(service: Arc<Service>) -> Router {
     let body_limit = (service.config.limits.max_request_kb as usize) << 10;
     Router::new()
         .route("/v1/sessions", get(sessions::list).post(sessions::create))
-        .route(
-            "/v1/sessions/{sid}",
-            get(sessions::get).delete(sessions::delete),
-        )
-        .route(
-            "/v1/sessions/{sid}/messages",
-            get(sessions::list_messages).post(sessions::append_message),
-        )
-        .route(
-            "/v1/sessions/{sid}/calls",
-            get(calls::list).post(calls::create),
-        )
+        .route("/v1/sessions/{sid}", get(sessions::get).delete(sessions::delete).patch(sessions::narrow))
+        .route("/v1/sessions/{sid}/messages", get(sessions::list_messages).post(sessions::append_message))
+        .route("/v1/sessions/{sid}/calls", get(calls::list).post(calls::create))
         .route("/v1/sessions/{sid}/calls/{cid}", get(calls::get))
         .route("/v1/sessions/{sid}/state/{tool}", get(calls::state))
         .route("/v1/sessions/{sid}/audit", get(sessions::list_audit))
+        .route("/v1/approvals", get(sessions::list_approvals))
+        .route("/v1/approvals/{cid}", axum::routing::post(sessions::decide))
         .route("/v1/tools", get(system::tools))
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(
-            service.clone(),
-            count_requests,
-        ))
+        .layer(middleware::from_fn_with_state(service.clone(), count_requests))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-            .into_response()
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
         }))
         .with_state(service)
 }
@@ -73,9 +58,5 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed on this endpoint",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
 }

@@ -3,9 +3,11 @@
 use super::error::ApiError;
 use super::extract::{Body, Caller, Query};
 use crate::service::Service;
-use crate::service::sessions::{CreateSession, NewMessage};
+use crate::service::approvals::Decision;
+use crate::service::sessions::{CreateSession, Narrowing, NewMessage};
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -33,12 +35,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let session = s.create_session(&p, req).await?;
     let location = format!("/v1/sessions/{}", session.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(session),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(session)).into_response())
 }
 
 pub async fn list(
@@ -95,4 +92,33 @@ pub async fn list_audit(
 ) -> Result<Response, ApiError> {
     let events = s.list_audit(&p, &sid, q.after, q.limit).await?;
     Ok(Json(json!({ "events": events })).into_response())
+}
+
+pub async fn narrow(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    Body(n): Body<Narrowing>,
+) -> Result<Response, ApiError> {
+    let if_match = super::calls::if_match(&headers)?;
+    Ok(Json(s.narrow_session(&p, &sid, n, if_match).await?).into_response())
+}
+
+pub async fn list_approvals(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Query(q): Query<SessionPage>,
+) -> Result<Response, ApiError> {
+    let approvals = s.list_approvals(&p, q.after, q.limit).await?;
+    Ok(Json(json!({ "approvals": approvals })).into_response())
+}
+
+pub async fn decide(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Path(cid): Path<String>,
+    Body(d): Body<Decision>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.decide(&p, &cid, d).await?).into_response())
 }

@@ -20,18 +20,13 @@ impl LogBuffer {
         if self.lines.len() >= MAX_LOG_LINES || self.bytes + message.len() > MAX_LOG_BYTES {
             self.dropped += 1;
             if self.dropped == 1 {
-                self.lines.push(LogLine {
-                    level: "warn".into(),
-                    message: "log limit reached: later lines dropped".into(),
-                });
+                self.lines
+                    .push(LogLine { level: "warn".into(), message: "log limit reached: later lines dropped".into() });
             }
             return;
         }
         self.bytes += message.len();
-        self.lines.push(LogLine {
-            level: level.into(),
-            message,
-        });
+        self.lines.push(LogLine { level: level.into(), message });
     }
 }
 

@@ -116,10 +116,7 @@ impl HostState {
         for (level, captured) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let text = captured.text();
             if !text.is_empty() {
-                lines.push(LogLine {
-                    level: level.into(),
-                    message: text,
-                });
+                lines.push(LogLine { level: level.into(), message: text });
             }
         }
         lines
@@ -128,9 +125,6 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }

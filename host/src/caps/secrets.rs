@@ -40,18 +40,17 @@ impl SecretStore {
         let mut values = BTreeMap::new();
         for (name, source) in sources {
             let value = match (&source.env, &source.file) {
-                (Some(var), _) => std::env::var(var)
-                    .map_err(|_| format!("secret {name}: environment variable {var} is not set"))?,
+                (Some(var), _) => {
+                    std::env::var(var).map_err(|_| format!("secret {name}: environment variable {var} is not set"))?
+                }
                 (None, Some(path)) => {
-                    let meta = std::fs::metadata(path).map_err(|e| {
-                        format!("secret {name}: cannot read {}: {e}", path.display())
-                    })?;
+                    let meta = std::fs::metadata(path)
+                        .map_err(|e| format!("secret {name}: cannot read {}: {e}", path.display()))?;
                     if meta.len() > MAX_SECRET_FILE_BYTES {
                         return Err(format!("secret {name}: {} is too large", path.display()));
                     }
-                    let text = std::fs::read_to_string(path).map_err(|e| {
-                        format!("secret {name}: cannot read {}: {e}", path.display())
-                    })?;
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| format!("secret {name}: cannot read {}: {e}", path.display()))?;
                     text.trim_end_matches(['\n', '\r']).to_string()
                 }
                 (None, None) => return Err(format!("secret {name}: no source")),
@@ -68,7 +67,7 @@ impl SecretStore {
 
 impl Host for HostState {
     async fn get(&mut self, name: String) -> Result<String, String> {
-        let granted = self.env.grant.secrets.iter().any(|s| *s == name);
+        let granted = self.env.grant.secrets.contains(&name);
         let value = granted.then(|| self.env.secrets.get(&name)).flatten();
         match value {
             Some(secret) => {

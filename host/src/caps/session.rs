@@ -19,23 +19,13 @@ impl Host for HostState {
     async fn history(&mut self, limit: u32) -> Result<Vec<Message>, String> {
         if !self.env.grant.history {
             self.deny("history", serde_json::Value::Null);
-            return Err(
-                "reading the session history is not granted to this tool (history = false)".into(),
-            );
+            return Err("reading the session history is not granted to this tool (history = false)".into());
         }
         let e = &self.env;
-        let rows =
-            e.db.read(|c| messages::newest(c, &e.session, limit.min(MAX_HISTORY)))
-                .map_err(|err| {
-                    tracing::error!("history read failed: {err}");
-                    "session history unavailable".to_string()
-                })?;
-        Ok(rows
-            .into_iter()
-            .map(|m| Message {
-                role: m.role,
-                content: m.content,
-            })
-            .collect())
+        let rows = e.db.read(|c| messages::newest(c, &e.session, limit.min(MAX_HISTORY))).map_err(|err| {
+            tracing::error!("history read failed: {err}");
+            "session history unavailable".to_string()
+        })?;
+        Ok(rows.into_iter().map(|m| Message { role: m.role, content: m.content }).collect())
     }
 }

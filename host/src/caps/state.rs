@@ -29,25 +29,17 @@ pub struct StateTxn {
 
 impl StateTxn {
     pub fn new(quota: u64) -> StateTxn {
-        StateTxn {
-            writes: BTreeMap::new(),
-            quota,
-            base: None,
-            delta: 0,
-            bytes_written: 0,
-            quota_exceeded: false,
-        }
+        StateTxn { writes: BTreeMap::new(), quota, base: None, delta: 0, bytes_written: 0, quota_exceeded: false }
     }
 }
 
 impl HostState {
     fn committed(&self, key: &str) -> Option<Vec<u8>> {
         let e = &self.env;
-        e.db.read(|c| tool_state::get(c, &e.session, &e.tool, key))
-            .unwrap_or_else(|err| {
-                tracing::error!("state read failed: {err}");
-                None
-            })
+        e.db.read(|c| tool_state::get(c, &e.session, &e.tool, key)).unwrap_or_else(|err| {
+            tracing::error!("state read failed: {err}");
+            None
+        })
     }
 
     /// Reads the committed size once, before the first write changes it.
@@ -56,12 +48,10 @@ impl HostState {
             return Ok(base);
         }
         let e = &self.env;
-        let base =
-            e.db.read(|c| tool_state::size(c, &e.session, &e.tool))
-                .map_err(|err| {
-                    tracing::error!("state size read failed: {err}");
-                    "state storage unavailable".to_string()
-                })?;
+        let base = e.db.read(|c| tool_state::size(c, &e.session, &e.tool)).map_err(|err| {
+            tracing::error!("state size read failed: {err}");
+            "state storage unavailable".to_string()
+        })?;
         self.state.base = Some(base);
         Ok(base)
     }
@@ -115,12 +105,10 @@ impl Host for HostState {
 
     async fn keys(&mut self, prefix: String) -> Vec<String> {
         let e = &self.env;
-        let committed =
-            e.db.read(|c| tool_state::keys(c, &e.session, &e.tool, &prefix))
-                .unwrap_or_else(|err| {
-                    tracing::error!("state keys read failed: {err}");
-                    Vec::new()
-                });
+        let committed = e.db.read(|c| tool_state::keys(c, &e.session, &e.tool, &prefix)).unwrap_or_else(|err| {
+            tracing::error!("state keys read failed: {err}");
+            Vec::new()
+        });
         let mut keys: std::collections::BTreeSet<String> = committed.into_iter().collect();
         for (k, v) in self.state.writes.range(prefix.clone()..) {
             if !k.starts_with(&prefix) {

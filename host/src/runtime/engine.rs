@@ -28,10 +28,7 @@ pub fn config(limits: &Limits) -> Config {
         .table_keep_resident(KEEP_RESIDENT_BYTES)
         .pagemap_scan(Enabled::Auto);
     let mut config = Config::new();
-    config
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-        .consume_fuel(true)
-        .epoch_interruption(true);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool)).consume_fuel(true).epoch_interruption(true);
     config
 }
 
@@ -62,10 +59,7 @@ pub fn compile_cached(
         // header and refuses a file made by other settings.
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(component) => return Ok((component, true)),
-            Err(e) => tracing::warn!(
-                "precompiled {} unusable, recompiling: {e:#}",
-                path.display()
-            ),
+            Err(e) => tracing::warn!("precompiled {} unusable, recompiling: {e:#}", path.display()),
         }
     }
     let component = Component::from_binary(engine, bytes)?;
@@ -79,12 +73,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)

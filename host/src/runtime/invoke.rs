@@ -53,14 +53,7 @@ fn truncate(mut s: String, max: usize) -> String {
 }
 
 fn trapped(code: &str, message: String) -> (CallStatus, Option<Value>, Option<CallError>) {
-    (
-        CallStatus::Trapped,
-        None,
-        Some(CallError {
-            code: code.into(),
-            message,
-        }),
-    )
+    (CallStatus::Trapped, None, Some(CallError { code: code.into(), message }))
 }
 
 impl Runtime {
@@ -71,9 +64,7 @@ impl Runtime {
         let memory = (limits.memory_mb as usize) << 20;
         let mut store = Store::new(&self.engine, HostState::new(env, memory, started + timeout));
         store.limiter(|s| &mut s.limiter);
-        store
-            .set_fuel(FUEL_BUDGET)
-            .expect("fuel is enabled in the engine config");
+        store.set_fuel(FUEL_BUDGET).expect("fuel is enabled in the engine config");
         // At every epoch tick: stop at the deadline, otherwise yield so a busy
         // guest does not hold a runtime thread.
         store.set_epoch_deadline(1);
@@ -95,50 +86,27 @@ impl Runtime {
         let wall = started.elapsed();
 
         let (status, output, error) = match result {
-            Err(_elapsed) => trapped(
-                "timeout",
-                format!("stopped after the {} ms timeout", limits.timeout_ms),
-            ),
+            Err(_elapsed) => trapped("timeout", format!("stopped after the {} ms timeout", limits.timeout_ms)),
             Ok(Err(e)) => {
-                if store.data().limiter.exceeded
-                    || e.downcast_ref::<MemoryLimitExceeded>().is_some()
-                {
-                    trapped(
-                        "memory",
-                        format!("stopped at the {} MiB memory limit", limits.memory_mb),
-                    )
+                if store.data().limiter.exceeded || e.downcast_ref::<MemoryLimitExceeded>().is_some() {
+                    trapped("memory", format!("stopped at the {} MiB memory limit", limits.memory_mb))
                 } else if e.downcast_ref::<DeadlineReached>().is_some() {
-                    trapped(
-                        "timeout",
-                        format!("stopped after the {} ms timeout", limits.timeout_ms),
-                    )
+                    trapped("timeout", format!("stopped after the {} ms timeout", limits.timeout_ms))
                 } else if let Some(trap) = e.downcast_ref::<Trap>() {
                     trapped("trap", format!("the tool trapped: {trap}"))
                 } else {
-                    trapped(
-                        "trap",
-                        truncate(format!("the tool failed: {e:#}"), MAX_ERROR_BYTES),
-                    )
+                    trapped("trap", truncate(format!("the tool failed: {e:#}"), MAX_ERROR_BYTES))
                 }
             }
             Ok(Ok(Err(message))) => (
                 CallStatus::Failed,
                 None,
-                Some(CallError {
-                    code: "tool_error".into(),
-                    message: truncate(message, MAX_ERROR_BYTES),
-                }),
+                Some(CallError { code: "tool_error".into(), message: truncate(message, MAX_ERROR_BYTES) }),
             ),
             Ok(Ok(Ok(text))) => {
                 let max = (limits.output_kb as usize) << 10;
                 if text.len() > max {
-                    trapped(
-                        "output_too_large",
-                        format!(
-                            "output of {} bytes is over the {max}-byte limit",
-                            text.len()
-                        ),
-                    )
+                    trapped("output_too_large", format!("output of {} bytes is over the {max}-byte limit", text.len()))
                 } else if store.data().state.quota_exceeded {
                     trapped(
                         "state_quota",
@@ -154,17 +122,10 @@ impl Runtime {
             }
         };
 
-        let fuel = store
-            .get_fuel()
-            .map(|left| FUEL_BUDGET.saturating_sub(left))
-            .unwrap_or(0);
+        let fuel = store.get_fuel().map(|left| FUEL_BUDGET.saturating_sub(left)).unwrap_or(0);
         let state = store.data_mut();
         let succeeded = status == CallStatus::Succeeded;
-        let state_writes = if succeeded {
-            std::mem::take(&mut state.state.writes)
-        } else {
-            BTreeMap::new()
-        };
+        let state_writes = if succeeded { std::mem::take(&mut state.state.writes) } else { BTreeMap::new() };
         Outcome {
             status,
             output,
@@ -173,11 +134,7 @@ impl Runtime {
                 wall_ms: wall.as_millis() as u64,
                 fuel,
                 memory_peak_bytes: state.limiter.peak as u64,
-                state_bytes_written: if succeeded {
-                    state.state.bytes_written
-                } else {
-                    0
-                },
+                state_bytes_written: if succeeded { state.state.bytes_written } else { 0 },
                 egress_requests: 0,
                 egress_bytes: 0,
             },

@@ -47,25 +47,13 @@ fn check_import(name: &str, manifest: &Manifest) -> Result<(), String> {
     match package {
         "bulkhead:tool" if OWN_INTERFACES.contains(&interface) => Ok(()),
         "wasi:http" => {
-            if manifest
-                .grants
-                .network
-                .as_ref()
-                .is_none_or(|n| n.is_empty())
-            {
+            if manifest.grants.network.as_ref().is_none_or(|n| n.is_empty()) {
                 Err(format!("imports {name} but the manifest grants no network"))
             } else {
-                Err(format!(
-                    "imports {name}: outbound HTTP is not provided by this host version yet"
-                ))
+                Err(format!("imports {name}: outbound HTTP is not provided by this host version yet"))
             }
         }
-        p if p
-            .strip_prefix("wasi:")
-            .is_some_and(|w| STANDARD_WASI.contains(&w)) =>
-        {
-            Ok(())
-        }
+        p if p.strip_prefix("wasi:").is_some_and(|w| STANDARD_WASI.contains(&w)) => Ok(()),
         _ => Err(format!("imports {name}, which this host does not provide")),
     }
 }
@@ -86,25 +74,15 @@ impl Runtime {
                 return (tools, errors);
             }
         };
-        let mut bundles: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.join(MANIFEST_FILE).is_file())
-            .collect();
+        let mut bundles: Vec<PathBuf> =
+            entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join(MANIFEST_FILE).is_file()).collect();
         bundles.sort();
         for bundle in bundles {
             match self.load_bundle(&bundle, ceilings) {
-                Ok(tool)
-                    if tools
-                        .iter()
-                        .any(|t: &LoadedTool| t.manifest.name == tool.manifest.name) =>
-                {
+                Ok(tool) if tools.iter().any(|t: &LoadedTool| t.manifest.name == tool.manifest.name) => {
                     errors.push(LoadError {
                         file: bundle.join(MANIFEST_FILE).display().to_string(),
-                        message: format!(
-                            "another bundle already has the name {:?}",
-                            tool.manifest.name
-                        ),
+                        message: format!("another bundle already has the name {:?}", tool.manifest.name),
                     });
                 }
                 Ok(tool) => tools.push(tool),
@@ -116,15 +94,9 @@ impl Runtime {
 
     pub fn load_bundle(&self, bundle: &Path, ceilings: &Limits) -> Result<LoadedTool, LoadError> {
         let (manifest, component_path) =
-            Manifest::load(bundle, ceilings).map_err(|e| LoadError {
-                file: e.file,
-                message: e.message,
-            })?;
+            Manifest::load(bundle, ceilings).map_err(|e| LoadError { file: e.file, message: e.message })?;
         let file = component_path.display().to_string();
-        let err = |message: String| LoadError {
-            file: file.clone(),
-            message,
-        };
+        let err = |message: String| LoadError { file: file.clone(), message };
         let meta = std::fs::metadata(&component_path).map_err(|e| {
             err(if e.kind() == std::io::ErrorKind::NotFound {
                 "component not found (build the guest tools with scripts/build-guests)".into()
@@ -133,50 +105,33 @@ impl Runtime {
             })
         })?;
         if meta.len() > MAX_COMPONENT_BYTES {
-            return Err(err(format!(
-                "component is {} bytes, over the {MAX_COMPONENT_BYTES}-byte limit",
-                meta.len()
-            )));
+            return Err(err(format!("component is {} bytes, over the {MAX_COMPONENT_BYTES}-byte limit", meta.len())));
         }
-        let bytes = std::fs::read(&component_path)
-            .map_err(|e| err(format!("cannot read component: {e}")))?;
+        let bytes = std::fs::read(&component_path).map_err(|e| err(format!("cannot read component: {e}")))?;
         let hex = crate::util::sha256_hex(&bytes);
-        if let Some(pin) = &manifest.sha256 {
-            if !pin.eq_ignore_ascii_case(&hex) {
-                return Err(err(format!(
-                    "component digest sha256:{hex} does not match the manifest's pin sha256:{pin}"
-                )));
-            }
+        if let Some(pin) = &manifest.sha256
+            && !pin.eq_ignore_ascii_case(&hex)
+        {
+            return Err(err(format!("component digest sha256:{hex} does not match the manifest's pin sha256:{pin}")));
         }
-        let (component, cached) =
-            super::engine::compile_cached(&self.engine, &bytes, &hex, self.cache_dir.as_deref())
-                .map_err(|e| err(format!("not a valid WebAssembly component: {e:#}")))?;
+        let (component, cached) = super::engine::compile_cached(&self.engine, &bytes, &hex, self.cache_dir.as_deref())
+            .map_err(|e| err(format!("not a valid WebAssembly component: {e:#}")))?;
         let ty = component.component_type();
-        let imports: Vec<String> = ty
-            .imports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
-        let exports: Vec<String> = ty
-            .exports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
         for name in &imports {
             check_import(name, &manifest).map_err(&err)?;
         }
         if ty.get_export(&self.engine, "invoke").is_none() {
-            return Err(err(
-                "does not export `invoke: func(input: string) -> result<string, string>`".into(),
-            ));
+            return Err(err("does not export `invoke: func(input: string) -> result<string, string>`".into()));
         }
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| err(format!("cannot be linked: {e:#}")))?;
-        let pre = ToolPre::new(instance_pre)
-            .map_err(|e| err(format!("does not match the bulkhead:tool world: {e:#}")))?;
+        let instance_pre =
+            self.linker.instantiate_pre(&component).map_err(|e| err(format!("cannot be linked: {e:#}")))?;
+        let pre =
+            ToolPre::new(instance_pre).map_err(|e| err(format!("does not match the bulkhead:tool world: {e:#}")))?;
         let limits = manifest.limits(ceilings).map_err(&err)?;
-        let schema = jsonschema::validator_for(&manifest.input_schema)
-            .map_err(|e| err(format!("input_schema: {e}")))?;
+        let schema =
+            jsonschema::validator_for(&manifest.input_schema).map_err(|e| err(format!("input_schema: {e}")))?;
         Ok(LoadedTool {
             manifest,
             limits,

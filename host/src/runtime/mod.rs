@@ -56,14 +56,9 @@ impl Runtime {
             })
             .map_err(|e| RuntimeError(wasmtime::Error::msg(e.to_string())))?;
         if let Some(dir) = cache_dir {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                RuntimeError(wasmtime::Error::msg(format!("{}: {e}", dir.display())))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| RuntimeError(wasmtime::Error::msg(format!("{}: {e}", dir.display()))))?;
         }
-        Ok(Arc::new(Runtime {
-            engine,
-            linker,
-            cache_dir: cache_dir.map(Path::to_path_buf),
-        }))
+        Ok(Arc::new(Runtime { engine, linker, cache_dir: cache_dir.map(Path::to_path_buf) }))
     }
 }

@@ -21,13 +21,7 @@ struct Inner {
 
 impl Captured {
     pub fn new(cap: usize) -> Captured {
-        Captured {
-            inner: Arc::new(Mutex::new(Inner {
-                buf: Vec::new(),
-                cap,
-                truncated: false,
-            })),
-        }
+        Captured { inner: Arc::new(Mutex::new(Inner { buf: Vec::new(), cap, truncated: false })) }
     }
 
     /// What was captured, as text, with a marker when it was cut.
@@ -54,11 +48,7 @@ impl StdoutStream for Captured {
 }
 
 impl AsyncWrite for Captured {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let mut inner = self.inner.lock().expect("capture lock");
         let room = inner.cap - inner.buf.len();
         if buf.len() > room {

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// The longest a `?wait=` long-poll holds a request.
@@ -50,69 +51,54 @@ pub struct CallReply {
 
 enum Started {
     New,
-    Existing(Call),
+    Existing(Box<Call>),
+}
+
+/// How a call request wants to be answered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions {
+    /// `If-Match`: the session version the caller last saw.
+    pub if_match: Option<i64>,
+    /// `Prefer: respond-async`: answer 202 at once, run in the background.
+    pub respond_async: bool,
 }
 
 impl Service {
     pub async fn call(
-        &self,
+        self: &Arc<Self>,
         p: &Principal,
         sid: &str,
         req: NewCall,
-        if_match: Option<i64>,
+        opts: CallOptions,
     ) -> Result<CallReply> {
         let session = self.owned_session(p, sid).await?;
-        let tool = self
-            .tools
-            .get(&req.tool)
-            .cloned()
-            .ok_or_else(|| ServiceError::NotFound {
-                code: "unknown_tool",
-                message: format!(
-                    "no tool named {:?}",
-                    req.tool.chars().take(64).collect::<String>()
-                ),
-            })?;
+        let tool = self.tools.get(&req.tool).cloned().ok_or_else(|| ServiceError::NotFound {
+            code: "unknown_tool",
+            message: format!("no tool named {:?}", req.tool.chars().take(64).collect::<String>()),
+        })?;
         let Some(boundary) = session.tools.get(&req.tool).cloned() else {
             return Err(ServiceError::forbidden(
                 "tool_not_allowed",
                 format!("tool {} is not in this session's boundary", req.tool),
             ));
         };
-        if let Some(key) = &req.idempotency_key {
-            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-                return Err(ServiceError::bad_request(format!(
-                    "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
-                )));
-            }
+        if let Some(key) = &req.idempotency_key
+            && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
+        {
+            return Err(ServiceError::bad_request(format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes")));
         }
         if let Some(error) = tool.schema.iter_errors(&req.input).next() {
             let at = error.instance_path().to_string();
-            let at = if at.is_empty() {
-                "input".to_string()
-            } else {
-                format!("input{at}")
-            };
-            return Err(ServiceError::BadRequest {
-                code: "invalid_input",
-                message: format!("{at}: {error}"),
-            });
+            let at = if at.is_empty() { "input".to_string() } else { format!("input{at}") };
+            return Err(ServiceError::BadRequest { code: "invalid_input", message: format!("{at}: {error}") });
         }
         if let Some(key) = req.idempotency_key.clone() {
             let sid = session.id.clone();
-            if let Some(first) = self
-                .db
-                .read_async(move |c| calls::by_idempotency_key(c, &sid, &key))
-                .await?
-            {
-                return replay(first, &req);
+            if let Some(first) = self.db.read_async(move |c| calls::by_idempotency_key(c, &sid, &key)).await? {
+                return self.replay(p, first, &req, opts).await;
             }
         }
-        let _slot = self
-            .call_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ServiceError::Busy)?;
+        let slot = self.call_slots.clone().try_acquire_owned().map_err(|_| ServiceError::Busy)?;
 
         let now = util::now_rfc3339();
         let mut call = Call {
@@ -134,65 +120,83 @@ impl Service {
         if boundary.approval_required {
             // Recorded and answered at once; nothing runs until decided.
             call.status = CallStatus::PendingApproval;
-            call.approval = Some(Approval {
-                required: true,
-                decision: None,
-                decided_by: None,
-                reason: None,
-                decided_at: None,
-            });
+            call.approval =
+                Some(Approval { required: true, decision: None, decided_by: None, reason: None, decided_at: None });
         } else {
             call.started_at = Some(now);
         }
-
-        let lock = self.tool_lock(&session.id, &req.tool);
-        let _turn = if boundary.approval_required {
-            None
-        } else {
-            Some(lock.lock().await)
-        };
-
-        match self.record_request(&call, p, if_match).await? {
-            Started::Existing(first) => return replay(first, &req),
-            Started::New => {}
+        if let Started::Existing(first) = self.record_request(&call, p, opts.if_match).await? {
+            return self.replay(p, *first, &req, opts).await;
         }
+        self.count_call(call.status);
         if call.status == CallStatus::PendingApproval {
-            self.count_call(call.status);
-            return Ok(CallReply {
-                call,
-                replayed: false,
-            });
+            return Ok(CallReply { call, replayed: false });
         }
+        // The call runs in its own task: a client that disconnects does not
+        // cancel it half-way, and an async caller gets its answer at once.
+        let task = tokio::spawn(self.clone().execute(call.clone(), session, p.name.clone(), slot));
+        if opts.respond_async {
+            return Ok(CallReply { call, replayed: false });
+        }
+        let call = task.await.map_err(|e| ServiceError::Unavailable(format!("call task failed: {e}")))??;
+        Ok(CallReply { call, replayed: false })
+    }
 
+    /// Runs a recorded call under the session's boundary: waits its turn
+    /// for the tool's state, runs the tool, commits the outcome.
+    pub(super) async fn execute(
+        self: Arc<Self>,
+        call: Call,
+        session: Session,
+        actor: String,
+        _slot: OwnedSemaphorePermit,
+    ) -> Result<Call> {
+        let lock = self.tool_lock(&session.id, &call.tool);
+        let _turn = lock.lock().await;
+        let Some(tool) = self.tools.get(&call.tool).cloned() else {
+            return Err(ServiceError::not_found("tool"));
+        };
+        let grant = session.tools.get(&call.tool).map(|b| b.grants.clone()).unwrap_or_default();
         let env = CallEnv {
             session: session.id.clone(),
             principal: session.principal.clone(),
-            tool: req.tool.clone(),
-            grant: boundary.grants.clone(),
+            tool: call.tool.clone(),
+            grant,
             session_env: session.env.clone(),
             db: self.db.clone(),
             secrets: self.secrets.clone(),
             state_quota_bytes: tool.limits.state_kb << 10,
         };
-        let input_text = req.input.to_string();
+        let input_text = call.input.to_string();
         let outcome = self.runtime.invoke(&tool, &input_text, env).await;
-        let call = self.record_outcome(call, outcome, &p.name).await?;
-        self.count_call(call.status);
-        let _ = self.finished.send(call.id.clone());
-        Ok(CallReply {
-            call,
-            replayed: false,
-        })
+        let result = self.record_outcome(call, outcome, &actor).await;
+        match &result {
+            Ok(call) => {
+                self.count_call(call.status);
+                let _ = self.finished.send(call.id.clone());
+            }
+            Err(e) => tracing::error!("cannot record a call's outcome: {e}"),
+        }
+        result
+    }
+
+    /// The first call with this idempotency key, if the request matches it;
+    /// a synchronous caller waits for it when it is still running.
+    async fn replay(&self, p: &Principal, first: Call, req: &NewCall, opts: CallOptions) -> Result<CallReply> {
+        if first.tool != req.tool || first.input != req.input {
+            return Err(StoreError::Rejected(Rejection::IdempotencyConflict).into());
+        }
+        let call = if first.status == CallStatus::Running && !opts.respond_async {
+            self.get_call(p, &first.session, &first.id, Some(MAX_WAIT_SECONDS)).await?
+        } else {
+            first
+        };
+        Ok(CallReply { call, replayed: true })
     }
 
     /// Step 3: the `running` (or `pending_approval`) record, atomically with
     /// the version and idempotency checks.
-    async fn record_request(
-        &self,
-        call: &Call,
-        p: &Principal,
-        if_match: Option<i64>,
-    ) -> Result<Started> {
+    async fn record_request(&self, call: &Call, p: &Principal, if_match: Option<i64>) -> Result<Started> {
         let call = call.clone();
         let actor = p.name.clone();
         Ok(self
@@ -201,11 +205,10 @@ impl Service {
                 if !sessions::exists(c, &call.session)? {
                     return Err(Rejection::NotFound.into());
                 }
-                if let Some(key) = &call.idempotency_key {
-                    if let Some(first) = calls::by_idempotency_key(c, &call.session, key)? {
-                        return Ok(Started::Existing(first));
+                if let Some(key) = &call.idempotency_key
+                    && let Some(first) = calls::by_idempotency_key(c, &call.session, key)? {
+                        return Ok(Started::Existing(Box::new(first)));
                     }
-                }
                 sessions::check_version(c, &call.session, if_match)?;
                 calls::insert(c, &call, &actor)?;
                 let data = json!({ "tool": call.tool, "input_sha256": util::sha256_hex(call.input.to_string().as_bytes()), "status": call.status, "idempotency_key": call.idempotency_key });
@@ -272,8 +275,7 @@ impl Service {
                     });
                     call.finished_at = Some(util::now_rfc3339());
                     calls::finish(c, &call)?;
-                    let data =
-                        json!({ "tool": tool, "status": call.status, "error": "interrupted" });
+                    let data = json!({ "tool": tool, "status": call.status, "error": "interrupted" });
                     audit::append(c, session, "call_finished", "bulkhead", Some(id), data)?;
                 }
                 Ok(running.len())
@@ -283,20 +285,13 @@ impl Service {
 
     /// One call; with `wait`, holds until it leaves `pending_approval` or
     /// `running` or the wait ends (no database connection is held meanwhile).
-    pub async fn get_call(
-        &self,
-        p: &Principal,
-        sid: &str,
-        cid: &str,
-        wait: Option<u64>,
-    ) -> Result<Call> {
+    pub async fn get_call(&self, p: &Principal, sid: &str, cid: &str, wait: Option<u64>) -> Result<Call> {
         let session = self.owned_session(p, sid).await?;
         if !util::is_id(cid) {
             return Err(ServiceError::not_found("call"));
         }
         let mut finished = self.finished.subscribe();
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
         loop {
             let (sid, id) = (session.id.clone(), cid.to_string());
             let call = self
@@ -334,40 +329,23 @@ impl Service {
         let status = match status {
             None => None,
             Some(s) => Some(CallStatus::parse(s).ok_or_else(|| {
-                ServiceError::bad_request(format!(
-                    "unknown status {:?}",
-                    s.chars().take(32).collect::<String>()
-                ))
+                ServiceError::bad_request(format!("unknown status {:?}", s.chars().take(32).collect::<String>()))
             })?),
         };
         let (after, limit) = (after.unwrap_or_default(), page(limit));
-        Ok(self
-            .db
-            .read_async(move |c| calls::list(c, &session.id, status, &after, limit))
-            .await?)
+        Ok(self.db.read_async(move |c| calls::list(c, &session.id, status, &after, limit)).await?)
     }
 
     /// A tool's state in the session, values base64-encoded.
-    pub async fn get_state(
-        &self,
-        p: &Principal,
-        sid: &str,
-        tool: &str,
-    ) -> Result<BTreeMap<String, String>> {
+    pub async fn get_state(&self, p: &Principal, sid: &str, tool: &str) -> Result<BTreeMap<String, String>> {
         let session: Session = self.owned_session(p, sid).await?;
         if !session.tools.contains_key(tool) {
             return Err(ServiceError::not_found("tool"));
         }
         let tool = tool.to_string();
-        let entries = self
-            .db
-            .read_async(move |c| tool_state::all(c, &session.id, &tool))
-            .await?;
+        let entries = self.db.read_async(move |c| tool_state::all(c, &session.id, &tool)).await?;
         let b64 = base64::engine::general_purpose::STANDARD;
-        Ok(entries
-            .into_iter()
-            .map(|(k, v)| (k, b64.encode(v)))
-            .collect())
+        Ok(entries.into_iter().map(|(k, v)| (k, b64.encode(v))).collect())
     }
 
     pub async fn list_audit(
@@ -379,29 +357,11 @@ impl Service {
     ) -> Result<Vec<AuditEvent>> {
         let session = self.owned_session(p, sid).await?;
         let (after, limit) = (after.unwrap_or(0), page(limit));
-        Ok(self
-            .db
-            .read_async(move |c| audit::list(c, &session.id, after, limit))
-            .await?)
+        Ok(self.db.read_async(move |c| audit::list(c, &session.id, after, limit)).await?)
     }
 
     /// Tools `p` may use (all, for admins).
     pub fn visible_tools(&self, p: &Principal) -> Vec<Arc<crate::runtime::loader::LoadedTool>> {
-        self.tools
-            .values()
-            .filter(|t| p.is_admin() || p.may_use_tool(&t.manifest.name))
-            .cloned()
-            .collect()
+        self.tools.values().filter(|t| p.is_admin() || p.may_use_tool(&t.manifest.name)).cloned().collect()
     }
-}
-
-/// The first call with this idempotency key, if the request matches it.
-fn replay(first: Call, req: &NewCall) -> Result<CallReply> {
-    if first.tool != req.tool || first.input != req.input {
-        return Err(StoreError::Rejected(Rejection::IdempotencyConflict).into());
-    }
-    Ok(CallReply {
-        call: first,
-        replayed: true,
-    })
 }

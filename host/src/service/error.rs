@@ -17,9 +17,9 @@ pub enum ServiceError {
     /// 404
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
-    /// 409
-    #[error("{0}")]
-    Conflict(String),
+    /// 409: a reused idempotency key, a decision on a decided call.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     /// 412
     #[error("the session is at version {current}, not the one in If-Match")]
     StaleVersion { current: i64 },
@@ -35,10 +35,7 @@ pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
 impl ServiceError {
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ServiceError::BadRequest {
-            code: "invalid_request",
-            message: message.into(),
-        }
+        ServiceError::BadRequest { code: "invalid_request", message: message.into() }
     }
 
     pub fn not_found(what: &str) -> Self {
@@ -48,17 +45,11 @@ impl ServiceError {
             "tool" => "unknown_tool",
             _ => "not_found",
         };
-        ServiceError::NotFound {
-            code,
-            message: format!("no such {what}"),
-        }
+        ServiceError::NotFound { code, message: format!("no such {what}") }
     }
 
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
-        ServiceError::Forbidden {
-            code,
-            message: message.into(),
-        }
+        ServiceError::Forbidden { code, message: message.into() }
     }
 }
 
@@ -67,12 +58,11 @@ impl From<StoreError> for ServiceError {
         match e {
             StoreError::Unavailable(detail) => ServiceError::Unavailable(detail),
             StoreError::Rejected(Rejection::NotFound) => ServiceError::not_found("session"),
-            StoreError::Rejected(Rejection::StaleVersion { current }) => {
-                ServiceError::StaleVersion { current }
-            }
-            StoreError::Rejected(Rejection::IdempotencyConflict) => ServiceError::Conflict(
-                "idempotency_key was already used with another tool or input".into(),
-            ),
+            StoreError::Rejected(Rejection::StaleVersion { current }) => ServiceError::StaleVersion { current },
+            StoreError::Rejected(Rejection::IdempotencyConflict) => ServiceError::Conflict {
+                code: "idempotency_conflict",
+                message: "idempotency_key was already used with another tool or input".into(),
+            },
         }
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! - [`sessions`]: create, read, list, delete; messages.
 //! - [`calls`]: run a tool call durably; read calls, state and audit.
+//! - [`approvals`]: human decisions on calls that need them.
 
+pub mod approvals;
 pub mod calls;
 pub mod error;
 pub mod sessions;
@@ -49,6 +51,8 @@ pub struct Metrics {
     pub http_requests: AtomicU64,
 }
 
+type ToolLock = Weak<tokio::sync::Mutex<()>>;
+
 pub struct Service {
     pub config: Config,
     pub db: Arc<Db>,
@@ -59,7 +63,7 @@ pub struct Service {
     pub metrics: Metrics,
     call_slots: Arc<Semaphore>,
     /// One lock per (session, tool): calls that share state run in order.
-    tool_locks: Mutex<HashMap<(String, String), Weak<tokio::sync::Mutex<()>>>>,
+    tool_locks: Mutex<HashMap<(String, String), ToolLock>>,
     /// Ids of calls that just left `running`/`pending_approval`, for long-polls.
     finished: broadcast::Sender<String>,
 }
@@ -72,26 +76,15 @@ impl Service {
         Service::start_with(config, ToolSource::Dir(dir)).await
     }
 
-    pub async fn start_with(
-        config: Config,
-        source: ToolSource,
-    ) -> anyhow::Result<(Arc<Service>, StartReport)> {
+    pub async fn start_with(config: Config, source: ToolSource) -> anyhow::Result<(Arc<Service>, StartReport)> {
         use anyhow::Context;
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!(
-                "cannot create the data folder {}",
-                config.data_dir.display()
-            )
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
         let (principals, credentials) = match &config.principals {
-            Some(list) => (
-                Principals::from_config(list).map_err(anyhow::Error::msg)?,
-                Credentials::Configured,
-            ),
+            Some(list) => (Principals::from_config(list).map_err(anyhow::Error::msg)?, Credentials::Configured),
             None => {
-                let (p, tokens) = Principals::dev(&config.data_dir).with_context(|| {
-                    format!("cannot set up dev tokens in {}", config.data_dir.display())
-                })?;
+                let (p, tokens) = Principals::dev(&config.data_dir)
+                    .with_context(|| format!("cannot set up dev tokens in {}", config.data_dir.display()))?;
                 (p, Credentials::Dev(tokens))
             }
         };
@@ -105,10 +98,7 @@ impl Service {
                 Err(e) => (vec![], vec![e]),
             },
         };
-        let tools = loaded
-            .into_iter()
-            .map(|t| (t.manifest.name.clone(), Arc::new(t)))
-            .collect();
+        let tools = loaded.into_iter().map(|t| (t.manifest.name.clone(), Arc::new(t))).collect();
         let service = Arc::new(Service {
             call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls as usize)),
             config,
@@ -122,14 +112,8 @@ impl Service {
             finished: broadcast::channel(1024).0,
         });
         let interrupted = service.recover().await?;
-        Ok((
-            service,
-            StartReport {
-                refused,
-                interrupted,
-                credentials,
-            },
-        ))
+        approvals::spawn_expiry(&service);
+        Ok((service, StartReport { refused, interrupted, credentials }))
     }
 
     pub fn authenticate(&self, token: &str) -> Option<Arc<Principal>> {

@@ -54,21 +54,14 @@ fn validate_map(
     key_ok: fn(&str) -> bool,
 ) -> Result<()> {
     if map.len() > max_entries {
-        return Err(ServiceError::bad_request(format!(
-            "{what}: at most {max_entries} entries"
-        )));
+        return Err(ServiceError::bad_request(format!("{what}: at most {max_entries} entries")));
     }
     for (k, v) in map {
         if !key_ok(k) {
-            return Err(ServiceError::bad_request(format!(
-                "{what}: {:?} is not a valid name",
-                truncate(k)
-            )));
+            return Err(ServiceError::bad_request(format!("{what}: {:?} is not a valid name", truncate(k))));
         }
         if v.len() > max_value {
-            return Err(ServiceError::bad_request(format!(
-                "{what}.{k}: value over {max_value} bytes"
-            )));
+            return Err(ServiceError::bad_request(format!("{what}.{k}: value over {max_value} bytes")));
         }
     }
     Ok(())
@@ -79,16 +72,11 @@ fn truncate(s: &str) -> String {
 }
 
 fn label_key_ok(k: &str) -> bool {
-    (1..=64).contains(&k.len())
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    (1..=64).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
 }
 
 fn role_ok(role: &str) -> bool {
-    (1..=32).contains(&role.len())
-        && role
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-')
+    (1..=32).contains(&role.len()) && role.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-')
 }
 
 impl Service {
@@ -133,12 +121,7 @@ impl Service {
                 }
                 list
             }
-            None => self
-                .tools
-                .keys()
-                .filter(|t| p.may_use_tool(t))
-                .cloned()
-                .collect(),
+            None => self.tools.keys().filter(|t| p.may_use_tool(t)).cloned().collect(),
         };
         for name in req.grants.keys().chain(&req.approval_required) {
             if !names.contains(name) {
@@ -148,27 +131,13 @@ impl Service {
                 )));
             }
         }
-        validate_map(
-            "env",
-            &req.env,
-            MAX_ENV_ENTRIES,
-            MAX_ENV_VALUE_BYTES,
-            is_var_name,
-        )?;
-        validate_map(
-            "labels",
-            &req.labels,
-            MAX_LABELS,
-            MAX_LABEL_BYTES,
-            label_key_ok,
-        )?;
+        validate_map("env", &req.env, MAX_ENV_ENTRIES, MAX_ENV_VALUE_BYTES, is_var_name)?;
+        validate_map("labels", &req.labels, MAX_LABELS, MAX_LABEL_BYTES, label_key_ok)?;
         let ttl = req.ttl_seconds.map(|t| {
             if (1..=MAX_TTL_SECONDS).contains(&t) {
                 Ok(t)
             } else {
-                Err(ServiceError::bad_request(format!(
-                    "ttl_seconds must be 1..={MAX_TTL_SECONDS}"
-                )))
+                Err(ServiceError::bad_request(format!("ttl_seconds must be 1..={MAX_TTL_SECONDS}")))
             }
         });
         let expires_at = ttl.transpose()?.map(util::rfc3339_in);
@@ -181,21 +150,13 @@ impl Service {
                 grant = grant.intersect(policy);
             }
             if let Some(spec) = req.grants.get(name) {
-                spec.validate(&format!("grants.{name}"))
-                    .map_err(ServiceError::bad_request)?;
-                grant = grant.narrow(spec).map_err(|e| {
-                    ServiceError::forbidden("grant_widening", format!("grants.{name}: {e}"))
-                })?;
+                spec.validate(&format!("grants.{name}")).map_err(ServiceError::bad_request)?;
+                grant = grant
+                    .narrow(spec)
+                    .map_err(|e| ServiceError::forbidden("grant_widening", format!("grants.{name}: {e}")))?;
             }
-            let approval_required =
-                tool.manifest.approval.required || req.approval_required.contains(name);
-            tools.insert(
-                name.clone(),
-                ToolBoundary {
-                    grants: grant,
-                    approval_required,
-                },
-            );
+            let approval_required = tool.manifest.approval.required || req.approval_required.contains(name);
+            tools.insert(name.clone(), ToolBoundary { grants: grant, approval_required });
         }
         let session = Session {
             id: util::new_id(),
@@ -229,10 +190,7 @@ impl Service {
         let owner = (!p.is_admin()).then(|| p.name.clone());
         let after = after.unwrap_or_default();
         let limit = page(limit);
-        Ok(self
-            .db
-            .read_async(move |c| sessions::list(c, owner.as_deref(), &after, limit))
-            .await?)
+        Ok(self.db.read_async(move |c| sessions::list(c, owner.as_deref(), &after, limit)).await?)
     }
 
     pub async fn delete_session(&self, p: &Principal, sid: &str) -> Result<()> {
@@ -252,9 +210,7 @@ impl Service {
 
     pub async fn append_message(&self, p: &Principal, sid: &str, m: NewMessage) -> Result<Message> {
         if !role_ok(&m.role) {
-            return Err(ServiceError::bad_request(
-                "role must be 1 to 32 characters of a-z, _ or -",
-            ));
+            return Err(ServiceError::bad_request("role must be 1 to 32 characters of a-z, _ or -"));
         }
         let session = self.owned_session(p, sid).await?;
         let actor = p.name.clone();
@@ -280,9 +236,78 @@ impl Service {
     ) -> Result<Vec<Message>> {
         let session = self.owned_session(p, sid).await?;
         let (after, limit) = (after.unwrap_or(0), page(limit));
-        Ok(self
+        Ok(self.db.read_async(move |c| messages::list(c, &session.id, after, limit)).await?)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Narrowing {
+    /// Keep only these tools (each must already be in the boundary).
+    pub tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub grants: BTreeMap<String, GrantSpec>,
+    /// Tools whose calls from now on wait for approval.
+    #[serde(default)]
+    pub approval_required: Vec<String>,
+}
+
+impl Service {
+    /// Narrows the session's boundary; anything that would widen it is refused
+    /// (403) and nothing changes.
+    pub async fn narrow_session(
+        &self,
+        p: &Principal,
+        sid: &str,
+        n: Narrowing,
+        if_match: Option<i64>,
+    ) -> Result<Session> {
+        let mut session = self.owned_session(p, sid).await?;
+        let mut tools = session.tools.clone();
+        if let Some(keep) = &n.tools {
+            if let Some(extra) = keep.iter().find(|t| !tools.contains_key(*t)) {
+                return Err(ServiceError::forbidden(
+                    "grant_widening",
+                    format!("tool {:?} is not in this session's boundary", truncate(extra)),
+                ));
+            }
+            tools.retain(|name, _| keep.contains(name));
+        }
+        for (name, spec) in &n.grants {
+            let boundary = tools.get_mut(name).ok_or_else(|| {
+                ServiceError::forbidden(
+                    "grant_widening",
+                    format!("tool {:?} is not in this session's boundary", truncate(name)),
+                )
+            })?;
+            spec.validate(&format!("grants.{name}")).map_err(ServiceError::bad_request)?;
+            boundary.grants = boundary
+                .grants
+                .narrow(spec)
+                .map_err(|e| ServiceError::forbidden("grant_widening", format!("grants.{name}: {e}")))?;
+        }
+        for name in &n.approval_required {
+            let boundary = tools.get_mut(name).ok_or_else(|| {
+                ServiceError::forbidden(
+                    "grant_widening",
+                    format!("tool {:?} is not in this session's boundary", truncate(name)),
+                )
+            })?;
+            boundary.approval_required = true;
+        }
+        let (id, actor, new_tools) = (session.id.clone(), p.name.clone(), tools.clone());
+        let version = self
             .db
-            .read_async(move |c| messages::list(c, &session.id, after, limit))
-            .await?)
+            .write(move |c| {
+                sessions::check_version(c, &id, if_match)?;
+                let version = sessions::bump_version(c, &id)?;
+                sessions::update_boundary(c, &id, &new_tools)?;
+                audit::append(c, &id, "session_narrowed", &actor, None, json!({ "tools": new_tools }))?;
+                Ok(version)
+            })
+            .await?;
+        session.tools = tools;
+        session.version = version;
+        Ok(session)
     }
 }

@@ -56,9 +56,7 @@ pub fn append(
         .prepare_cached("SELECT seq, hash FROM audit WHERE session = ?1 ORDER BY seq DESC LIMIT 1")?
         .query_row([session], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let (seq, prev_hash) = last
-        .map(|(s, h)| (s + 1, h))
-        .unwrap_or((1, GENESIS.to_string()));
+    let (seq, prev_hash) = last.map(|(s, h)| (s + 1, h)).unwrap_or((1, GENESIS.to_string()));
     let mut event = AuditEvent {
         seq,
         at: crate::util::now_rfc3339(),
@@ -108,26 +106,19 @@ pub struct Break {
 /// Verifies every session's chain; returns the number of events checked or
 /// the first broken record.
 pub fn verify_all(conn: &Connection) -> Result<std::result::Result<u64, Break>> {
-    let mut stmt = conn.prepare("SELECT session, seq, at, kind, actor, call, data, prev_hash, hash FROM audit ORDER BY session, seq")?;
+    let mut stmt = conn.prepare(
+        "SELECT session, seq, at, kind, actor, call, data, prev_hash, hash FROM audit ORDER BY session, seq",
+    )?;
     let mut rows = stmt.query([])?;
-    let (mut checked, mut current, mut expect_seq, mut expect_prev) =
-        (0u64, String::new(), 1i64, GENESIS.to_string());
+    let (mut checked, mut current, mut expect_seq, mut expect_prev) = (0u64, String::new(), 1i64, GENESIS.to_string());
     while let Some(row) = rows.next()? {
         let e = from_row(row)?;
         if e.session != current {
             (current, expect_seq, expect_prev) = (e.session.clone(), 1, GENESIS.to_string());
         }
-        let fail = |reason: &str| {
-            Ok(Err(Break {
-                session: e.session.clone(),
-                seq: e.seq,
-                reason: reason.into(),
-            }))
-        };
+        let fail = |reason: &str| Ok(Err(Break { session: e.session.clone(), seq: e.seq, reason: reason.into() }));
         if e.seq != expect_seq {
-            return fail(&format!(
-                "expected seq {expect_seq}: a record is missing or reordered"
-            ));
+            return fail(&format!("expected seq {expect_seq}: a record is missing or reordered"));
         }
         if e.prev_hash != expect_prev {
             return fail("prev_hash does not match the previous record's hash");

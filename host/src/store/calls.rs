@@ -79,18 +79,14 @@ pub fn finish(conn: &Connection, call: &Call) -> Result<()> {
 
 pub fn get(conn: &Connection, session: &str, id: &str) -> Result<Option<Call>> {
     Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM calls WHERE id = ?1 AND session = ?2"
-        ))?
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM calls WHERE id = ?1 AND session = ?2"))?
         .query_row([id, session], from_row)
         .optional()?)
 }
 
 pub fn by_idempotency_key(conn: &Connection, session: &str, key: &str) -> Result<Option<Call>> {
     Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM calls WHERE session = ?1 AND idempotency_key = ?2"
-        ))?
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM calls WHERE session = ?1 AND idempotency_key = ?2"))?
         .query_row([session, key], from_row)
         .optional()?)
 }
@@ -106,17 +102,61 @@ pub fn list(
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM calls WHERE session = ?1 AND (?2 IS NULL OR status = ?2) AND id > ?3 ORDER BY id LIMIT ?4"
     ))?;
-    let rows = stmt.query_map(
-        params![session, status.map(CallStatus::as_str), after, limit],
-        from_row,
-    )?;
+    let rows = stmt.query_map(params![session, status.map(CallStatus::as_str), after, limit], from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Calls left `running` by a host that stopped: (session, call id, tool).
 pub fn running(conn: &Connection) -> Result<Vec<(String, String, String)>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT session, id, tool FROM calls WHERE status = 'running'")?;
+    let mut stmt = conn.prepare_cached("SELECT session, id, tool FROM calls WHERE status = 'running'")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Records a decision on a pending call, only if it is still pending
+/// (two approvers racing: one wins, the other learns it lost).
+pub fn decide(conn: &Connection, call: &Call) -> Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE calls SET status = ?2, error = ?3, started_at = ?4, finished_at = ?5, approval = ?6 \
+             WHERE id = ?1 AND status = 'pending_approval'",
+        )?
+        .execute(params![
+            call.id,
+            call.status.as_str(),
+            call.error.as_ref().map(to_json),
+            call.started_at,
+            call.finished_at,
+            call.approval.as_ref().map(to_json),
+        ])?;
+    Ok(n == 1)
+}
+
+/// Pending calls of sessions not owned by `approver`, oldest first.
+pub fn pending_for(conn: &Connection, approver: &str, after: &str, limit: u32) -> Result<Vec<(Call, String)>> {
+    let cols: String = COLUMNS.split(", ").map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", ");
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {cols}, c.principal FROM calls c JOIN sessions s ON s.id = c.session \
+         WHERE c.status = 'pending_approval' AND s.principal != ?1 AND c.principal != ?1 AND c.id > ?2 \
+         ORDER BY c.id LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![approver, after, limit], |r| Ok((from_row(r)?, r.get(14)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A call by id alone, with the principal who requested it.
+pub fn get_any(conn: &Connection, id: &str) -> Result<Option<(Call, String)>> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLUMNS}, principal FROM calls WHERE id = ?1"))?
+        .query_row([id], |r| Ok((from_row(r)?, r.get(14)?)))
+        .optional()?)
+}
+
+/// Pending calls created before `cutoff` (RFC 3339, so strings compare as times).
+pub fn pending_before(conn: &Connection, cutoff: &str) -> Result<Vec<Call>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM calls WHERE status = 'pending_approval' AND created_at < ?1 ORDER BY id LIMIT 1000"
+    ))?;
+    let rows = stmt.query_map([cutoff], from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

@@ -28,15 +28,11 @@ pub fn append(
         .query_row([session], |r| r.get(0))?;
     let created_at = crate::util::now_rfc3339();
     let meta = metadata.map(|m| m.to_string());
-    conn.prepare_cached("INSERT INTO messages (session, seq, role, content, metadata, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-        .execute(params![session, seq, role, content, meta, created_at])?;
-    Ok(Message {
-        seq,
-        role: role.into(),
-        content: content.into(),
-        metadata: metadata.cloned(),
-        created_at,
-    })
+    conn.prepare_cached(
+        "INSERT INTO messages (session, seq, role, content, metadata, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![session, seq, role, content, meta, created_at])?;
+    Ok(Message { seq, role: role.into(), content: content.into(), metadata: metadata.cloned(), created_at })
 }
 
 /// Messages after `after`, oldest first.

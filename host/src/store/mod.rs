@@ -94,8 +94,7 @@ pub struct Db {
 impl Db {
     /// Opens (creating if needed) the database in `dir` and starts the writer.
     pub fn open(dir: &Path, durability: Durability) -> Result<Db> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
@@ -112,11 +111,7 @@ impl Db {
             .name("bulkhead-db-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Db {
-            path,
-            writer: tx,
-            readers: Mutex::new(Vec::new()),
-        })
+        Ok(Db { path, writer: tx, readers: Mutex::new(Vec::new()) })
     }
 
     pub fn path(&self) -> &Path {
@@ -133,8 +128,7 @@ impl Db {
         let job: Job = Box::new(move |conn| {
             let Some(conn) = conn else {
                 let done: Completion = Box::new(move |r| {
-                    let _ =
-                        tx.send(r.map(|_| unreachable!("a job that did not run cannot commit")));
+                    let _ = tx.send(r.map(|_| unreachable!("a job that did not run cannot commit")));
                 });
                 return (false, done);
             };
@@ -154,17 +148,13 @@ impl Db {
                 Err(_) => (
                     false,
                     Box::new(move |_| {
-                        let _ =
-                            tx.send(Err(StoreError::Unavailable("a write job panicked".into())));
+                        let _ = tx.send(Err(StoreError::Unavailable("a write job panicked".into())));
                     }),
                 ),
             }
         });
-        self.writer
-            .send(job)
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("writer dropped a job".into()))?
+        self.writer.send(job).map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("writer dropped a job".into()))?
     }
 
     /// Runs `f` on a read connection on this thread. For point lookups
@@ -235,11 +225,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
             continue;
         }
         let (ok, done) = job(Some(conn));
-        let end = if ok {
-            "RELEASE job"
-        } else {
-            "ROLLBACK TO job; RELEASE job"
-        };
+        let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
         if let Err(e) = conn.execute_batch(end) {
             tracing::error!("cannot end a savepoint: {e}");
         }

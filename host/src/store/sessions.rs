@@ -6,9 +6,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::BTreeMap;
 
 fn json<T: serde::de::DeserializeOwned>(text: String) -> rusqlite::Result<T> {
-    serde_json::from_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
+    serde_json::from_str(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 const COLUMNS: &str = "id, principal, created_at, expires_at, version, boundary, env, labels, \
@@ -43,16 +42,7 @@ pub fn insert(conn: &Connection, s: &Session) -> Result<()> {
         "INSERT INTO sessions (id, principal, created_at, expires_at, version, boundary, env, labels) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![
-        s.id,
-        s.principal,
-        s.created_at,
-        s.expires_at,
-        s.version,
-        tools,
-        env,
-        labels
-    ])?;
+    .execute(params![s.id, s.principal, s.created_at, s.expires_at, s.version, tools, env, labels])?;
     Ok(())
 }
 
@@ -64,12 +54,7 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Session>> {
 }
 
 /// Sessions oldest first (ids are time-ordered), for one principal or all.
-pub fn list(
-    conn: &Connection,
-    principal: Option<&str>,
-    after: &str,
-    limit: u32,
-) -> Result<Vec<Session>> {
+pub fn list(conn: &Connection, principal: Option<&str>, after: &str, limit: u32) -> Result<Vec<Session>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM sessions WHERE (?1 IS NULL OR principal = ?1) AND id > ?2 ORDER BY id LIMIT ?3"
     ))?;
@@ -82,10 +67,8 @@ pub fn check_version(conn: &Connection, id: &str, expected: Option<i64>) -> Resu
     let Some(expected) = expected else {
         return Ok(());
     };
-    let current: Option<i64> = conn
-        .prepare_cached("SELECT version FROM sessions WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()?;
+    let current: Option<i64> =
+        conn.prepare_cached("SELECT version FROM sessions WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional()?;
     match current {
         None => Err(Rejection::NotFound.into()),
         Some(v) if v != expected => Err(Rejection::StaleVersion { current: v }.into()),
@@ -95,12 +78,10 @@ pub fn check_version(conn: &Connection, id: &str, expected: Option<i64>) -> Resu
 
 /// Increments the version; returns the new one. NotFound if the session is gone.
 pub fn bump_version(conn: &Connection, id: &str) -> Result<i64> {
-    conn.prepare_cached(
-        "UPDATE sessions SET version = version + 1 WHERE id = ?1 RETURNING version",
-    )?
-    .query_row([id], |r| r.get(0))
-    .optional()?
-    .ok_or(Rejection::NotFound.into())
+    conn.prepare_cached("UPDATE sessions SET version = version + 1 WHERE id = ?1 RETURNING version")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .ok_or(Rejection::NotFound.into())
 }
 
 /// Adds a finished call's usage to the session's totals.
@@ -121,29 +102,17 @@ pub fn add_usage(conn: &Connection, id: &str, u: &crate::model::Usage) -> Result
     Ok(())
 }
 
-pub fn update_boundary(
-    conn: &Connection,
-    id: &str,
-    tools: &BTreeMap<String, ToolBoundary>,
-) -> Result<()> {
+pub fn update_boundary(conn: &Connection, id: &str, tools: &BTreeMap<String, ToolBoundary>) -> Result<()> {
     let text = serde_json::to_string(tools).expect("boundary serializes");
-    conn.prepare_cached("UPDATE sessions SET boundary = ?2 WHERE id = ?1")?
-        .execute(params![id, text])?;
+    conn.prepare_cached("UPDATE sessions SET boundary = ?2 WHERE id = ?1")?.execute(params![id, text])?;
     Ok(())
 }
 
 /// Deletes the session with its messages, state and calls (the audit stays).
 pub fn delete(conn: &Connection, id: &str) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("DELETE FROM sessions WHERE id = ?1")?
-        .execute([id])?
-        > 0)
+    Ok(conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?.execute([id])? > 0)
 }
 
 pub fn exists(conn: &Connection, id: &str) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
-        .query_row([id], |_| Ok(()))
-        .optional()?
-        .is_some())
+    Ok(conn.prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?.query_row([id], |_| Ok(())).optional()?.is_some())
 }

@@ -9,18 +9,15 @@ use std::collections::BTreeMap;
 
 pub fn get(conn: &Connection, session: &str, tool: &str, key: &str) -> Result<Option<Vec<u8>>> {
     Ok(conn
-        .prepare_cached(
-            "SELECT value FROM tool_state WHERE session = ?1 AND tool = ?2 AND key = ?3",
-        )?
+        .prepare_cached("SELECT value FROM tool_state WHERE session = ?1 AND tool = ?2 AND key = ?3")?
         .query_row(params![session, tool, key], |r| r.get(0))
         .optional()?)
 }
 
 /// Keys starting with `prefix`, in order.
 pub fn keys(conn: &Connection, session: &str, tool: &str, prefix: &str) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT key FROM tool_state WHERE session = ?1 AND tool = ?2 AND key >= ?3 ORDER BY key",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT key FROM tool_state WHERE session = ?1 AND tool = ?2 AND key >= ?3 ORDER BY key")?;
     let mut rows = stmt.query(params![session, tool, prefix])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
@@ -42,26 +39,19 @@ pub fn size(conn: &Connection, session: &str, tool: &str) -> Result<u64> {
 }
 
 pub fn all(conn: &Connection, session: &str, tool: &str) -> Result<BTreeMap<String, Vec<u8>>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT key, value FROM tool_state WHERE session = ?1 AND tool = ?2 ORDER BY key",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT key, value FROM tool_state WHERE session = ?1 AND tool = ?2 ORDER BY key")?;
     let rows = stmt.query_map(params![session, tool], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Applies a call's buffered writes: `Some` sets, `None` deletes.
-pub fn apply(
-    conn: &Connection,
-    session: &str,
-    tool: &str,
-    writes: &BTreeMap<String, Option<Vec<u8>>>,
-) -> Result<()> {
+pub fn apply(conn: &Connection, session: &str, tool: &str, writes: &BTreeMap<String, Option<Vec<u8>>>) -> Result<()> {
     let mut set = conn.prepare_cached(
         "INSERT INTO tool_state (session, tool, key, value) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (session, tool, key) DO UPDATE SET value = excluded.value",
     )?;
-    let mut del = conn
-        .prepare_cached("DELETE FROM tool_state WHERE session = ?1 AND tool = ?2 AND key = ?3")?;
+    let mut del = conn.prepare_cached("DELETE FROM tool_state WHERE session = ?1 AND tool = ?2 AND key = ?3")?;
     for (key, value) in writes {
         match value {
             Some(v) => set.execute(params![session, tool, key, v])?,

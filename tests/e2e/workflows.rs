@@ -1,0 +1,264 @@
+//! Issue 4: approval gates that survive restarts, four eyes, expiry,
+//! long-polls, async calls, narrowing, and no answered call lost to SIGKILL.
+
+use bulkhead_tests::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const GATED_COUNTER: &str = r#"
+    name = "gated-counter"
+    version = "0.1.0"
+    component = "counter.wasm"
+    [approval]
+    required = true
+"#;
+
+async fn gated_host(extra_config: &str) -> anyhow::Result<TestHost> {
+    TestHost::builder()
+        .bundle("counter", example_tool("counter"))
+        .bundle_with_manifest("gated", example_tool("counter"), GATED_COUNTER)
+        .config(extra_config)
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn a_gated_call_waits_survives_a_restart_and_runs_when_approved() -> anyhow::Result<()> {
+    let mut host = gated_host("").await?;
+    let agent = host.agent();
+    let sid = agent.session(json!({})).await?;
+    let (status, pending) = agent.call(&sid, "gated-counter", json!({"by": 7})).await?;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(pending["status"], "pending_approval");
+    assert_eq!(pending["approval"]["required"], true);
+    assert!(agent.state(&sid, "gated-counter").await?.is_empty(), "nothing ran");
+
+    let (status, body) = agent.get("/v1/approvals").await?;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("role_required")));
+    let cid = pending["id"].as_str().unwrap().to_string();
+    let (status, body) = agent.post(&format!("/v1/approvals/{cid}"), json!({"decision": "approve"})).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "an agent cannot approve its own call: {body}");
+
+    host.restart().await?;
+    let approver = host.api(APPROVER);
+    let (_, list) = approver.get("/v1/approvals").await?;
+    let listed = list["approvals"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "the pending call survived the restart");
+    assert_eq!(listed[0]["id"], cid.as_str());
+    assert_eq!(listed[0]["requested_by"], "agent");
+    assert_eq!(listed[0]["input"]["by"], 7);
+
+    let (status, done) =
+        approver.post(&format!("/v1/approvals/{cid}"), json!({"decision": "approve", "reason": "looks right"})).await?;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["output"]["value"], 7);
+    assert_eq!(done["approval"]["decided_by"], "approver");
+    assert_eq!(done["approval"]["reason"], "looks right");
+    let (status, again) = approver.post(&format!("/v1/approvals/{cid}"), json!({"decision": "deny"})).await?;
+    assert_eq!((status, again["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("already_decided")));
+
+    let agent = host.agent();
+    let (_, seen) = agent.get(&format!("/v1/sessions/{sid}/calls/{cid}")).await?;
+    assert_eq!(seen["status"], "succeeded");
+    let kinds = agent.audit_kinds(&sid).await?;
+    assert_eq!(kinds[1..], ["call_requested", "approval_decided", "state_committed", "call_finished"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_denied_call_ends_rejected_and_a_long_poll_sees_the_decision() -> anyhow::Result<()> {
+    let host = gated_host("").await?;
+    let agent = host.agent();
+    let sid = agent.session(json!({})).await?;
+    let (_, pending) = agent.call(&sid, "gated-counter", json!({})).await?;
+    let cid = pending["id"].as_str().unwrap().to_string();
+    let poll = {
+        let (agent, path) = (agent.clone(), format!("/v1/sessions/{sid}/calls/{cid}?wait=20"));
+        tokio::spawn(async move { agent.get(&path).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, denied) = host
+        .api(APPROVER)
+        .post(&format!("/v1/approvals/{cid}"), json!({"decision": "deny", "reason": "not today"}))
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(denied["status"], "rejected");
+    let (status, seen) = poll.await??;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen["status"], "rejected", "the long-poll returned the decision");
+    assert_eq!(seen["error"]["message"], "not today");
+    assert!(agent.state(&sid, "gated-counter").await?.is_empty());
+    // A bad decision changes nothing.
+    let (status, _) = host.api(APPROVER).post(&format!("/v1/approvals/{cid}"), json!({"decision": "maybe"})).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    Ok(())
+}
+
+#[tokio::test]
+async fn four_eyes_an_approver_cannot_decide_its_own_sessions_calls() -> anyhow::Result<()> {
+    let host = gated_host("").await?;
+    let both = host.api(SELF_APPROVER);
+    let sid = both.session(json!({})).await?;
+    let (_, pending) = both.call(&sid, "gated-counter", json!({})).await?;
+    let cid = pending["id"].as_str().unwrap();
+    let (_, list) = both.get("/v1/approvals").await?;
+    assert_eq!(list["approvals"], json!([]), "its own calls are not offered to it");
+    let (status, body) = both.post(&format!("/v1/approvals/{cid}"), json!({"decision": "approve"})).await?;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("four_eyes")));
+    // A session can ask for approval on a tool whose manifest does not.
+    let sid = host.agent().session(json!({"approval_required": ["counter"]})).await?;
+    let (status, call) = host.agent().call(&sid, "counter", json!({})).await?;
+    assert_eq!((status, call["status"].as_str()), (StatusCode::ACCEPTED, Some("pending_approval")));
+    let (status, done) =
+        both.post(&format!("/v1/approvals/{}", call["id"].as_str().unwrap()), json!({"decision": "approve"})).await?;
+    assert_eq!((status, done["status"].as_str()), (StatusCode::OK, Some("succeeded")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn undecided_approvals_expire_when_configured() -> anyhow::Result<()> {
+    let host = gated_host("[approvals]\nexpire_after_seconds = 1").await?;
+    let agent = host.agent();
+    let sid = agent.session(json!({})).await?;
+    let (_, pending) = agent.call(&sid, "gated-counter", json!({})).await?;
+    let cid = pending["id"].as_str().unwrap();
+    let (_, seen) = agent.get(&format!("/v1/sessions/{sid}/calls/{cid}?wait=10")).await?;
+    assert_eq!(
+        (seen["status"].as_str(), seen["error"]["code"].as_str()),
+        (Some("rejected"), Some("expired")),
+        "{seen}"
+    );
+    let (status, _) = host.api(APPROVER).post(&format!("/v1/approvals/{cid}"), json!({"decision": "approve"})).await?;
+    assert_eq!(status, StatusCode::CONFLICT);
+    Ok(())
+}
+
+#[tokio::test]
+async fn respond_async_accepts_at_once_and_the_long_poll_returns_the_result() -> anyhow::Result<()> {
+    let host = gated_host("").await?;
+    let agent = host.agent();
+    let sid = agent.session(json!({})).await?;
+    let req = agent
+        .request(Method::POST, &format!("/v1/sessions/{sid}/calls"))
+        .header("prefer", "respond-async, wait=10")
+        .json(&json!({"tool": "counter", "input": {"by": 3}}));
+    let (status, accepted) = Api::send(req).await?;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(accepted["status"], "running");
+    let (_, done) =
+        agent.get(&format!("/v1/sessions/{sid}/calls/{}?wait=10", accepted["id"].as_str().unwrap())).await?;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["output"]["value"], 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn patch_narrows_the_boundary_and_refuses_to_widen_it() -> anyhow::Result<()> {
+    let host = TestHost::builder()
+        .bundle("counter", example_tool("counter"))
+        .bundle("notes", example_tool("notes"))
+        .start()
+        .await?;
+    let agent = host.agent();
+    let sid = agent.session(json!({})).await?;
+    let path = format!("/v1/sessions/{sid}");
+    let patch = |body: Value| agent.request(Method::PATCH, &path).json(&body);
+    let (status, s) = Api::send(patch(json!({"grants": {"notes": {"history": false}}}))).await?;
+    assert_eq!(status, StatusCode::OK, "{s}");
+    assert_eq!(s["tools"]["notes"]["grants"]["history"], false);
+    let (_, call) = agent.call(&sid, "notes", json!({"op": "summarize"})).await?;
+    assert_eq!(call["status"], "failed", "the narrowed grant is enforced on the next call");
+
+    for widen in [
+        json!({"grants": {"notes": {"history": true}}}),
+        json!({"tools": ["counter", "other"]}),
+        json!({"grants": {"counter": {"secrets": ["X"]}}}),
+    ] {
+        let (status, body) = Api::send(patch(widen.clone())).await?;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("grant_widening")),
+            "{widen}"
+        );
+    }
+    let (_, s) = agent.get(&path).await?;
+    assert_eq!(s["tools"]["notes"]["grants"]["history"], false, "a refused PATCH changed nothing");
+
+    let stale = agent.request(Method::PATCH, &path).header("if-match", "\"0\"").json(&json!({"tools": ["counter"]}));
+    assert_eq!(Api::send(stale).await?.0, StatusCode::PRECONDITION_FAILED);
+    let (status, s) = Api::send(patch(json!({"tools": ["counter"], "approval_required": ["counter"]}))).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(s["tools"].get("notes").is_none());
+    assert_eq!(s["tools"]["counter"]["approval_required"], true);
+    let (status, _) = agent.call(&sid, "notes", json!({"op": "list"})).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = agent.call(&sid, "counter", json!({})).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "now gated");
+    assert!(agent.audit_kinds(&sid).await?.contains(&"session_narrowed".to_string()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigkill_under_load_loses_no_answered_call() -> anyhow::Result<()> {
+    let mut host = TestHost::builder().bundle("counter", example_tool("counter")).start().await?;
+    let agent = host.agent();
+    let sessions = [agent.session(json!({})).await?, agent.session(json!({})).await?];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..12 {
+        let (agent, sid, stop) = (agent.clone(), sessions[client % 2].clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut answered = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let body = json!({"tool": "counter", "input": {}, "idempotency_key": format!("c{client}-{i}")});
+                match agent.post(&format!("/v1/sessions/{sid}/calls"), body).await {
+                    Ok((StatusCode::OK, call)) => {
+                        answered.push((sid.clone(), call["id"].as_str().unwrap().to_string()))
+                    }
+                    _ => break, // the host died under this request
+                }
+            }
+            answered
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    host.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answered = Vec::new();
+    for c in clients {
+        answered.extend(c.await?);
+    }
+    assert!(answered.len() > 50, "load was real: {} answered calls", answered.len());
+
+    let db = rusqlite::Connection::open(host.db_path())?;
+    let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    assert_eq!(check, "ok");
+    drop(db);
+    host.restart().await?;
+    let agent = host.agent();
+    for (sid, cid) in &answered {
+        let (status, call) = agent.get(&format!("/v1/sessions/{sid}/calls/{cid}")).await?;
+        assert_eq!((status, call["status"].as_str()), (StatusCode::OK, Some("succeeded")), "answered call {cid} lost");
+    }
+    for sid in &sessions {
+        let mut succeeded = 0;
+        let mut after = String::new();
+        loop {
+            let (_, page) =
+                agent.get(&format!("/v1/sessions/{sid}/calls?status=succeeded&limit=1000&after={after}")).await?;
+            let calls = page["calls"].as_array().unwrap();
+            if calls.is_empty() {
+                break;
+            }
+            succeeded += calls.len();
+            after = calls.last().unwrap()["id"].as_str().unwrap().to_string();
+        }
+        let value: usize = agent.state(sid, "counter").await?.get("count/default").map_or(0, |v| v.parse().unwrap());
+        assert_eq!(value, succeeded, "every committed call, and only those, moved the counter");
+    }
+    Ok(())
+}
