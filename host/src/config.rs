@@ -96,6 +96,16 @@ pub struct VolumeConfig {
     pub access: Access,
 }
 
+/// Session defaults (an extension of contract §3).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Sessions created without `ttl_seconds` expire after this long; absent,
+    /// they live until deleted. Expired sessions answer 410 and are purged
+    /// (their audit chain stays).
+    pub default_ttl_seconds: Option<u64>,
+}
+
 /// Human approval gates (an extension of contract §3).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -149,6 +159,8 @@ struct RawConfig {
     #[serde(default)]
     approvals: ApprovalsConfig,
     #[serde(default)]
+    sessions: SessionsConfig,
+    #[serde(default)]
     principals: Vec<PrincipalConfig>,
 }
 
@@ -163,6 +175,7 @@ pub struct Config {
     pub secrets: BTreeMap<String, SecretSource>,
     pub volumes: BTreeMap<String, VolumeConfig>,
     pub approvals: ApprovalsConfig,
+    pub sessions: SessionsConfig,
     /// `None` on embedded defaults: a dev agent and a dev approver are made.
     pub principals: Option<Vec<PrincipalConfig>>,
 }
@@ -180,6 +193,7 @@ impl Config {
             secrets: BTreeMap::new(),
             volumes: BTreeMap::new(),
             approvals: ApprovalsConfig::default(),
+            sessions: SessionsConfig::default(),
             principals: None,
         }
     }
@@ -203,6 +217,9 @@ impl Config {
         let listen =
             listen.parse().map_err(|_| format!("listen = {listen:?} is not an address like \"127.0.0.1:7070\""))?;
         raw.limits.validate()?;
+        if raw.sessions.default_ttl_seconds == Some(0) {
+            return Err("sessions.default_ttl_seconds must be above 0".into());
+        }
         if raw.approvals.expire_after_seconds == Some(0) {
             return Err("approvals.expire_after_seconds must be above 0".into());
         }
@@ -246,6 +263,7 @@ impl Config {
             secrets,
             volumes,
             approvals: raw.approvals,
+            sessions: raw.sessions,
             principals: Some(raw.principals),
         })
     }

@@ -21,6 +21,9 @@ pub struct SessionUsage {
     pub state_bytes_written: u64,
     pub egress_requests: u64,
     pub egress_bytes: u64,
+    /// Bytes of tool state and messages the session keeps now (computed on read).
+    #[serde(default)]
+    pub stored_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -125,12 +125,39 @@ async fn audit_chain_verifies_and_tampering_is_named() -> anyhow::Result<()> {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("5 events verified"), "{out}");
 
+    // Each kind of tampering, on a fresh copy of the database.
     let db = rusqlite::Connection::open(host.db_path())?;
-    db.execute("UPDATE audit SET data = '{\"tool\":\"forged\"}' WHERE session = ?1 AND seq = 3", [&sid])?;
+    db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     drop(db);
-    let (code, out, _) = run_cli(&["audit", "verify", "--config", config])?;
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains(&format!("session {sid} seq 3")), "names the broken record: {out}");
+    let pristine = std::fs::read(host.db_path())?;
+    let tamperings = [
+        (vec!["UPDATE audit SET data = '{\"tool\":\"forged\"}' WHERE session = ?1 AND seq = 3"], 3),
+        (vec!["DELETE FROM audit WHERE session = ?1 AND seq = 2"], 3),
+        (
+            vec![
+                "UPDATE audit SET seq = 100 WHERE session = ?1 AND seq = 2",
+                "UPDATE audit SET seq = 2 WHERE session = ?1 AND seq = 3",
+                "UPDATE audit SET seq = 3 WHERE session = ?1 AND seq = 100",
+            ],
+            2,
+        ),
+        (vec!["UPDATE audit SET at = '2020-01-01T00:00:00.000Z' WHERE session = ?1 AND seq = 5"], 5),
+    ];
+    for (statements, broken_seq) in tamperings {
+        std::fs::write(host.db_path(), &pristine)?;
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", host.db_path().display()));
+        }
+        let db = rusqlite::Connection::open(host.db_path())?;
+        for sql in &statements {
+            db.execute(sql, [&sid])?;
+        }
+        drop(db);
+        let sql = statements.join("; ");
+        let (code, out, _) = run_cli(&["audit", "verify", "--config", config])?;
+        assert_eq!(code, 1, "{sql}: {out}");
+        assert!(out.contains(&format!("session {sid} seq {broken_seq}")), "{sql}: names the broken record: {out}");
+    }
     Ok(())
 }
 

@@ -262,3 +262,83 @@ async fn sigkill_under_load_loses_no_answered_call() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn expired_sessions_answer_410_and_are_purged_keeping_their_audit() -> anyhow::Result<()> {
+    let host = TestHost::builder()
+        .bundle("counter", example_tool("counter"))
+        .config("[sessions]\ndefault_ttl_seconds = 1")
+        .start()
+        .await?;
+    let agent = host.agent();
+    let short = agent.session(json!({})).await?;
+    let long = agent.session(json!({"ttl_seconds": 3600})).await?;
+    let (_, s) = agent.get(&format!("/v1/sessions/{short}")).await?;
+    assert!(s["expires_at"].is_string());
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (status, body) = agent.call(&short, "counter", json!({})).await?;
+    assert!(status == StatusCode::GONE || status == StatusCode::NOT_FOUND, "{status} {body}");
+    let (status, _) = agent.get(&format!("/v1/sessions/{long}")).await?;
+    assert_eq!(status, StatusCode::OK);
+    // The sweeper runs every second: soon the row is gone, the audit stays.
+    let mut purged = false;
+    for _ in 0..50 {
+        let db = rusqlite::Connection::open(host.db_path())?;
+        let rows: i64 = db.query_row("SELECT COUNT(*) FROM sessions WHERE id = ?1", [&short], |r| r.get(0))?;
+        if rows == 0 {
+            let last: String =
+                db.query_row("SELECT data FROM audit WHERE session = ?1 ORDER BY seq DESC LIMIT 1", [&short], |r| {
+                    r.get(0)
+                })?;
+            assert!(last.contains("expired"), "{last}");
+            purged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(purged, "the expired session was purged");
+    let (status, body) = agent.get(&format!("/v1/sessions/{short}")).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn metrics_and_usage_account_for_every_call() -> anyhow::Result<()> {
+    let host = gated_host("").await?;
+    let agent = host.agent();
+    let sid = agent.session(json!({})).await?;
+    for _ in 0..3 {
+        agent.call(&sid, "counter", json!({})).await?;
+    }
+    agent.call(&sid, "counter", json!({"by": "bad"})).await?;
+    agent.call(&sid, "gated-counter", json!({})).await?;
+    agent.post(&format!("/v1/sessions/{sid}/messages"), json!({"role": "user", "content": "12345"})).await?;
+    let text = host.anonymous().request(Method::GET, "/metrics").send().await?.text().await?;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+    };
+    assert_eq!(value("bulkhead_calls_total{tool=\"counter\",status=\"succeeded\"}"), 3.0);
+    assert_eq!(value("bulkhead_calls_total{tool=\"gated-counter\",status=\"pending_approval\"}"), 1.0);
+    assert_eq!(value("bulkhead_call_duration_ms_count"), 3.0);
+    assert_eq!(value("bulkhead_pending_approvals"), 1.0);
+    assert_eq!(value("bulkhead_sessions"), 1.0);
+    assert!(value("bulkhead_fuel_total") > 0.0);
+    assert!(value("bulkhead_storage_bytes") > 0.0);
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, v) = line.rsplit_once(' ').expect("name value");
+        assert!(v.parse::<f64>().is_ok(), "unparsable sample: {line}");
+    }
+    let (_, s) = agent.get(&format!("/v1/sessions/{sid}")).await?;
+    assert_eq!(s["usage"]["calls"], 3);
+    assert!(s["usage"]["fuel"].as_u64().unwrap() > 0);
+    assert_eq!(s["usage"]["stored_bytes"], "count/default".len() + 1 + 5);
+    let export = agent.request(Method::GET, &format!("/v1/sessions/{sid}/audit?format=jsonl")).send().await?;
+    assert_eq!(export.headers()["content-type"], "application/x-ndjson");
+    let lines: Vec<Value> = export.text().await?.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), agent.audit_kinds(&sid).await?.len());
+    Ok(())
+}

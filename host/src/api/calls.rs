@@ -2,7 +2,6 @@
 
 use super::error::ApiError;
 use super::extract::{Body, Caller, Query};
-use crate::model::CallStatus;
 use crate::service::Service;
 use crate::service::calls::{CallOptions, NewCall};
 use axum::Json;
@@ -94,14 +93,3 @@ pub async fn state(
     let entries = s.get_state(&p, &sid, &tool).await?;
     Ok(Json(json!({ "entries": entries })).into_response())
 }
-
-/// For the `/metrics` labels.
-pub const STATUSES: [CallStatus; 7] = [
-    CallStatus::PendingApproval,
-    CallStatus::Running,
-    CallStatus::Succeeded,
-    CallStatus::Failed,
-    CallStatus::Trapped,
-    CallStatus::Rejected,
-    CallStatus::Interrupted,
-];

@@ -42,6 +42,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Unauthorized => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message),
             ServiceError::Forbidden { code, .. } => ApiError::new(StatusCode::FORBIDDEN, code, message),
             ServiceError::NotFound { code, .. } => ApiError::new(StatusCode::NOT_FOUND, code, message),
+            ServiceError::Gone { code, .. } => ApiError::new(StatusCode::GONE, code, message),
             ServiceError::Conflict { code, .. } => ApiError::new(StatusCode::CONFLICT, code, message),
             ServiceError::StaleVersion { .. } => {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, "stale_version", message)

@@ -28,6 +28,15 @@ pub struct SeqPage {
     limit: Option<u32>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditPage {
+    after: Option<i64>,
+    limit: Option<u32>,
+    /// `json` (default) or `jsonl`: one event per line, for export.
+    format: Option<String>,
+}
+
 pub async fn create(
     State(s): State<Arc<Service>>,
     Caller(p): Caller,
@@ -52,7 +61,7 @@ pub async fn get(
     Caller(p): Caller,
     Path(sid): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(s.owned_session(&p, &sid).await?).into_response())
+    Ok(Json(s.get_session(&p, &sid).await?).into_response())
 }
 
 pub async fn delete(
@@ -88,10 +97,23 @@ pub async fn list_audit(
     State(s): State<Arc<Service>>,
     Caller(p): Caller,
     Path(sid): Path<String>,
-    Query(q): Query<SeqPage>,
+    Query(q): Query<AuditPage>,
 ) -> Result<Response, ApiError> {
+    let jsonl = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("jsonl") => true,
+        Some(_) => return Err(ApiError::bad_request("format must be json or jsonl")),
+    };
     let events = s.list_audit(&p, &sid, q.after, q.limit).await?;
-    Ok(Json(json!({ "events": events })).into_response())
+    if !jsonl {
+        return Ok(Json(json!({ "events": events })).into_response());
+    }
+    let mut body = String::new();
+    for e in &events {
+        body.push_str(&serde_json::to_string(e).expect("events serialize"));
+        body.push('\n');
+    }
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
 pub async fn narrow(

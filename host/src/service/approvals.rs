@@ -122,7 +122,7 @@ impl Service {
             }
         });
         self.record_decision(&call, &p.name, true).await?;
-        self.count_call(call.status);
+        self.count_call(&call, 0);
         let _ = self.finished.send(call.id.clone());
         Ok(call)
     }
@@ -178,7 +178,7 @@ impl Service {
             match self.record_decision(&call, "bulkhead", true).await {
                 Ok(()) => {
                     n += 1;
-                    self.count_call(call.status);
+                    self.count_call(&call, 0);
                     let _ = self.finished.send(call.id.clone());
                 }
                 Err(ServiceError::Conflict { .. }) => {} // decided meanwhile
@@ -187,22 +187,4 @@ impl Service {
         }
         Ok(n)
     }
-}
-
-/// Sweeps expired approvals every second while the service lives.
-pub fn spawn_expiry(service: &Arc<Service>) {
-    if service.config.approvals.expire_after_seconds.is_none() {
-        return;
-    }
-    let weak = Arc::downgrade(service);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let Some(service) = weak.upgrade() else { break };
-            if let Err(e) = service.expire_approvals().await {
-                tracing::warn!("approval expiry sweep failed: {e}");
-            }
-        }
-    });
 }

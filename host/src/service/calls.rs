@@ -128,7 +128,7 @@ impl Service {
         if let Started::Existing(first) = self.record_request(&call, p, opts.if_match).await? {
             return self.replay(p, *first, &req, opts).await;
         }
-        self.count_call(call.status);
+        self.count_call(&call, 0);
         if call.status == CallStatus::PendingApproval {
             return Ok(CallReply { call, replayed: false });
         }
@@ -169,10 +169,11 @@ impl Service {
         };
         let input_text = call.input.to_string();
         let outcome = self.runtime.invoke(&tool, &input_text, env).await;
+        let denials = outcome.notes.iter().filter(|n| n.kind == "capability_denied").count();
         let result = self.record_outcome(call, outcome, &actor).await;
         match &result {
             Ok(call) => {
-                self.count_call(call.status);
+                self.count_call(call, denials);
                 let _ = self.finished.send(call.id.clone());
             }
             Err(e) => tracing::error!("cannot record a call's outcome: {e}"),

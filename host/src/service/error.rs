@@ -17,6 +17,9 @@ pub enum ServiceError {
     /// 404
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
+    /// 410: the session expired (and is purged soon).
+    #[error("{message}")]
+    Gone { code: &'static str, message: String },
     /// 409: a reused idempotency key, a decision on a decided call.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },

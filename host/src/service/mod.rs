@@ -8,6 +8,7 @@
 pub mod approvals;
 pub mod calls;
 pub mod error;
+pub mod metrics;
 pub mod sessions;
 
 pub use error::{Result, ServiceError};
@@ -19,7 +20,6 @@ use crate::runtime::Runtime;
 use crate::runtime::loader::{LoadError, LoadedTool};
 use crate::store::{Db, Durability};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{Semaphore, broadcast};
 
@@ -44,13 +44,6 @@ pub struct StartReport {
     pub credentials: Credentials,
 }
 
-/// Counters for `/metrics`.
-#[derive(Default)]
-pub struct Metrics {
-    pub calls_by_status: [AtomicU64; 7],
-    pub http_requests: AtomicU64,
-}
-
 type ToolLock = Weak<tokio::sync::Mutex<()>>;
 
 pub struct Service {
@@ -60,7 +53,7 @@ pub struct Service {
     pub tools: BTreeMap<String, Arc<LoadedTool>>,
     pub principals: Principals,
     pub secrets: Arc<SecretStore>,
-    pub metrics: Metrics,
+    pub metrics: metrics::Metrics,
     call_slots: Arc<Semaphore>,
     /// One lock per (session, tool): calls that share state run in order.
     tool_locks: Mutex<HashMap<(String, String), ToolLock>>,
@@ -98,7 +91,9 @@ impl Service {
                 Err(e) => (vec![], vec![e]),
             },
         };
-        let tools = loaded.into_iter().map(|t| (t.manifest.name.clone(), Arc::new(t))).collect();
+        let tools: BTreeMap<String, Arc<LoadedTool>> =
+            loaded.into_iter().map(|t| (t.manifest.name.clone(), Arc::new(t))).collect();
+        let metrics = metrics::Metrics::new(tools.keys());
         let service = Arc::new(Service {
             call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls as usize)),
             config,
@@ -107,12 +102,12 @@ impl Service {
             tools,
             principals,
             secrets,
-            metrics: Metrics::default(),
+            metrics,
             tool_locks: Mutex::new(HashMap::new()),
             finished: broadcast::channel(1024).0,
         });
         let interrupted = service.recover().await?;
-        approvals::spawn_expiry(&service);
+        spawn_sweeper(&service);
         Ok((service, StartReport { refused, interrupted, credentials }))
     }
 
@@ -124,8 +119,34 @@ impl Service {
         self.config.limits.max_concurrent_calls as usize - self.call_slots.available_permits()
     }
 
-    fn count_call(&self, status: crate::model::CallStatus) {
-        self.metrics.calls_by_status[status as usize].fetch_add(1, Ordering::Relaxed);
+    fn count_call(&self, call: &crate::model::Call, denials: usize) {
+        self.metrics.record(call, denials);
+    }
+
+    /// Gauges for `/metrics`, read from the database.
+    pub async fn gauges(&self) -> Result<metrics::Gauges> {
+        let (sessions, pending) = self
+            .db
+            .read_async(|c| {
+                let sessions = c.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get::<_, i64>(0))?;
+                let pending = c.query_row("SELECT COUNT(*) FROM calls WHERE status = 'pending_approval'", [], |r| {
+                    r.get::<_, i64>(0)
+                })?;
+                Ok((sessions as u64, pending as u64))
+            })
+            .await?;
+        let files = ["", "-wal", "-shm"].map(|suffix| {
+            let mut path = self.db.path().as_os_str().to_owned();
+            path.push(suffix);
+            std::fs::metadata(path).map_or(0, |m| m.len())
+        });
+        Ok(metrics::Gauges {
+            calls_in_flight: self.calls_in_flight(),
+            tools_loaded: self.tools.len(),
+            sessions,
+            pending_approvals: pending,
+            storage_bytes: files.iter().sum(),
+        })
     }
 
     fn tool_lock(&self, session: &str, tool: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -141,4 +162,23 @@ impl Service {
         locks.insert(key, Arc::downgrade(&lock));
         lock
     }
+}
+
+/// Once a second while the service lives: expire undecided approvals and
+/// purge expired sessions.
+fn spawn_sweeper(service: &Arc<Service>) {
+    let weak = Arc::downgrade(service);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(service) = weak.upgrade() else { break };
+            if let Err(e) = service.expire_approvals().await {
+                tracing::warn!("approval expiry sweep failed: {e}");
+            }
+            if let Err(e) = service.purge_expired_sessions().await {
+                tracing::warn!("session expiry sweep failed: {e}");
+            }
+        }
+    });
 }

@@ -91,7 +91,7 @@ impl Service {
         match session {
             Some(s) if s.principal == p.name || p.is_admin() => {
                 if s.expires_at.as_deref().is_some_and(util::is_past) {
-                    return Err(ServiceError::NotFound {
+                    return Err(ServiceError::Gone {
                         code: "session_expired",
                         message: "the session has expired".into(),
                     });
@@ -133,7 +133,7 @@ impl Service {
         }
         validate_map("env", &req.env, MAX_ENV_ENTRIES, MAX_ENV_VALUE_BYTES, is_var_name)?;
         validate_map("labels", &req.labels, MAX_LABELS, MAX_LABEL_BYTES, label_key_ok)?;
-        let ttl = req.ttl_seconds.map(|t| {
+        let ttl = req.ttl_seconds.or(self.config.sessions.default_ttl_seconds).map(|t| {
             if (1..=MAX_TTL_SECONDS).contains(&t) {
                 Ok(t)
             } else {
@@ -309,5 +309,32 @@ impl Service {
         session.tools = tools;
         session.version = version;
         Ok(session)
+    }
+}
+
+impl Service {
+    /// The session with its current stored bytes.
+    pub async fn get_session(&self, p: &Principal, sid: &str) -> Result<Session> {
+        let mut session = self.owned_session(p, sid).await?;
+        let id = session.id.clone();
+        session.usage.stored_bytes = self.db.read_async(move |c| sessions::stored_bytes(c, &id)).await?;
+        Ok(session)
+    }
+
+    /// Deletes sessions past their `expires_at`; their audit chains stay,
+    /// ending with `session_deleted` (reason `expired`).
+    pub async fn purge_expired_sessions(&self) -> Result<usize> {
+        let now = util::now_rfc3339();
+        Ok(self
+            .db
+            .write(move |c| {
+                let ids = sessions::expired(c, &now)?;
+                for id in &ids {
+                    sessions::delete(c, id)?;
+                    audit::append(c, id, "session_deleted", "bulkhead", None, json!({ "reason": "expired" }))?;
+                }
+                Ok(ids.len())
+            })
+            .await?)
     }
 }

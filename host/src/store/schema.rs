@@ -20,6 +20,7 @@ CREATE TABLE sessions (
     egress_bytes        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX sessions_principal ON sessions(principal, id);
+CREATE INDEX sessions_expiry ON sessions(expires_at) WHERE expires_at IS NOT NULL;
 
 CREATE TABLE messages (
     session     TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,

@@ -30,6 +30,7 @@ fn from_row(r: &Row) -> rusqlite::Result<Session> {
             state_bytes_written: r.get(11)?,
             egress_requests: r.get(12)?,
             egress_bytes: r.get(13)?,
+            stored_bytes: 0,
         },
     })
 }
@@ -115,4 +116,23 @@ pub fn delete(conn: &Connection, id: &str) -> Result<bool> {
 
 pub fn exists(conn: &Connection, id: &str) -> Result<bool> {
     Ok(conn.prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?.query_row([id], |_| Ok(())).optional()?.is_some())
+}
+
+/// Ids of sessions whose `expires_at` is before `now` (RFC 3339 strings compare as times).
+pub fn expired(conn: &Connection, now: &str) -> Result<Vec<String>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id FROM sessions WHERE expires_at IS NOT NULL AND expires_at < ?1 LIMIT 1000")?;
+    let rows = stmt.query_map([now], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Bytes the session keeps: tool state (keys and values) and messages.
+pub fn stored_bytes(conn: &Connection, id: &str) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT (SELECT COALESCE(SUM(LENGTH(CAST(key AS BLOB)) + LENGTH(value)), 0) FROM tool_state WHERE session = ?1) \
+             + (SELECT COALESCE(SUM(LENGTH(CAST(content AS BLOB)) + COALESCE(LENGTH(CAST(metadata AS BLOB)), 0)), 0) FROM messages WHERE session = ?1)",
+        )?
+        .query_row([id], |r| r.get(0))?;
+    Ok(n as u64)
 }
