@@ -11,6 +11,7 @@
 //! - [`manifest`]: a tool bundle's `tool.toml`.
 //! - [`model`]: the records of the contract (session, message, call, audit event).
 //! - [`grants`]: grants and their narrowing; pure code, no wasmtime.
+//! - [`netpolicy`]: which hosts and addresses a tool may reach; pure code.
 //! - [`auth`]: principals, bearer tokens, dev tokens.
 //! - [`runtime`]: the wasmtime engine, bundle loading, one call's sandbox.
 //! - [`caps`]: the host side of each `bulkhead:tool` interface, one per file.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod grants;
 pub mod manifest;
 pub mod model;
+pub mod netpolicy;
 pub mod runtime;
 pub mod service;
 pub mod store;

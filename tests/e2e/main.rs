@@ -3,6 +3,8 @@
 
 mod api;
 mod durability;
+mod files;
 mod loading;
+mod network;
 mod sandbox;
 mod workflows;

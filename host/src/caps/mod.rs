@@ -7,6 +7,7 @@
 //! lookup off. The grant decides the rest; a denied use is an error the
 //! guest sees (never a trap) and an audit event.
 
+pub mod http;
 pub mod log;
 pub mod secrets;
 pub mod session;
@@ -19,9 +20,14 @@ use crate::runtime::stdio::Captured;
 use crate::store::Db;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Instant;
-use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use zeroize::Zeroizing;
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -47,6 +53,18 @@ pub struct CallEnv {
     pub db: Arc<Db>,
     pub secrets: Arc<secrets::SecretStore>,
     pub state_quota_bytes: u64,
+    /// Folders this call sees, already resolved from the grant.
+    pub mounts: Vec<Mount>,
+    /// The operator's `network.allow_private` CIDRs.
+    pub allow_private: Arc<Vec<(IpAddr, u8)>>,
+}
+
+/// A host folder preopened at a guest path.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
 }
 
 /// An audit event raised inside a call (`secret_read`, `capability_denied`),
@@ -70,6 +88,10 @@ pub struct HostState {
     pub stderr: Captured,
     /// The call is stopped at the first epoch tick past this instant.
     pub deadline: Instant,
+    http_ctx: WasiHttpCtx,
+    egress: http::Egress,
+    /// Values of secrets read in this call, to redact from what is stored.
+    secrets_read: Vec<(String, Zeroizing<String>)>,
 }
 
 impl HostState {
@@ -88,7 +110,25 @@ impl HostState {
                 wasi.env(name, value);
             }
         }
+        let mut notes = Vec::new();
+        for m in &env.mounts {
+            let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+            if let Err(e) = wasi.preopened_dir(&m.host, &m.guest, perms) {
+                tracing::warn!("cannot mount {} for tool {}: {e:#}", m.guest, env.tool);
+                notes.push(AuditNote {
+                    kind: "capability_denied",
+                    data: serde_json::json!({ "tool": env.tool, "capability": "files", "target": m.guest, "reason": "mount unavailable" }),
+                });
+            }
+        }
         let state = state::StateTxn::new(env.state_quota_bytes);
+        let egress = http::Egress {
+            grant: env.grant.network.clone(),
+            allow_private: env.allow_private.clone(),
+            records: Arc::new(Mutex::new(Vec::new())),
+            denials: Arc::new(Mutex::new(Vec::new())),
+            tool: env.tool.clone(),
+        };
         HostState {
             env,
             wasi: wasi.build(),
@@ -96,11 +136,48 @@ impl HostState {
             limiter: MemoryLimiter::new(memory_limit_bytes),
             state,
             logs: log::LogBuffer::default(),
-            notes: Vec::new(),
+            notes,
             stdout,
             stderr,
             deadline,
+            http_ctx: WasiHttpCtx::new(),
+            egress,
+            secrets_read: Vec::new(),
         }
+    }
+
+    /// Remembers a secret value handed to the guest, for redaction.
+    pub fn remember_secret(&mut self, name: &str, value: &str) {
+        if !value.is_empty() && !self.secrets_read.iter().any(|(n, _)| n == name) {
+            self.secrets_read.push((name.to_string(), Zeroizing::new(value.to_string())));
+        }
+    }
+
+    /// Replaces every secret value read in this call (raw or JSON-escaped)
+    /// with `[REDACTED:NAME]`, so a tool that echoes a secret into its output,
+    /// error or logs cannot make the host store it.
+    pub fn redact(&self, text: String) -> String {
+        let mut text = text;
+        for (name, value) in &self.secrets_read {
+            let escaped = serde_json::to_string(value.as_str()).unwrap_or_default();
+            let escaped = escaped.trim_matches('"');
+            for needle in [value.as_str(), escaped] {
+                if !needle.is_empty() && text.contains(needle) {
+                    text = text.replace(needle, &format!("[REDACTED:{name}]"));
+                }
+            }
+        }
+        text
+    }
+
+    /// Egress records and network denials of the call, as audit notes, with
+    /// the request and byte totals.
+    pub fn take_egress(&mut self) -> (u64, u64) {
+        let (notes, requests, bytes) = http::take_records(&self.egress.records);
+        let denials = std::mem::take(&mut *self.egress.denials.lock().expect("denials lock"));
+        self.notes.extend(denials);
+        self.notes.extend(notes);
+        (requests, bytes)
     }
 
     pub fn deny(&mut self, capability: &str, detail: Value) {
@@ -120,6 +197,12 @@ impl HostState {
             }
         }
         lines
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http_ctx, table: &mut self.table, hooks: &mut self.egress }
     }
 }
 

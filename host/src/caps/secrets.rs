@@ -72,6 +72,7 @@ impl Host for HostState {
         match value {
             Some(secret) => {
                 let value = secret.expose().to_string();
+                self.remember_secret(&name, &value);
                 self.notes.push(super::AuditNote {
                     kind: "secret_read",
                     data: serde_json::json!({ "tool": self.env.tool, "name": name }),

@@ -124,6 +124,18 @@ impl Runtime {
 
         let fuel = store.get_fuel().map(|left| FUEL_BUDGET.saturating_sub(left)).unwrap_or(0);
         let state = store.data_mut();
+        let (egress_requests, egress_bytes) = state.take_egress();
+        // Nothing a secret was read into leaves the call unredacted.
+        let output = output.map(|v| match v {
+            Value::String(s) => Value::String(state.redact(s)),
+            other => serde_json::from_str(&state.redact(other.to_string())).unwrap_or(Value::Null),
+        });
+        let error = error.map(|e| CallError { code: e.code, message: state.redact(e.message) });
+        let logs: Vec<LogLine> = state
+            .take_logs()
+            .into_iter()
+            .map(|l| LogLine { level: l.level, message: state.redact(l.message) })
+            .collect();
         let succeeded = status == CallStatus::Succeeded;
         let state_writes = if succeeded { std::mem::take(&mut state.state.writes) } else { BTreeMap::new() };
         Outcome {
@@ -135,10 +147,10 @@ impl Runtime {
                 fuel,
                 memory_peak_bytes: state.limiter.peak as u64,
                 state_bytes_written: if succeeded { state.state.bytes_written } else { 0 },
-                egress_requests: 0,
-                egress_bytes: 0,
+                egress_requests,
+                egress_bytes,
             },
-            logs: state.take_logs(),
+            logs,
             state_writes,
             notes: std::mem::take(&mut state.notes),
         }

@@ -50,7 +50,7 @@ fn check_import(name: &str, manifest: &Manifest) -> Result<(), String> {
             if manifest.grants.network.as_ref().is_none_or(|n| n.is_empty()) {
                 Err(format!("imports {name} but the manifest grants no network"))
             } else {
-                Err(format!("imports {name}: outbound HTTP is not provided by this host version yet"))
+                Ok(())
             }
         }
         p if p.strip_prefix("wasi:").is_some_and(|w| STANDARD_WASI.contains(&w)) => Ok(()),

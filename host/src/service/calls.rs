@@ -157,6 +157,7 @@ impl Service {
             return Err(ServiceError::not_found("tool"));
         };
         let grant = session.tools.get(&call.tool).map(|b| b.grants.clone()).unwrap_or_default();
+        let mounts = self.mounts(&session.id, &grant);
         let env = CallEnv {
             session: session.id.clone(),
             principal: session.principal.clone(),
@@ -166,6 +167,8 @@ impl Service {
             db: self.db.clone(),
             secrets: self.secrets.clone(),
             state_quota_bytes: tool.limits.state_kb << 10,
+            mounts,
+            allow_private: self.allow_private.clone(),
         };
         let input_text = call.input.to_string();
         let outcome = self.runtime.invoke(&tool, &input_text, env).await;

@@ -10,6 +10,7 @@ pub mod calls;
 pub mod error;
 pub mod metrics;
 pub mod sessions;
+pub mod workspace;
 
 pub use error::{Result, ServiceError};
 
@@ -57,6 +58,8 @@ pub struct Service {
     call_slots: Arc<Semaphore>,
     /// One lock per (session, tool): calls that share state run in order.
     tool_locks: Mutex<HashMap<(String, String), ToolLock>>,
+    /// The operator's `network.allow_private`, parsed.
+    allow_private: Arc<Vec<(std::net::IpAddr, u8)>>,
     /// Ids of calls that just left `running`/`pending_approval`, for long-polls.
     finished: broadcast::Sender<String>,
 }
@@ -91,8 +94,11 @@ impl Service {
                 Err(e) => (vec![], vec![e]),
             },
         };
+        let (loaded, mut refused) = (loaded, refused);
+        let loaded = workspace::check_volumes(loaded, &config.volumes, &mut refused);
         let tools: BTreeMap<String, Arc<LoadedTool>> =
             loaded.into_iter().map(|t| (t.manifest.name.clone(), Arc::new(t))).collect();
+        let allow_private = config.network.allow_private.iter().filter_map(|c| crate::grants::parse_cidr(c)).collect();
         let metrics = metrics::Metrics::new(tools.keys());
         let service = Arc::new(Service {
             call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls as usize)),
@@ -105,6 +111,7 @@ impl Service {
             metrics,
             tool_locks: Mutex::new(HashMap::new()),
             finished: broadcast::channel(1024).0,
+            allow_private: Arc::new(allow_private),
         });
         let interrupted = service.recover().await?;
         spawn_sweeper(&service);

@@ -205,6 +205,7 @@ impl Service {
                 Ok(())
             })
             .await?;
+        self.remove_workspace(sid);
         Ok(())
     }
 
@@ -333,8 +334,14 @@ impl Service {
                     sessions::delete(c, id)?;
                     audit::append(c, id, "session_deleted", "bulkhead", None, json!({ "reason": "expired" }))?;
                 }
-                Ok(ids.len())
+                Ok(ids)
             })
-            .await?)
+            .await
+            .map(|ids| {
+                for id in &ids {
+                    self.remove_workspace(id);
+                }
+                ids.len()
+            })?)
     }
 }

@@ -1,0 +1,290 @@
+//! `wasi:http/outgoing-handler`: outbound HTTP, only to granted hosts, only
+//! to addresses the host checked.
+//!
+//! The one interception point is [`Egress::send_request`]: it matches the
+//! request against the grant, resolves the name once, drops every address
+//! that is not globally routable (unless the operator's `allow_private`
+//! covers it), connects to a checked address itself (wasmtime's default
+//! sender would resolve again and connect by name: a DNS-rebinding window),
+//! and bounds connect, first-byte and idle time and the response size. Every
+//! request is an `egress` audit event; every refusal a `capability_denied`.
+
+use super::AuditNote;
+use crate::netpolicy;
+use bytes::Bytes;
+use http::uri::Scheme;
+use http_body_util::BodyExt;
+use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// Ceilings on the guest's own request options: a tool cannot hold a
+/// connection open longer than these.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+const BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest response body a tool may read, so a hostile server cannot
+/// exhaust host memory through buffering.
+pub const MAX_RESPONSE_BYTES: u64 = 16 << 20;
+/// Requests one call may send.
+pub const MAX_REQUESTS_PER_CALL: usize = 64;
+
+/// One outbound request, completed as its response body is read.
+pub struct EgressRecord {
+    pub method: String,
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+    pub status: Mutex<Option<u16>>,
+    pub bytes: AtomicU64,
+    pub started: Instant,
+    pub finished_ms: AtomicU64,
+}
+
+/// The hooks of one call; shares its records with the call's `HostState`.
+pub struct Egress {
+    pub grant: Vec<String>,
+    pub allow_private: Arc<Vec<(IpAddr, u8)>>,
+    pub records: Arc<Mutex<Vec<Arc<EgressRecord>>>>,
+    pub denials: Arc<Mutex<Vec<AuditNote>>>,
+    pub tool: String,
+}
+
+fn forbidden(name: &http::HeaderName) -> bool {
+    wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+        || matches!(name.as_str(), "te" | "trailer" | "expect" | "forwarded" | "x-forwarded-for" | "x-forwarded-host")
+        || name.as_str().starts_with("proxy-")
+}
+
+type Sent = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error>;
+
+impl Egress {
+    fn deny(&self, target: &str, reason: &str) {
+        self.denials.lock().expect("denials lock").push(AuditNote {
+            kind: "capability_denied",
+            data: json!({ "tool": self.tool, "capability": "network", "target": target, "reason": reason }),
+        });
+    }
+}
+
+impl WasiHttpHooks for Egress {
+    fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
+        Arc::new(forbidden)
+    }
+
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<dyn Future<Output = Sent> + Send> {
+        let uri = request.uri().clone();
+        let https = uri.scheme() == Some(&Scheme::HTTPS);
+        let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let target = format!("{host}:{port}");
+        if self.records.lock().expect("records lock").len() >= MAX_REQUESTS_PER_CALL {
+            self.deny(&target, "too many requests in one call");
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        if !netpolicy::host_allowed(&self.grant, &host, port, https) {
+            self.deny(&target, "host not granted");
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        let record = Arc::new(EgressRecord {
+            method: request.method().to_string(),
+            scheme: if https { "https" } else { "http" }.into(),
+            host: host.clone(),
+            port,
+            status: Mutex::new(None),
+            bytes: AtomicU64::new(0),
+            started: Instant::now(),
+            finished_ms: AtomicU64::new(0),
+        });
+        self.records.lock().expect("records lock").push(record.clone());
+        let allow_private = self.allow_private.clone();
+        let denials = self.denials.clone();
+        let tool = self.tool.clone();
+        Box::new(async move {
+            let addr = match resolve_checked(&host, port, &allow_private).await {
+                Ok(addr) => addr,
+                Err(reason) => {
+                    denials.lock().expect("denials lock").push(AuditNote {
+                        kind: "capability_denied",
+                        data: json!({ "tool": tool, "capability": "network", "target": target, "reason": reason }),
+                    });
+                    return Err(Error::DestinationIpProhibited);
+                }
+            };
+            send_to(addr, &host, https, request, options, record).await
+        })
+    }
+}
+
+/// Resolves once and returns the first address the policy allows.
+async fn resolve_checked(host: &str, port: u16, allow_private: &[(IpAddr, u8)]) -> Result<SocketAddr, &'static str> {
+    let addrs: Vec<SocketAddr> = match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        _ => return Err("name did not resolve"),
+    };
+    addrs
+        .into_iter()
+        .find(|a| netpolicy::address_allowed(a.ip(), allow_private))
+        .ok_or("address not globally routable (network.allow_private does not cover it)")
+}
+
+fn bounded(asked: Option<Duration>, ceiling: Duration) -> Duration {
+    asked.map_or(ceiling, |d| d.min(ceiling))
+}
+
+async fn send_to(
+    addr: SocketAddr,
+    host: &str,
+    https: bool,
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    record: Arc<EgressRecord>,
+) -> Sent {
+    let connect_timeout = bounded(options.and_then(|o| o.connect_timeout), CONNECT_TIMEOUT);
+    let first_byte = bounded(options.and_then(|o| o.first_byte_timeout), FIRST_BYTE_TIMEOUT);
+    let between_bytes = bounded(options.and_then(|o| o.between_bytes_timeout), BETWEEN_BYTES_TIMEOUT);
+    let tcp = match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(Error::ConnectionRefused),
+        Ok(Err(e)) => return Err(Error::Connect(e)),
+        Err(_) => return Err(Error::ConnectionTimeout),
+    };
+    // Only the path goes on the wire; the Host header comes from the URI.
+    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    *request.uri_mut() = http::Uri::builder().path_and_query(path).build().map_err(|_| Error::HttpRequestUriInvalid)?;
+    let response = if https {
+        let tls = tls_connector();
+        let name =
+            rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| Error::HttpRequestUriInvalid)?;
+        let stream = tokio::time::timeout(connect_timeout, tls.connect(name, tcp))
+            .await
+            .map_err(|_| Error::ConnectionTimeout)?
+            .map_err(Error::Tls)?;
+        exchange(TokioIo::new(stream), request, first_byte).await?
+    } else {
+        exchange(TokioIo::new(tcp), request, first_byte).await?
+    };
+    *record.status.lock().expect("status lock") = Some(response.status().as_u16());
+    let response = response.map(|body| {
+        CountedBody { inner: body, record: record.clone(), idle: between_bytes, timer: None }.boxed_unsync()
+    });
+    Ok((response, Box::new(async { Ok(()) })))
+}
+
+async fn exchange<S>(
+    io: TokioIo<S>,
+    request: http::Request<WasiBody>,
+    first_byte: Duration,
+) -> Result<http::Response<hyper::body::Incoming>, Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(Error::Hyper)?;
+    tokio::spawn(async move {
+        // Ends with the response body or at an error; nothing to report.
+        let _ = conn.await;
+    });
+    tokio::time::timeout(first_byte, sender.send_request(request))
+        .await
+        .map_err(|_| Error::ConnectionReadTimeout)?
+        .map_err(Error::Hyper)
+}
+
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    });
+    tokio_rustls::TlsConnector::from(config.clone())
+}
+
+/// A response body that counts bytes into its egress record, stops at
+/// [`MAX_RESPONSE_BYTES`] and fails when idle too long.
+struct CountedBody {
+    inner: hyper::body::Incoming,
+    record: Arc<EgressRecord>,
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.timer = None;
+                if let Some(data) = frame.data_ref() {
+                    let total = this.record.bytes.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                    if total > MAX_RESPONSE_BYTES {
+                        return Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(total)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::Hyper(e)))),
+            Poll::Ready(None) => {
+                this.record.finished_ms.store(this.record.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+/// The call's egress records as audit notes, and its totals (requests, bytes).
+pub fn take_records(records: &Mutex<Vec<Arc<EgressRecord>>>) -> (Vec<AuditNote>, u64, u64) {
+    let records = std::mem::take(&mut *records.lock().expect("records lock"));
+    let bytes: u64 = records.iter().map(|r| r.bytes.load(Ordering::Relaxed)).sum();
+    let notes = records
+        .iter()
+        .map(|r| {
+            let finished = r.finished_ms.load(Ordering::Relaxed);
+            let duration = if finished > 0 { finished } else { r.started.elapsed().as_millis() as u64 };
+            AuditNote {
+                kind: "egress",
+                data: json!({
+                    "method": r.method, "scheme": r.scheme, "host": r.host, "port": r.port,
+                    "status": *r.status.lock().expect("status lock"),
+                    "bytes": r.bytes.load(Ordering::Relaxed), "duration_ms": duration,
+                }),
+            }
+        })
+        .collect();
+    (notes, records.len() as u64, bytes)
+}

@@ -1,0 +1,93 @@
+//! File grants: session workspaces and operator volumes.
+//!
+//! A `session` source is the session's own folder under
+//! `<data_dir>/workspaces/<sid>`, created on first use and removed with the
+//! session. A `volume:NAME` source is an operator folder from the config;
+//! its access is the narrower of the grant's and the volume's. The host
+//! removes workspaces through cap-std, relative to the workspaces folder, so
+//! links a guest planted inside cannot redirect the deletion.
+
+use super::Service;
+use crate::caps::Mount;
+use crate::config::VolumeConfig;
+use crate::grants::{Access, Grant};
+use crate::runtime::loader::{LoadError, LoadedTool};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub const WORKSPACES_DIR: &str = "workspaces";
+
+/// Refuses bundles whose file grants name a volume the config lacks.
+pub fn check_volumes(
+    tools: Vec<LoadedTool>,
+    volumes: &BTreeMap<String, VolumeConfig>,
+    refused: &mut Vec<LoadError>,
+) -> Vec<LoadedTool> {
+    tools
+        .into_iter()
+        .filter(|t| {
+            let missing = t
+                .manifest
+                .grants
+                .files
+                .iter()
+                .flatten()
+                .filter_map(|f| f.source.strip_prefix("volume:"))
+                .find(|v| !volumes.contains_key(*v));
+            match missing {
+                Some(v) => {
+                    refused.push(LoadError {
+                        file: t.bundle.join(crate::manifest::MANIFEST_FILE).display().to_string(),
+                        message: format!("grants.files names volume {v:?}, which the host config does not define"),
+                    });
+                    false
+                }
+                None => true,
+            }
+        })
+        .collect()
+}
+
+impl Service {
+    fn workspaces_root(&self) -> PathBuf {
+        self.config.data_dir.join(WORKSPACES_DIR)
+    }
+
+    /// The folders a call of this grant sees.
+    pub(super) fn mounts(&self, session: &str, grant: &Grant) -> Vec<Mount> {
+        let mut mounts = Vec::new();
+        for f in &grant.files {
+            let (host, access) = if f.source == "session" {
+                let dir = self.workspaces_root().join(session);
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    tracing::error!("cannot create workspace {}: {e}", dir.display());
+                    continue;
+                }
+                (dir, f.access)
+            } else if let Some(volume) = f.source.strip_prefix("volume:").and_then(|v| self.config.volumes.get(v)) {
+                (volume.path.clone(), f.access.min(volume.access))
+            } else {
+                continue;
+            };
+            mounts.push(Mount { host, guest: f.path.clone(), read_only: access == Access::ReadOnly });
+        }
+        mounts
+    }
+
+    /// Removes a session's workspace, if it has one.
+    pub(super) fn remove_workspace(&self, session: &str) {
+        let root = self.workspaces_root();
+        if !root.exists() {
+            return;
+        }
+        let result = cap_std::fs::Dir::open_ambient_dir(&root, cap_std::ambient_authority()).and_then(|dir| match dir
+            .remove_dir_all(session)
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        });
+        if let Err(e) = result {
+            tracing::error!("cannot remove the workspace of session {session}: {e}");
+        }
+    }
+}
