@@ -3,7 +3,7 @@
 
 use bulkhead_tests::*;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn manifest(name: &str, wasm: &str, extra: &str) -> String {
     format!("name = \"{name}\"\nversion = \"0.0.0\"\ncomponent = \"{wasm}\"\n{extra}\n")
@@ -199,5 +199,144 @@ async fn a_write_over_the_state_quota_fails_the_call_and_commits_nothing() -> an
     let state = api.state(&sid, "state-then-fail").await?;
     assert_eq!(state.keys().collect::<Vec<_>>(), ["a"]);
     assert_eq!(state["a"].len(), 8000);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unbounded_recursion_and_handle_floods_are_stopped() -> anyhow::Result<()> {
+    let host = TestHost::builder()
+        .bundle("stack-bomb", test_program("stack-bomb"))
+        .bundle_with_manifest(
+            "flood",
+            test_program("handle-flood"),
+            &manifest("handle-flood", "handle_flood.wasm", "[limits]\ntimeout_ms = 20000"),
+        )
+        .bundle("counter", example_tool("counter"))
+        .start()
+        .await?;
+    let api = host.agent();
+    let sid = api.session(json!({})).await?;
+    let (_, stack) = api.call(&sid, "stack-bomb", json!({})).await?;
+    assert_eq!((stack["status"].as_str(), stack["error"]["code"].as_str()), (Some("trapped"), Some("trap")), "{stack}");
+    // Rust's shadow stack lives in linear memory: its overflow is an
+    // out-of-bounds access, caught by the sandbox like any other.
+    assert!(stack["error"]["message"].as_str().unwrap().contains("wasm trap"), "{stack}");
+    let (_, flood) = api.call(&sid, "handle-flood", json!({})).await?;
+    assert_eq!(flood["status"], "trapped", "{flood}");
+    assert_ne!(flood["error"]["code"], "timeout", "the handle cap stopped it, not the clock: {flood}");
+    let (_, ok) = api.call(&sid, "counter", json!({})).await?;
+    assert_eq!(ok["status"], "succeeded");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_granted_secret_is_readable_but_never_stored() -> anyhow::Result<()> {
+    const CANARY: &str = "canary-7f3a9c1e5b2d4f6a8e0c";
+    let echo = r#"
+        name = "secret-echo"
+        version = "0.0.0"
+        component = "secret_echo.wasm"
+        [grants]
+        secrets = ["API_TOKEN"]
+    "#;
+    let host = TestHost::builder()
+        .bundle_with_manifest("secret-echo", test_program("secret-echo"), echo)
+        .bundle("sandbox-probe", test_program("sandbox-probe"))
+        .config("[secrets]\nAPI_TOKEN = { file = \"canary.secret\" }\nGITHUB_TOKEN = { file = \"canary.secret\" }")
+        .before_start(|dir| std::fs::write(dir.join("canary.secret"), format!("{CANARY}\n")))
+        .start()
+        .await?;
+    let api = host.agent();
+    let sid = api.session(json!({})).await?;
+    let (_, call) = api.call(&sid, "secret-echo", json!({"name": "API_TOKEN"})).await?;
+    assert_eq!(call["status"], "succeeded", "{call}");
+    assert_eq!(call["output"]["echo"], "[REDACTED:API_TOKEN]");
+    assert_eq!(call["output"]["nested"]["again"], "x[REDACTED:API_TOKEN]x");
+    let (_, failed) = api.call(&sid, "secret-echo", json!({"name": "API_TOKEN", "fail": true})).await?;
+    assert_eq!(failed["error"]["message"], "failing with [REDACTED:API_TOKEN]");
+    let (_, denied) = api.call(&sid, "secret-echo", json!({"name": "GITHUB_TOKEN"})).await?;
+    assert_eq!(denied["status"], "failed", "configured but not granted: {denied}");
+    let (_, events) = api.get(&format!("/v1/sessions/{sid}/audit?limit=1000")).await?;
+    let reads: Vec<&Value> =
+        events["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "secret_read").collect();
+    assert_eq!(reads.len(), 2);
+    assert_eq!(reads[0]["data"], json!({"tool": "secret-echo", "name": "API_TOKEN"}));
+    let all = serde_json::to_string(&events)?;
+    assert!(!all.contains(CANARY));
+    // Nothing the host wrote holds the value: database, WAL, logs.
+    let data_dir = host.dir.join("data");
+    assert_eq!(files_containing(&data_dir, CANARY.as_bytes()), Vec::<std::path::PathBuf>::new());
+    assert!(!host.stderr().contains(CANARY));
+    Ok(())
+}
+
+#[tokio::test]
+async fn granted_env_names_reach_the_tool_and_others_do_not() -> anyhow::Result<()> {
+    let probe = r#"
+        name = "sandbox-probe"
+        version = "0.0.0"
+        component = "sandbox_probe.wasm"
+        [grants]
+        env = ["TZ", "LANG"]
+    "#;
+    let host = TestHost::builder().bundle_with_manifest("probe", test_program("sandbox-probe"), probe).start().await?;
+    let api = host.agent();
+    let sid = api.session(json!({"env": {"TZ": "Europe/Paris", "HOME": "/root", "AWS_SECRET": "x"}})).await?;
+    let (_, call) = api.call(&sid, "sandbox-probe", json!({})).await?;
+    assert_eq!(
+        call["output"]["env"],
+        json!(["TZ"]),
+        "granted and set: TZ; not granted: HOME, AWS_SECRET; granted, unset: LANG"
+    );
+    let narrowed = api.session(json!({"env": {"TZ": "UTC"}, "grants": {"sandbox-probe": {"env": []}}})).await?;
+    let (_, call) = api.call(&narrowed, "sandbox-probe", json!({})).await?;
+    assert_eq!(call["output"]["env"], json!([]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn calls_beyond_the_concurrency_cap_get_429_and_nothing_deadlocks() -> anyhow::Result<()> {
+    let host = TestHost::builder()
+        .bundle_with_manifest(
+            "spin",
+            test_program("spin-forever"),
+            &manifest("spin-forever", "spin_forever.wasm", "[limits]\ntimeout_ms = 400"),
+        )
+        .bundle("counter", example_tool("counter"))
+        .config("[limits]\nmax_concurrent_calls = 4")
+        .start()
+        .await?;
+    let api = host.agent();
+    let sessions: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..8 {
+            v.push(api.session(json!({})).await?);
+        }
+        v
+    };
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let (api, sid) = (api.clone(), sessions[i % sessions.len()].clone());
+            tokio::spawn(async move { api.call(&sid, "spin-forever", json!({})).await })
+        })
+        .collect();
+    let (mut busy, mut done) = (0, 0);
+    for t in tasks {
+        let (status, body) = t.await??;
+        match status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(body["error"]["code"], "too_many_calls");
+                busy += 1;
+            }
+            StatusCode::OK => {
+                assert_eq!(body["error"]["code"], "timeout");
+                done += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(busy > 0 && done >= 4, "busy {busy}, done {done}");
+    let (_, ok) = api.call(&sessions[0], "counter", json!({})).await?;
+    assert_eq!(ok["status"], "succeeded", "the host recovered");
     Ok(())
 }

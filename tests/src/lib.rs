@@ -72,10 +72,13 @@ struct Bundle {
     files: Vec<(String, Vec<u8>)>,
 }
 
+type Setup = Box<dyn FnOnce(&Path) -> std::io::Result<()>>;
+
 #[derive(Default)]
 pub struct HostBuilder {
     bundles: Vec<Bundle>,
     config: String,
+    setup: Vec<Setup>,
 }
 
 impl HostBuilder {
@@ -102,6 +105,13 @@ impl HostBuilder {
     pub fn config(mut self, toml: &str) -> Self {
         self.config.push_str(toml);
         self.config.push('\n');
+        self
+    }
+
+    /// Runs `f` on the test folder after it is laid out (e.g. to write a
+    /// secret file the config names).
+    pub fn before_start(mut self, f: impl FnOnce(&Path) -> std::io::Result<()> + 'static) -> Self {
+        self.setup.push(Box::new(f));
         self
     }
 
@@ -146,6 +156,9 @@ impl HostBuilder {
             ));
         }
         std::fs::write(dir.join("bulkhead.toml"), config)?;
+        for f in self.setup {
+            f(&dir)?;
+        }
         Ok(dir)
     }
 

@@ -38,6 +38,10 @@ wasmtime::component::bindgen!({
 
 pub use bulkhead::tool as iface;
 
+/// Host resources (streams, pollables, HTTP handles) one call may hold: far
+/// above what a tool needs, far below what would exhaust host memory.
+pub const MAX_HANDLES: usize = 10_000;
+
 /// Captured stdout and stderr, each: enough to debug, too little to hurt.
 pub const MAX_STDIO_BYTES: usize = 64 * 1024;
 
@@ -129,10 +133,12 @@ impl HostState {
             denials: Arc::new(Mutex::new(Vec::new())),
             tool: env.tool.clone(),
         };
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
         HostState {
             env,
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter::new(memory_limit_bytes),
             state,
             logs: log::LogBuffer::default(),
