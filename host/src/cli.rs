@@ -59,6 +59,26 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Security review of tool bundles: the capability surface from the
+    /// manifest and the component's real WIT imports, and findings with a
+    /// severity, a stable id and a fix.
+    ///
+    /// PATH is a bundle folder or a folder of bundles. Exits 0 when clean,
+    /// 1 when a finding at or above --fail-on is present, 2 when a bundle
+    /// could not be reviewed.
+    Review {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// text (for people), json (stable schema), markdown (PR comments), sarif (code scanning).
+        #[arg(long, default_value = "text", value_parser = ["text", "json", "markdown", "sarif"])]
+        format: String,
+        /// The approved version of the bundle: report what changed since.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Lowest severity that fails the review: info, low, medium, high, critical.
+        #[arg(long, default_value = "high", value_parser = ["info", "low", "medium", "high", "critical"])]
+        fail_on: String,
+    },
     /// Check the audit trail.
     Audit {
         #[command(subcommand)]
@@ -103,6 +123,9 @@ pub fn main() -> ExitCode {
             Command::Tools { command: ToolsCommand::Check { config } } => tools_check(config.as_deref()),
             Command::Run { bundle, input, state_dir } => run(&bundle, &input, state_dir.as_deref()).await,
             Command::Audit { command: AuditCommand::Verify { config } } => audit_verify(config.as_deref()).await,
+            Command::Review { paths, format, baseline, fail_on } => {
+                review(&paths, &format, baseline.as_deref(), &fail_on)
+            }
         }
     });
     match result {
@@ -257,4 +280,48 @@ async fn audit_verify(config_path: Option<&Path>) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+fn review(paths: &[PathBuf], format: &str, baseline: Option<&Path>, fail_on: &str) -> Result<ExitCode> {
+    use crate::review::{self, ReviewError, Severity, render};
+    let fail_on = Severity::parse(fail_on).context("bad --fail-on")?;
+    let mut reviews = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let bundles = review::bundles_in(path);
+        if bundles.is_empty() {
+            errors.push(ReviewError {
+                file: path.display().to_string(),
+                message: "no tool.toml here or in its sub-folders".into(),
+            });
+        }
+        if baseline.is_some() && bundles.len() > 1 {
+            bail!("--baseline compares one bundle; {} holds {}", path.display(), bundles.len());
+        }
+        for bundle in bundles {
+            let result = match baseline {
+                Some(old) => review::review_with_baseline(&bundle, old),
+                None => review::review_bundle(&bundle),
+            };
+            match result {
+                Ok(r) => reviews.push(r),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    let out = match format {
+        "json" => render::json(&reviews, &errors),
+        "markdown" => render::markdown(&reviews, &errors),
+        "sarif" => render::sarif(&reviews, &errors),
+        _ => render::text(&reviews, &errors),
+    };
+    print!("{out}");
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: could not review {e}");
+        }
+        return Ok(ExitCode::from(2));
+    }
+    let failed = reviews.iter().filter_map(|r| r.worst()).any(|s| s >= fail_on);
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

@@ -13,6 +13,7 @@
 //! - [`grants`]: grants and their narrowing; pure code, no wasmtime.
 //! - [`netpolicy`]: which hosts and addresses a tool may reach; pure code.
 //! - [`auth`]: principals, bearer tokens, dev tokens.
+//! - [`review`]: the security review of bundles (`bulkhead review`).
 //! - [`runtime`]: the wasmtime engine, bundle loading, one call's sandbox.
 //! - [`caps`]: the host side of each `bulkhead:tool` interface, one per file.
 //! - [`store`]: SQLite persistence behind one writer thread (group commit).
@@ -29,6 +30,7 @@ pub mod grants;
 pub mod manifest;
 pub mod model;
 pub mod netpolicy;
+pub mod review;
 pub mod runtime;
 pub mod service;
 pub mod store;

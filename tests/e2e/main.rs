@@ -6,5 +6,6 @@ mod durability;
 mod files;
 mod loading;
 mod network;
+mod review;
 mod sandbox;
 mod workflows;

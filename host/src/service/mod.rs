@@ -54,6 +54,8 @@ pub struct Service {
     pub tools: BTreeMap<String, Arc<LoadedTool>>,
     pub principals: Principals,
     pub secrets: Arc<SecretStore>,
+    /// `bulkhead review` of each loaded tool: surface and findings count.
+    pub reviews: BTreeMap<String, serde_json::Value>,
     pub metrics: metrics::Metrics,
     call_slots: Arc<Semaphore>,
     /// One lock per (session, tool): calls that share state run in order.
@@ -100,6 +102,7 @@ impl Service {
             loaded.into_iter().map(|t| (t.manifest.name.clone(), Arc::new(t))).collect();
         let allow_private = config.network.allow_private.iter().filter_map(|c| crate::grants::parse_cidr(c)).collect();
         let metrics = metrics::Metrics::new(tools.keys());
+        let reviews = tools.iter().map(|(name, t)| (name.clone(), review_summary(&t.bundle))).collect();
         let service = Arc::new(Service {
             call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls as usize)),
             config,
@@ -109,6 +112,7 @@ impl Service {
             principals,
             secrets,
             metrics,
+            reviews,
             tool_locks: Mutex::new(HashMap::new()),
             finished: broadcast::channel(1024).0,
             allow_private: Arc::new(allow_private),
@@ -188,4 +192,21 @@ fn spawn_sweeper(service: &Arc<Service>) {
             }
         }
     });
+}
+
+/// The review of a loaded bundle, as `GET /v1/tools` shows it.
+fn review_summary(bundle: &std::path::Path) -> serde_json::Value {
+    match crate::review::review_bundle(bundle) {
+        Ok(r) => {
+            let count = |s: crate::review::Severity| r.findings.iter().filter(|f| f.severity == s).count();
+            use crate::review::Severity::*;
+            serde_json::json!({
+                "surface": r.surface,
+                "worst": r.worst().map(|s| s.as_str()),
+                "findings": { "critical": count(Critical), "high": count(High), "medium": count(Medium), "low": count(Low), "info": count(Info) },
+                "ids": r.findings.iter().map(|f| f.id).collect::<Vec<_>>(),
+            })
+        }
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
 }
