@@ -38,8 +38,13 @@ pub fn binary() -> PathBuf {
         return path.into();
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/e2e-… → target/<profile>/bulkhead
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("bulkhead");
+    // target/<profile>/deps/e2e-… (a test) or target/<profile>/loadgen (a
+    // bin) → target/<profile>/bulkhead
+    let dir = exe.parent().expect("target dir");
+    let bin = [dir.join("bulkhead"), dir.parent().expect("target dir").join("bulkhead")]
+        .into_iter()
+        .find(|b| b.exists())
+        .unwrap_or_else(|| dir.join("bulkhead"));
     assert!(bin.exists(), "{} is missing: build it first (scripts/test does)", bin.display());
     bin
 }

@@ -1,0 +1,111 @@
+//! In-process cost of one call, beside its floor, in the same run.
+//!
+//! - `floor`: instantiate the counter component and call it (a fresh Store
+//!   and instance, the one state read it makes), no commit.
+//! - `durable_call`: `Service::call` end to end: boundary and input checks,
+//!   the `running` record, the same instantiate + call, then the outcome,
+//!   state write, usage and audit events committed (WAL, synchronous=NORMAL).
+//! - `throughput_64_sessions`: 64 concurrent callers on 64 sessions; the
+//!   time per iteration is for 6,400 durable calls.
+//!
+//! Run: `cargo bench -p bulkhead --bench calls` (guest tools built first:
+//! `scripts/build-guests`). Results: docs/benchmarks.md.
+
+use bulkhead::auth::Principal;
+use bulkhead::caps::CallEnv;
+use bulkhead::config::Config;
+use bulkhead::service::calls::NewCall;
+use bulkhead::service::sessions::CreateSession;
+use bulkhead::service::{Service, ToolSource};
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Service>, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("bulkhead-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bundle = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest-tools/counter");
+    let mut config = Config::embedded();
+    config.data_dir = dir.clone();
+    config.principals = Some(Vec::new());
+    config.limits.max_concurrent_calls = 256;
+    let (service, report) = rt.block_on(Service::start_with(config, ToolSource::Bundle(bundle))).expect("service starts");
+    assert!(report.refused.is_empty(), "build the guest tools first (scripts/build-guests): {:?}", report.refused);
+    (service, dir)
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (service, dir) = setup(&rt);
+    let me = Principal::local("bench");
+    let session = rt.block_on(service.create_session(&me, CreateSession::default())).unwrap();
+    let tool = service.tools["counter"].clone();
+
+    let mut group = c.benchmark_group("call");
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("floor", |b| {
+        b.iter(|| {
+            let env = CallEnv {
+                session: session.id.clone(),
+                principal: "bench".into(),
+                tool: "counter".into(),
+                grant: Default::default(),
+                session_env: Default::default(),
+                db: service.db.clone(),
+                secrets: service.secrets.clone(),
+                state_quota_bytes: 1 << 20,
+                mounts: Vec::new(),
+                allow_private: Arc::new(Vec::new()),
+            };
+            rt.block_on(service.runtime.invoke(&tool, "{}", env))
+        })
+    });
+    group.bench_function("durable_call", |b| {
+        b.iter(|| {
+            let req = NewCall { tool: "counter".into(), input: json!({}), idempotency_key: None };
+            let reply = rt.block_on(service.call(&me, &session.id, req, Default::default())).unwrap();
+            assert_eq!(reply.call.status, bulkhead::model::CallStatus::Succeeded);
+        })
+    });
+    group.finish();
+
+    let sessions: Vec<String> =
+        (0..64).map(|_| rt.block_on(service.create_session(&me, CreateSession::default())).unwrap().id).collect();
+    let mut group = c.benchmark_group("throughput");
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group.bench_function("64_sessions_x_100_calls", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                rt.block_on(async {
+                    let tasks: Vec<_> = sessions
+                        .iter()
+                        .map(|sid| {
+                            let (service, sid, me) = (service.clone(), sid.clone(), me.clone());
+                            tokio::spawn(async move {
+                                for _ in 0..100 {
+                                    let req = NewCall { tool: "counter".into(), input: json!({}), idempotency_key: None };
+                                    service.call(&me, &sid, req, Default::default()).await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                });
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    group.finish();
+    drop(service);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+criterion_group!(calls, benches);
+criterion_main!(calls);
