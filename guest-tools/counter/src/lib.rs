@@ -3,28 +3,32 @@
 //! Input: `{"by": N?, "name": "..."?}` (defaults: by 1, name "default").
 //! Output: `{"name": ..., "value": N}` after adding `by`.
 
-use bulkhead_sdk::state;
-use serde_json::{Value, json};
+use bulkhead_sdk::{Tool, state};
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    by: Option<i64>,
+    name: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Output {
+    name: String,
+    value: i64,
+}
 
 struct Counter;
 
-impl bulkhead_sdk::Guest for Counter {
-    fn invoke(input: String) -> Result<String, String> {
-        let input: Value = serde_json::from_str(&input).map_err(|e| format!("bad input: {e}"))?;
-        let by = input.get("by").and_then(Value::as_i64).unwrap_or(1);
-        let name = input.get("name").and_then(Value::as_str).unwrap_or("default");
-        let key = format!("count/{name}");
+impl Tool for Counter {
+    type Input = Input;
+    type Output = Output;
 
-        let current = match state::get(&key) {
-            Some(bytes) => {
-                let text = String::from_utf8(bytes).map_err(|_| "corrupt counter".to_string())?;
-                text.parse::<i64>().map_err(|_| "corrupt counter".to_string())?
-            }
-            None => 0,
-        };
-        let value = current.checked_add(by).ok_or("counter overflow")?;
-        state::set(&key, value.to_string().as_bytes())?;
-        Ok(json!({ "name": name, "value": value }).to_string())
+    fn run(input: Input) -> Result<Output, String> {
+        let name = input.name.unwrap_or_else(|| "default".into());
+        let value = state::incr(&format!("count/{name}"), input.by.unwrap_or(1))?;
+        Ok(Output { name, value })
     }
 }
 
