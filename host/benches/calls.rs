@@ -31,7 +31,8 @@ fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Service>, PathBuf) {
     config.data_dir = dir.clone();
     config.principals = Some(Vec::new());
     config.limits.max_concurrent_calls = 256;
-    let (service, report) = rt.block_on(Service::start_with(config, ToolSource::Bundle(bundle))).expect("service starts");
+    let (service, report) =
+        rt.block_on(Service::start_with(config, ToolSource::Bundle(bundle))).expect("service starts");
     assert!(report.refused.is_empty(), "build the guest tools first (scripts/build-guests): {:?}", report.refused);
     (service, dir)
 }
@@ -87,7 +88,8 @@ fn benches(c: &mut Criterion) {
                             let (service, sid, me) = (service.clone(), sid.clone(), me.clone());
                             tokio::spawn(async move {
                                 for _ in 0..100 {
-                                    let req = NewCall { tool: "counter".into(), input: json!({}), idempotency_key: None };
+                                    let req =
+                                        NewCall { tool: "counter".into(), input: json!({}), idempotency_key: None };
                                     service.call(&me, &sid, req, Default::default()).await.unwrap();
                                 }
                             })

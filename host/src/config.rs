@@ -182,8 +182,20 @@ pub struct Config {
 
 impl Config {
     /// The embedded defaults (contract §2): loopback, `./bulkhead-data`, the
-    /// example tools, generated dev tokens.
+    /// example tools, generated dev tokens. The example tools' volumes are
+    /// the financial-audit scenario's ledgers (read-only) and an
+    /// adjustments folder in the data folder (read-write).
     pub fn embedded() -> Config {
+        let volumes = BTreeMap::from([
+            (
+                "ledger".to_string(),
+                VolumeConfig { path: "./examples/financial-audit/ledgers".into(), access: Access::ReadOnly },
+            ),
+            (
+                "adjustments".to_string(),
+                VolumeConfig { path: "./bulkhead-data/adjustments".into(), access: Access::ReadWrite },
+            ),
+        ]);
         Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             data_dir: DEFAULT_DATA_DIR.into(),
@@ -191,7 +203,7 @@ impl Config {
             limits: Limits::default(),
             network: NetworkConfig::default(),
             secrets: BTreeMap::new(),
-            volumes: BTreeMap::new(),
+            volumes,
             approvals: ApprovalsConfig::default(),
             sessions: SessionsConfig::default(),
             principals: None,

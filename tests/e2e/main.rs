@@ -8,4 +8,5 @@ mod loading;
 mod network;
 mod review;
 mod sandbox;
+mod scenario;
 mod workflows;

@@ -87,6 +87,13 @@ impl Service {
             }
         };
         let secrets = Arc::new(SecretStore::load(&config.secrets).map_err(anyhow::Error::msg)?);
+        // A read-write volume inside the data folder (the embedded defaults'
+        // adjustments journal) is created on start; others are the operator's.
+        for v in config.volumes.values() {
+            if v.access == crate::grants::Access::ReadWrite && v.path.starts_with(&config.data_dir) {
+                let _ = std::fs::create_dir_all(&v.path);
+            }
+        }
         let db = Arc::new(Db::open(&config.data_dir, Durability::Normal)?);
         let runtime = Runtime::new(&config.limits, Some(&config.data_dir.join("cache")))?;
         let (loaded, refused) = match &source {

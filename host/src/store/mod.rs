@@ -231,7 +231,11 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
             continue;
         }
         let (ok, done) = job(Some(conn));
-        let end = if ok { control(conn, "RELEASE job") } else { control(conn, "ROLLBACK TO job").and_then(|_| control(conn, "RELEASE job")) };
+        let end = if ok {
+            control(conn, "RELEASE job")
+        } else {
+            control(conn, "ROLLBACK TO job").and_then(|_| control(conn, "RELEASE job"))
+        };
         if let Err(e) = end {
             tracing::error!("cannot end a savepoint: {e}");
         }

@@ -21,7 +21,8 @@ impl Run {
     fn report(&self, name: &str) -> f64 {
         let mut l = self.latencies.clone();
         l.sort();
-        let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
+        let pct =
+            |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
         let rate = self.requests as f64 / self.elapsed.as_secs_f64();
         println!(
             "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
