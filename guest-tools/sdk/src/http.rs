@@ -9,6 +9,8 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The body was cut at the request's `max_body`.
+    pub truncated: bool,
 }
 
 impl Response {
@@ -37,19 +39,41 @@ pub struct Request {
 }
 
 pub fn get(url: &str) -> Request {
-    Request { method: Method::Get, url: url.into(), headers: Vec::new(), body: None, max_body: DEFAULT_MAX_BODY }
+    request("GET", url)
 }
 
 pub fn post(url: &str, body: impl Into<Vec<u8>>) -> Request {
-    Request { method: Method::Post, url: url.into(), headers: Vec::new(), body: Some(body.into()), max_body: DEFAULT_MAX_BODY }
+    request("POST", url).body(body)
+}
+
+/// A request with any method (`GET`, `PUT`, `PATCH`, ...).
+pub fn request(method: &str, url: &str) -> Request {
+    let method = match method.to_ascii_uppercase().as_str() {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "HEAD" => Method::Head,
+        "PATCH" => Method::Patch,
+        "OPTIONS" => Method::Options,
+        other => Method::Other(other.to_string()),
+    };
+    Request { method, url: url.into(), headers: Vec::new(), body: None, max_body: DEFAULT_MAX_BODY }
 }
 
 impl Request {
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.into(), value.into()));
         self
     }
 
+    /// Reads at most this many bytes of the response body; the rest is
+    /// dropped and the response marked `truncated`.
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
@@ -96,11 +120,14 @@ impl Request {
         let incoming = response.consume().map_err(|_| "response body unavailable")?;
         let stream = incoming.stream().map_err(|_| "response body unavailable")?;
         let mut body = Vec::new();
+        let mut truncated = false;
         loop {
             match stream.blocking_read(16 * 1024) {
                 Ok(chunk) => {
                     if body.len() + chunk.len() > self.max_body {
-                        return Err(format!("response body over {} bytes", self.max_body));
+                        body.extend_from_slice(&chunk[..self.max_body - body.len()]);
+                        truncated = true;
+                        break;
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -108,6 +135,6 @@ impl Request {
                 Err(e) => return Err(format!("reading the body: {e:?}")),
             }
         }
-        Ok(Response { status: response.status(), headers, body })
+        Ok(Response { status: response.status(), headers, body, truncated })
     }
 }
