@@ -60,6 +60,12 @@ async fn broken_bundles_are_refused_by_name_and_the_rest_still_serve() -> anyhow
     let counter = &tools["tools"][0];
     assert!(counter["digest"].as_str().unwrap().starts_with("sha256:"));
     assert!(counter["imports"].as_array().unwrap().iter().any(|i| i == "bulkhead:tool/state@0.1.0"));
+    assert_eq!(counter["review"]["surface"][0], "may read and write its own state in each session");
+    assert!(
+        counter["review"]["ids"].as_array().unwrap().iter().any(|id| id == "BH050"),
+        "unpinned: {}",
+        counter["review"]
+    );
     let sid = api.session(json!({})).await?;
     let (status, call) = api.call(&sid, "counter", json!({})).await?;
     assert_eq!((status, call["status"].as_str()), (StatusCode::OK, Some("succeeded")));

@@ -342,3 +342,26 @@ async fn metrics_and_usage_account_for_every_call() -> anyhow::Result<()> {
     assert_eq!(lines.len(), agent.audit_kinds(&sid).await?.len());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_retry_during_the_first_call_waits_for_it_and_runs_nothing_twice() -> anyhow::Result<()> {
+    let slow = "name = \"spin-forever\"\nversion = \"0.0.0\"\ncomponent = \"spin_forever.wasm\"\n[limits]\ntimeout_ms = 1500\n";
+    let host = TestHost::builder().bundle_with_manifest("spin", test_program("spin-forever"), slow).start().await?;
+    let agent = host.agent();
+    let sid = agent.session(json!({})).await?;
+    let body = json!({"tool": "spin-forever", "input": {}, "idempotency_key": "once"});
+    let path = format!("/v1/sessions/{sid}/calls");
+    let first = {
+        let (agent, path, body) = (agent.clone(), path.clone(), body.clone());
+        tokio::spawn(async move { agent.post(&path, body).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, retry) = agent.post(&path, body).await?;
+    let (_, first) = first.await??;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(retry["id"], first["id"], "the retry got the first call");
+    assert_eq!(retry["status"], "trapped", "and waited for it to finish: {retry}");
+    let (_, list) = agent.get(&path).await?;
+    assert_eq!(list["calls"].as_array().unwrap().len(), 1, "the tool ran once");
+    Ok(())
+}
