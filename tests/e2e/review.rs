@@ -254,7 +254,7 @@ fn every_format_matches_its_golden_output() -> anyhow::Result<()> {
 }
 
 fn normalize(out: &str, dir: &str) -> String {
-    let mut s = out.replace(dir, "<dir>");
+    let s = out.replace(dir, "<dir>");
     // sha256 digests and 64-hex pins vary with the toolchain that built the guests.
     let mut result = String::with_capacity(s.len());
     let bytes: Vec<char> = s.chars().collect();
@@ -272,6 +272,5 @@ fn normalize(out: &str, dir: &str) -> String {
             i += 1;
         }
     }
-    s = result;
-    s
+    result
 }
