@@ -31,6 +31,10 @@ fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Service>, PathBuf) {
     config.data_dir = dir.clone();
     config.principals = Some(Vec::new());
     config.limits.max_concurrent_calls = 256;
+    // BULKHEAD_BENCH_DURABILITY=full measures fsync-on-commit.
+    if std::env::var("BULKHEAD_BENCH_DURABILITY").as_deref() == Ok("full") {
+        config.storage.durability = bulkhead::config::DurabilityMode::Full;
+    }
     let (service, report) =
         rt.block_on(Service::start_with(config, ToolSource::Bundle(bundle))).expect("service starts");
     assert!(report.refused.is_empty(), "build the guest tools first (scripts/build-guests): {:?}", report.refused);

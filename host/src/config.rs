@@ -96,6 +96,24 @@ pub struct VolumeConfig {
     pub access: Access,
 }
 
+/// How commits reach the disk (an extension of contract §3).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `normal` (default: WAL, survives a crash of the process) or `full`
+    /// (fsync on every commit: also survives power loss).
+    #[serde(default)]
+    pub durability: DurabilityMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    #[default]
+    Normal,
+    Full,
+}
+
 /// Session defaults (an extension of contract §3).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -161,6 +179,8 @@ struct RawConfig {
     #[serde(default)]
     sessions: SessionsConfig,
     #[serde(default)]
+    storage: StorageConfig,
+    #[serde(default)]
     principals: Vec<PrincipalConfig>,
 }
 
@@ -176,6 +196,7 @@ pub struct Config {
     pub volumes: BTreeMap<String, VolumeConfig>,
     pub approvals: ApprovalsConfig,
     pub sessions: SessionsConfig,
+    pub storage: StorageConfig,
     /// `None` on embedded defaults: a dev agent and a dev approver are made.
     pub principals: Option<Vec<PrincipalConfig>>,
 }
@@ -206,6 +227,7 @@ impl Config {
             volumes,
             approvals: ApprovalsConfig::default(),
             sessions: SessionsConfig::default(),
+            storage: StorageConfig::default(),
             principals: None,
         }
     }
@@ -276,6 +298,7 @@ impl Config {
             volumes,
             approvals: raw.approvals,
             sessions: raw.sessions,
+            storage: raw.storage,
             principals: Some(raw.principals),
         })
     }
@@ -352,6 +375,7 @@ mod tests {
         let cases = [
             ("lisen = \"x\"", "lisen"),
             ("[limits]\nmax_memory_gb = 1", "max_memory_gb"),
+            ("[storage]\ndurability = \"sometimes\"", "sometimes"),
             ("[limits]\nmax_timeout_ms = 0", "limits.max_timeout_ms"),
             ("[limits]\nmax_timeout_ms = -5", "max_timeout_ms"),
             ("listen = \"localhost\"", "listen"),

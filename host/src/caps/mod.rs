@@ -36,7 +36,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use bulkhead::tool as iface;
+pub use self::bulkhead::tool as iface;
 
 /// Host resources (streams, pollables, HTTP handles) one call may hold: far
 /// above what a tool needs, far below what would exhaust host memory.

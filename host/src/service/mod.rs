@@ -94,7 +94,11 @@ impl Service {
                 let _ = std::fs::create_dir_all(&v.path);
             }
         }
-        let db = Arc::new(Db::open(&config.data_dir, Durability::Normal)?);
+        let durability = match config.storage.durability {
+            crate::config::DurabilityMode::Normal => Durability::Normal,
+            crate::config::DurabilityMode::Full => Durability::Full,
+        };
+        let db = Arc::new(Db::open(&config.data_dir, durability)?);
         let runtime = Runtime::new(&config.limits, Some(&config.data_dir.join("cache")))?;
         let (loaded, refused) = match &source {
             ToolSource::Dir(dir) => runtime.load_dir(dir, &config.limits),
