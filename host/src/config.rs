@@ -204,14 +204,15 @@ pub struct Config {
 impl Config {
     /// The embedded defaults (contract §2): loopback, `./bulkhead-data`, the
     /// example tools, generated dev tokens. The example tools' volumes are
-    /// the financial-audit scenario's ledgers (read-only) and an
-    /// adjustments folder in the data folder (read-write).
+    /// the financial-audit scenario's ledgers and the project's docs
+    /// (read-only) and an adjustments folder in the data folder (read-write).
     pub fn embedded() -> Config {
         let volumes = BTreeMap::from([
             (
                 "ledger".to_string(),
                 VolumeConfig { path: "./examples/financial-audit/ledgers".into(), access: Access::ReadOnly },
             ),
+            ("docs".to_string(), VolumeConfig { path: "./docs".into(), access: Access::ReadOnly }),
             (
                 "adjustments".to_string(),
                 VolumeConfig { path: "./bulkhead-data/adjustments".into(), access: Access::ReadWrite },

@@ -191,7 +191,7 @@ mod tests {
         let cases = [
             (format!("name = \"t\"\n{base}colour = \"red\""), "colour"),
             (format!("name = \"T!\"\n{base}"), "name"),
-            (format!("{base}"), "name"),
+            (base.to_string(), "name"),
             ("name = \"t\"\nversion = \"1\"\ncomponent = \"../../etc/passwd\"".to_string(), "component"),
             ("name = \"t\"\nversion = \"1\"\ncomponent = \"/abs.wasm\"".to_string(), "component"),
             (format!("name = \"t\"\n{base}sha256 = \"abc\""), "sha256"),

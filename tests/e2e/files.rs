@@ -176,3 +176,27 @@ async fn a_volume_the_config_lacks_refuses_the_bundle() -> anyhow::Result<()> {
     assert!(stderr.lines().any(|l| l.contains("fs-probe/tool.toml") && l.contains("volume \"ledger\"")), "{stderr}");
     Ok(())
 }
+
+#[tokio::test]
+async fn file_search_finds_lines_in_its_read_only_mount_only() -> anyhow::Result<()> {
+    let docs = std::env::temp_dir().join(format!("bulkhead-docs-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(docs.join("sub"))?;
+    std::fs::write(docs.join("a.md"), "intro\nthe Needle is here\n")?;
+    std::fs::write(docs.join("sub/b.txt"), "another needle\nnothing\n")?;
+    let config = format!("[volumes]\ndocs = {{ path = \"{}\", access = \"read-only\" }}", docs.display());
+    let host = TestHost::builder().bundle("file-search", example_tool("file-search")).config(&config).start().await?;
+    let api = host.agent();
+    let sid = api.session(json!({})).await?;
+    let (_, call) = api.call(&sid, "file-search", json!({"query": "needle"})).await?;
+    assert_eq!(call["status"], "succeeded", "{call}");
+    let found: Vec<(String, u64)> = call["output"]["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["path"].as_str().unwrap().to_string(), m["line"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(found, [("/docs/a.md".to_string(), 2), ("/docs/sub/b.txt".to_string(), 1)]);
+    assert_eq!(call["output"]["files_searched"], 2);
+    std::fs::remove_dir_all(docs)?;
+    Ok(())
+}

@@ -51,7 +51,9 @@ fn each_bundle_produces_exactly_its_findings() -> anyhow::Result<()> {
     let counter = example_tool("counter");
     let pin = digest(&counter.join("counter.wasm"));
     let exfil = test_program("exfil-probe");
-    let table: Vec<(&str, PathBuf, &str, String, Vec<&str>, i32)> = vec![
+    // (bundle, component source, wasm file, manifest, finding ids, exit code)
+    type Case = (&'static str, PathBuf, &'static str, String, Vec<&'static str>, i32);
+    let table: Vec<Case> = vec![
         (
             "well-scoped",
             counter.clone(),
