@@ -168,3 +168,16 @@ async fn a_tool_holding_a_secret_cannot_send_it_to_an_ungranted_host() -> anyhow
     assert_eq!(events(&api, &sid, "capability_denied").await?.len(), 3);
     Ok(())
 }
+
+#[tokio::test]
+async fn refused_requests_are_denials_not_egress() -> anyhow::Result<()> {
+    let host = host_with(&["127.0.0.1:9".to_string()], false).await?;
+    let api = host.agent();
+    let sid = api.session(json!({})).await?;
+    let call = fetch(&api, &sid, json!({"url": "http://127.0.0.1:9/"})).await?;
+    assert_eq!(call["status"], "failed");
+    assert_eq!(call["usage"]["egress_requests"], 0);
+    assert!(events(&api, &sid, "egress").await?.is_empty());
+    assert_eq!(events(&api, &sid, "capability_denied").await?.len(), 1);
+    Ok(())
+}

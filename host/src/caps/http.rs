@@ -33,7 +33,8 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response body a tool may read, so a hostile server cannot
 /// exhaust host memory through buffering.
 pub const MAX_RESPONSE_BYTES: u64 = 16 << 20;
-/// Requests one call may send.
+/// Requests one call may attempt (refused ones included, so a guest cannot
+/// spin the resolver).
 pub const MAX_REQUESTS_PER_CALL: usize = 64;
 
 /// One outbound request, completed as its response body is read.
@@ -55,6 +56,7 @@ pub struct Egress {
     pub records: Arc<Mutex<Vec<Arc<EgressRecord>>>>,
     pub denials: Arc<Mutex<Vec<AuditNote>>>,
     pub tool: String,
+    pub attempts: usize,
 }
 
 fn forbidden(name: &http::HeaderName) -> bool {
@@ -90,7 +92,8 @@ impl WasiHttpHooks for Egress {
         let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let target = format!("{host}:{port}");
-        if self.records.lock().expect("records lock").len() >= MAX_REQUESTS_PER_CALL {
+        self.attempts += 1;
+        if self.attempts > MAX_REQUESTS_PER_CALL {
             self.deny(&target, "too many requests in one call");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
@@ -108,7 +111,7 @@ impl WasiHttpHooks for Egress {
             started: Instant::now(),
             finished_ms: AtomicU64::new(0),
         });
-        self.records.lock().expect("records lock").push(record.clone());
+        let records = self.records.clone();
         let allow_private = self.allow_private.clone();
         let denials = self.denials.clone();
         let tool = self.tool.clone();
@@ -123,6 +126,8 @@ impl WasiHttpHooks for Egress {
                     return Err(Error::DestinationIpProhibited);
                 }
             };
+            // Only a request that goes to a checked address is egress.
+            records.lock().expect("records lock").push(record.clone());
             send_to(addr, &host, https, request, options, record).await
         })
     }

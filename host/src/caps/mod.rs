@@ -132,6 +132,7 @@ impl HostState {
             records: Arc::new(Mutex::new(Vec::new())),
             denials: Arc::new(Mutex::new(Vec::new())),
             tool: env.tool.clone(),
+            attempts: 0,
         };
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_HANDLES);

@@ -236,6 +236,9 @@ impl Service {
         let done = call.clone();
         self.db
             .write(move |c| {
+                // First, so a session deleted while the call ran is a clean
+                // NotFound before anything else is touched.
+                sessions::bump_version(c, &call.session)?;
                 calls::finish(c, &call)?;
                 for note in &notes {
                     audit::append(c, &call.session, note.kind, &actor, Some(&call.id), note.data.clone())?;
@@ -249,8 +252,7 @@ impl Service {
                 let data = json!({ "tool": call.tool, "status": call.status, "error": call.error.as_ref().map(|e| &e.code), "usage": call.usage });
                 audit::append(c, &call.session, "call_finished", &actor, Some(&call.id), data)?;
                 sessions::add_usage(c, &call.session, &call.usage)?;
-                sessions::bump_version(c, &call.session)?;
-                Ok(())
+                                Ok(())
             })
             .await
             .map_err(|e| match e {
