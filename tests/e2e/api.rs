@@ -120,6 +120,7 @@ async fn bad_requests_get_the_documented_4xx_and_nothing_runs() -> anyhow::Resul
         (api.request(Method::GET, "/v1/sessions/not-an-id"), StatusCode::NOT_FOUND, "session_not_found"),
         (api.request(Method::GET, &format!("{calls}/not-an-id")), StatusCode::NOT_FOUND, "call_not_found"),
         (api.request(Method::GET, "/v1/nothing-here"), StatusCode::NOT_FOUND, "not_found"),
+        (api.request(Method::GET, "/v1/sessions/%FF%FE"), StatusCode::NOT_FOUND, "not_found"),
         (api.request(Method::PUT, "/v1/sessions"), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         (
             api.request(Method::POST, "/v1/sessions").json(&json!({"tools": ["missing"]})),

@@ -252,6 +252,9 @@ async fn a_granted_secret_is_readable_but_never_stored() -> anyhow::Result<()> {
     assert_eq!(call["status"], "succeeded", "{call}");
     assert_eq!(call["output"]["echo"], "[REDACTED:API_TOKEN]");
     assert_eq!(call["output"]["nested"]["again"], "x[REDACTED:API_TOKEN]x");
+    let state = api.state(&sid, "secret-echo").await?;
+    assert_eq!(state.get("cached").map(String::as_str), Some("[REDACTED:API_TOKEN]"), "{state:?}");
+    assert!(state.contains_key("key-[REDACTED:API_TOKEN]"), "{state:?}");
     let (_, failed) = api.call(&sid, "secret-echo", json!({"name": "API_TOKEN", "fail": true})).await?;
     assert_eq!(failed["error"]["message"], "failing with [REDACTED:API_TOKEN]");
     let (_, denied) = api.call(&sid, "secret-echo", json!({"name": "GITHUB_TOKEN"})).await?;

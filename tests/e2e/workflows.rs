@@ -107,6 +107,9 @@ async fn four_eyes_an_approver_cannot_decide_its_own_sessions_calls() -> anyhow:
     assert_eq!(list["approvals"], json!([]), "its own calls are not offered to it");
     let (status, body) = both.post(&format!("/v1/approvals/{cid}"), json!({"decision": "approve"})).await?;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("four_eyes")));
+    // An approver without the agent role cannot open sessions or call tools.
+    let (status, body) = host.api(APPROVER).post("/v1/sessions", json!({})).await?;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("role_required")));
     // A session can ask for approval on a tool whose manifest does not.
     let sid = host.agent().session(json!({"approval_required": ["counter"]})).await?;
     let (status, call) = host.agent().call(&sid, "counter", json!({})).await?;

@@ -1,11 +1,11 @@
 //! `/v1/sessions/{sid}/calls` and `/v1/sessions/{sid}/state/{tool}`.
 
 use super::error::ApiError;
-use super::extract::{Body, Caller, Query};
+use super::extract::{Body, Caller, Path, Query};
 use crate::service::Service;
 use crate::service::calls::{CallOptions, NewCall};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;

@@ -73,3 +73,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
             .map_err(|e: QueryRejection| ApiError::bad_request(e.body_text()))
     }
 }
+
+/// Path parameters: a malformed one (bad percent-encoding) answers 404 with
+/// the contract's body, like an unknown id.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource"))
+    }
+}

@@ -1,12 +1,12 @@
 //! `/v1/sessions` and `/v1/sessions/{sid}/messages`.
 
 use super::error::ApiError;
-use super::extract::{Body, Caller, Query};
+use super::extract::{Body, Caller, Path, Query};
 use crate::service::Service;
 use crate::service::approvals::Decision;
 use crate::service::sessions::{CreateSession, Narrowing, NewMessage};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};

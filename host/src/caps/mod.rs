@@ -177,6 +177,21 @@ impl HostState {
         text
     }
 
+    /// [`redact`](Self::redact) for bytes (state values): UTF-8 text as
+    /// text, anything else by raw byte match.
+    pub fn redact_bytes(&self, bytes: Vec<u8>) -> Vec<u8> {
+        match String::from_utf8(bytes) {
+            Ok(text) => self.redact(text).into_bytes(),
+            Err(e) => {
+                let mut bytes = e.into_bytes();
+                for (name, value) in &self.secrets_read {
+                    bytes = replace_bytes(&bytes, value.as_bytes(), format!("[REDACTED:{name}]").as_bytes());
+                }
+                bytes
+            }
+        }
+    }
+
     /// Egress records and network denials of the call, as audit notes, with
     /// the request and byte totals.
     pub fn take_egress(&mut self) -> (u64, u64) {
@@ -217,4 +232,22 @@ impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
+}
+
+fn replace_bytes(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    if needle.is_empty() {
+        return haystack.to_vec();
+    }
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out
 }

@@ -137,7 +137,18 @@ impl Runtime {
             .map(|l| LogLine { level: l.level, message: state.redact(l.message) })
             .collect();
         let succeeded = status == CallStatus::Succeeded;
-        let state_writes = if succeeded { std::mem::take(&mut state.state.writes) } else { BTreeMap::new() };
+        // Secrets never reach the database: not through state, not through
+        // the audit notes (a denied name or host may carry a secret too).
+        let writes = if succeeded { std::mem::take(&mut state.state.writes) } else { BTreeMap::new() };
+        let state_writes =
+            writes.into_iter().map(|(k, v)| (state.redact(k), v.map(|v| state.redact_bytes(v)))).collect();
+        let notes: Vec<AuditNote> = std::mem::take(&mut state.notes)
+            .into_iter()
+            .map(|n| AuditNote {
+                kind: n.kind,
+                data: serde_json::from_str(&state.redact(n.data.to_string())).unwrap_or(Value::Null),
+            })
+            .collect();
         Outcome {
             status,
             output,
@@ -152,7 +163,7 @@ impl Runtime {
             },
             logs,
             state_writes,
-            notes: std::mem::take(&mut state.notes),
+            notes,
         }
     }
 }

@@ -106,7 +106,10 @@ impl Service {
             call.status = CallStatus::Running;
             call.started_at = Some(now);
             self.record_decision(&call, &p.name, false).await?;
-            return self.clone().execute(call, session, requester, slot).await;
+            // Its own task, as in `call`: an approver who disconnects does not
+            // cancel the call half-way.
+            let task = tokio::spawn(self.clone().execute(call, session, requester, slot));
+            return task.await.map_err(|e| ServiceError::Unavailable(format!("call task failed: {e}")))?;
         }
         call.status = CallStatus::Rejected;
         call.finished_at = Some(now);

@@ -71,6 +71,7 @@ impl Service {
         req: NewCall,
         opts: CallOptions,
     ) -> Result<CallReply> {
+        super::sessions::require_agent(p)?;
         let session = self.owned_session(p, sid).await?;
         let tool = self.tools.get(&req.tool).cloned().ok_or_else(|| ServiceError::NotFound {
             code: "unknown_tool",
@@ -153,8 +154,16 @@ impl Service {
     ) -> Result<Call> {
         let lock = self.tool_lock(&session.id, &call.tool);
         let _turn = lock.lock().await;
-        let Some(tool) = self.tools.get(&call.tool).cloned() else {
-            return Err(ServiceError::not_found("tool"));
+        // The boundary as it stands now: a PATCH or DELETE may have come
+        // while this call waited its turn.
+        let Some(session) = self.db.read(|c| sessions::get(c, &session.id))? else {
+            return Err(ServiceError::not_found("session"));
+        };
+        let Some(tool) = self.tools.get(&call.tool).cloned().filter(|_| session.tools.contains_key(&call.tool)) else {
+            return Err(ServiceError::forbidden(
+                "tool_not_allowed",
+                "the tool left the session's boundary before the call ran",
+            ));
         };
         let grant = session.tools.get(&call.tool).map(|b| b.grants.clone()).unwrap_or_default();
         let mounts = self.mounts(&session.id, &grant);

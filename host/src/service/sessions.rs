@@ -75,6 +75,16 @@ fn label_key_ok(k: &str) -> bool {
     (1..=64).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
 }
 
+/// Sessions, messages and calls are for principals with role `agent` (or
+/// `admin`); an approver only decides.
+pub(super) fn require_agent(p: &Principal) -> Result<()> {
+    if p.has_role(crate::config::Role::Agent) || p.is_admin() {
+        Ok(())
+    } else {
+        Err(ServiceError::forbidden("role_required", "only principals with role agent use sessions and tools"))
+    }
+}
+
 fn role_ok(role: &str) -> bool {
     (1..=32).contains(&role.len()) && role.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-')
 }
@@ -104,6 +114,7 @@ impl Service {
     }
 
     pub async fn create_session(&self, p: &Principal, req: CreateSession) -> Result<Session> {
+        require_agent(p)?;
         let names: Vec<String> = match req.tools {
             Some(list) => {
                 for name in &list {
@@ -156,7 +167,9 @@ impl Service {
                     .narrow(spec)
                     .map_err(|e| ServiceError::forbidden("grant_widening", format!("grants.{name}: {e}")))?;
             }
-            let approval_required = tool.manifest.approval.required || req.approval_required.contains(name);
+            let approval_required = tool.manifest.approval.required
+                || p.approval_required.iter().any(|t| t == name || t == "*")
+                || req.approval_required.contains(name);
             tools.insert(name.clone(), ToolBoundary { grants: grant, approval_required });
         }
         let session = Session {
@@ -211,6 +224,7 @@ impl Service {
     }
 
     pub async fn append_message(&self, p: &Principal, sid: &str, m: NewMessage) -> Result<Message> {
+        require_agent(p)?;
         if !role_ok(&m.role) {
             return Err(ServiceError::bad_request("role must be 1 to 32 characters of a-z, _ or -"));
         }
@@ -264,7 +278,11 @@ impl Service {
         n: Narrowing,
         if_match: Option<i64>,
     ) -> Result<Session> {
+        require_agent(p)?;
         let mut session = self.owned_session(p, sid).await?;
+        // The new boundary is computed from this read: commit it only if the
+        // session has not changed since, so two PATCHes cannot undo each other.
+        let if_match = Some(if_match.unwrap_or(session.version));
         let mut tools = session.tools.clone();
         if let Some(keep) = &n.tools {
             if let Some(extra) = keep.iter().find(|t| !tools.contains_key(*t)) {

@@ -1,5 +1,5 @@
 //! Reads a granted secret and tries every way to make the host store it:
-//! output, error, log line, stdout, stderr. The host must redact the value
+//! output, error, log line, stdout, stderr, a state value, a state key. The host must redact the value
 //! everywhere it keeps anything.
 //!
 //! Input: `{"name": "...", "fail": bool}`.
@@ -15,6 +15,8 @@ impl bulkhead_sdk::Guest for SecretEcho {
         let name = input["name"].as_str().unwrap_or("API_TOKEN");
         let value = bulkhead_sdk::secrets::get(name)?;
         bulkhead_sdk::info(&format!("the secret is {value}"));
+        bulkhead_sdk::state::set("cached", value.as_bytes())?;
+        bulkhead_sdk::state::set(&format!("key-{value}"), b"x")?;
         println!("stdout: {value}");
         let _ = writeln!(std::io::stderr(), "stderr: {value}");
         if input["fail"].as_bool().unwrap_or(false) {
