@@ -368,3 +368,23 @@ async fn a_retry_during_the_first_call_waits_for_it_and_runs_nothing_twice() -> 
     assert_eq!(list["calls"].as_array().unwrap().len(), 1, "the tool ran once");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_principal_policy_can_require_approval() -> anyhow::Result<()> {
+    use sha2::Digest;
+    let token = "gated-agent-token-0000000001";
+    let principal = format!(
+        "[[principals]]\nname = \"gated-agent\"\ntoken_sha256 = \"{}\"\nroles = [\"agent\"]\ntools = [\"*\"]\napproval_required = [\"counter\"]\n",
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    );
+    let host = TestHost::builder().bundle("counter", example_tool("counter")).config(&principal).start().await?;
+    let gated = host.api(token);
+    let sid = gated.session(json!({})).await?;
+    let (status, call) = gated.call(&sid, "counter", json!({})).await?;
+    assert_eq!((status, call["status"].as_str()), (StatusCode::ACCEPTED, Some("pending_approval")), "{call}");
+    // Other principals' sessions are not affected.
+    let sid = host.agent().session(json!({})).await?;
+    let (status, _) = host.agent().call(&sid, "counter", json!({})).await?;
+    assert_eq!(status, StatusCode::OK);
+    Ok(())
+}
