@@ -38,10 +38,7 @@ fn require_approver(p: &Principal) -> Result<()> {
 }
 
 fn already_decided() -> ServiceError {
-    ServiceError::Conflict {
-        code: "already_decided",
-        message: "the call is not pending approval (already decided or expired)".into(),
-    }
+    StoreError::Rejected(Rejection::NotPending).into()
 }
 
 impl Service {
@@ -136,7 +133,7 @@ impl Service {
         self.db
             .write(move |c| {
                 if !calls::decide(c, &call)? {
-                    return Err(Rejection::IdempotencyConflict.into());
+                    return Err(Rejection::NotPending.into());
                 }
                 let approval = call.approval.as_ref();
                 let data = json!({
@@ -153,10 +150,7 @@ impl Service {
                 Ok(())
             })
             .await
-            .map_err(|e| match e {
-                StoreError::Rejected(Rejection::IdempotencyConflict) => already_decided(),
-                other => other.into(),
-            })
+            .map_err(ServiceError::from)
     }
 
     /// Ends pending calls older than the configured expiry. Returns how many.

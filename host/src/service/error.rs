@@ -62,6 +62,10 @@ impl From<StoreError> for ServiceError {
             StoreError::Unavailable(detail) => ServiceError::Unavailable(detail),
             StoreError::Rejected(Rejection::NotFound) => ServiceError::not_found("session"),
             StoreError::Rejected(Rejection::StaleVersion { current }) => ServiceError::StaleVersion { current },
+            StoreError::Rejected(Rejection::NotPending) => ServiceError::Conflict {
+                code: "already_decided",
+                message: "the call is not pending approval (already decided or expired)".into(),
+            },
             StoreError::Rejected(Rejection::IdempotencyConflict) => ServiceError::Conflict {
                 code: "idempotency_conflict",
                 message: "idempotency_key was already used with another tool or input".into(),

@@ -100,14 +100,13 @@ impl Service {
         };
         let db = Arc::new(Db::open(&config.data_dir, durability)?);
         let runtime = Runtime::new(&config.limits, Some(&config.data_dir.join("cache")))?;
-        let (loaded, refused) = match &source {
+        let (loaded, mut refused) = match &source {
             ToolSource::Dir(dir) => runtime.load_dir(dir, &config.limits),
             ToolSource::Bundle(bundle) => match runtime.load_bundle(bundle, &config.limits) {
                 Ok(tool) => (vec![tool], vec![]),
                 Err(e) => (vec![], vec![e]),
             },
         };
-        let (loaded, mut refused) = (loaded, refused);
         let loaded = workspace::check_volumes(loaded, &config.volumes, &mut refused);
         let tools: BTreeMap<String, Arc<LoadedTool>> =
             loaded.into_iter().map(|t| (t.manifest.name.clone(), Arc::new(t))).collect();

@@ -54,6 +54,8 @@ pub enum Rejection {
     },
     /// An idempotency key was reused with another tool or input.
     IdempotencyConflict,
+    /// A decision on a call that is no longer pending approval.
+    NotPending,
 }
 
 impl From<rusqlite::Error> for StoreError {
