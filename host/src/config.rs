@@ -133,6 +133,42 @@ pub struct ApprovalsConfig {
     pub expire_after_seconds: Option<u64>,
 }
 
+/// The MCP endpoint at `/mcp` (an extension of contract §3).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// Browser origins allowed to call `/mcp`, e.g. `"https://app.example.com:443"`.
+    /// Empty (the default): every request carrying an `Origin` header is
+    /// refused, which stops DNS-rebinding and cross-site requests; clients
+    /// that are not browsers send no `Origin`.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// `Host` values accepted on `/mcp`, e.g. `"tools.example.com"`. Empty
+    /// (the default): any host; the bearer token is the guard.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+impl McpConfig {
+    fn validate(&self) -> Result<(), String> {
+        for origin in &self.allowed_origins {
+            let ok = origin == "null"
+                || ["http://", "https://"].iter().any(|s| origin.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
+            if !ok || origin.len() > 255 {
+                return Err(format!(
+                    "mcp.allowed_origins: {origin:?} is not an origin like \"https://app.example.com:443\" or \"null\""
+                ));
+            }
+        }
+        for host in &self.allowed_hosts {
+            if host.is_empty() || host.len() > 255 || host.contains(['/', ' ']) {
+                return Err(format!("mcp.allowed_hosts: {host:?} is not a host or host:port"));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -181,6 +217,8 @@ struct RawConfig {
     #[serde(default)]
     storage: StorageConfig,
     #[serde(default)]
+    mcp: McpConfig,
+    #[serde(default)]
     principals: Vec<PrincipalConfig>,
 }
 
@@ -197,6 +235,7 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     pub sessions: SessionsConfig,
     pub storage: StorageConfig,
+    pub mcp: McpConfig,
     /// `None` on embedded defaults: a dev agent and a dev approver are made.
     pub principals: Option<Vec<PrincipalConfig>>,
 }
@@ -229,6 +268,7 @@ impl Config {
             approvals: ApprovalsConfig::default(),
             sessions: SessionsConfig::default(),
             storage: StorageConfig::default(),
+            mcp: McpConfig::default(),
             principals: None,
         }
     }
@@ -258,6 +298,7 @@ impl Config {
         if raw.approvals.expire_after_seconds == Some(0) {
             return Err("approvals.expire_after_seconds must be above 0".into());
         }
+        raw.mcp.validate()?;
         for cidr in &raw.network.allow_private {
             crate::grants::parse_cidr(cidr)
                 .ok_or_else(|| format!("network.allow_private: {cidr:?} is not a CIDR like \"10.0.0.0/8\""))?;
@@ -300,6 +341,7 @@ impl Config {
             approvals: raw.approvals,
             sessions: raw.sessions,
             storage: raw.storage,
+            mcp: raw.mcp,
             principals: Some(raw.principals),
         })
     }

@@ -19,6 +19,7 @@
 //! - [`store`]: SQLite persistence behind one writer thread (group commit).
 //! - [`service`]: the operations the API and the CLI share (sessions, calls).
 //! - [`api`]: the axum HTTP API; maps errors to the contract's error body.
+//! - [`mcp`]: the same sessions over the Model Context Protocol (`/mcp`, stdio bridge).
 //! - [`cli`]: the `bulkhead` commands.
 
 pub mod api;
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod grants;
 pub mod manifest;
+pub mod mcp;
 pub mod model;
 pub mod netpolicy;
 pub mod review;

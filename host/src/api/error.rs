@@ -36,22 +36,20 @@ impl IntoResponse for ApiError {
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> ApiError {
-        let message = e.to_string();
-        match e {
-            ServiceError::BadRequest { code, .. } => ApiError::new(StatusCode::BAD_REQUEST, code, message),
-            ServiceError::Unauthorized => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message),
-            ServiceError::Forbidden { code, .. } => ApiError::new(StatusCode::FORBIDDEN, code, message),
-            ServiceError::NotFound { code, .. } => ApiError::new(StatusCode::NOT_FOUND, code, message),
-            ServiceError::Gone { code, .. } => ApiError::new(StatusCode::GONE, code, message),
-            ServiceError::Conflict { code, .. } => ApiError::new(StatusCode::CONFLICT, code, message),
-            ServiceError::StaleVersion { .. } => {
-                ApiError::new(StatusCode::PRECONDITION_FAILED, "stale_version", message)
-            }
-            ServiceError::Busy => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_calls", message),
+        let status = match &e {
+            ServiceError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ServiceError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ServiceError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ServiceError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ServiceError::Gone { .. } => StatusCode::GONE,
+            ServiceError::Conflict { .. } => StatusCode::CONFLICT,
+            ServiceError::StaleVersion { .. } => StatusCode::PRECONDITION_FAILED,
+            ServiceError::Busy => StatusCode::TOO_MANY_REQUESTS,
             ServiceError::Unavailable(detail) => {
                 tracing::error!("storage unavailable: {detail}");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message)
+                StatusCode::SERVICE_UNAVAILABLE
             }
-        }
+        };
+        ApiError::new(status, e.code(), e.to_string())
     }
 }

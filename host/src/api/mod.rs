@@ -37,6 +37,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/tools", get(system::tools))
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
+        .merge(crate::mcp::router(service.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -54,6 +54,21 @@ impl ServiceError {
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
         ServiceError::Forbidden { code, message: message.into() }
     }
+
+    /// The contract's error code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServiceError::BadRequest { code, .. }
+            | ServiceError::Forbidden { code, .. }
+            | ServiceError::NotFound { code, .. }
+            | ServiceError::Gone { code, .. }
+            | ServiceError::Conflict { code, .. } => code,
+            ServiceError::Unauthorized => "unauthorized",
+            ServiceError::StaleVersion { .. } => "stale_version",
+            ServiceError::Busy => "too_many_calls",
+            ServiceError::Unavailable(_) => "storage_unavailable",
+        }
+    }
 }
 
 impl From<StoreError> for ServiceError {

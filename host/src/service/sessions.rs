@@ -77,7 +77,7 @@ fn label_key_ok(k: &str) -> bool {
 
 /// Sessions, messages and calls are for principals with role `agent` (or
 /// `admin`); an approver only decides.
-pub(super) fn require_agent(p: &Principal) -> Result<()> {
+pub(crate) fn require_agent(p: &Principal) -> Result<()> {
     if p.has_role(crate::config::Role::Agent) || p.is_admin() {
         Ok(())
     } else {

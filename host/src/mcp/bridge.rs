@@ -1,0 +1,1 @@
+//! stdio bridge (below)
