@@ -79,6 +79,23 @@ enum Command {
         #[arg(long, default_value = "high", value_parser = ["info", "low", "medium", "high", "critical"])]
         fail_on: String,
     },
+    /// Bridge a local MCP client on stdio to a running host's /mcp.
+    ///
+    /// Desktop assistants launch MCP servers as subprocesses; this command
+    /// is that subprocess. It speaks for the session given with --session,
+    /// or for a new session with the principal's default boundary, created
+    /// on first use and named on stderr.
+    Mcp {
+        /// The host, e.g. http://127.0.0.1:7070 (the path defaults to /mcp).
+        #[arg(long)]
+        connect: String,
+        /// The environment variable holding the agent's bearer token.
+        #[arg(long)]
+        token_env: String,
+        /// An existing session of the principal to speak for.
+        #[arg(long)]
+        session: Option<String>,
+    },
     /// Check the audit trail.
     Audit {
         #[command(subcommand)]
@@ -123,6 +140,7 @@ pub fn main() -> ExitCode {
             Command::Tools { command: ToolsCommand::Check { config } } => tools_check(config.as_deref()),
             Command::Run { bundle, input, state_dir } => run(&bundle, &input, state_dir.as_deref()).await,
             Command::Audit { command: AuditCommand::Verify { config } } => audit_verify(config.as_deref()).await,
+            Command::Mcp { connect, token_env, session } => mcp_bridge(&connect, &token_env, session).await,
             Command::Review { paths, format, baseline, fail_on } => {
                 review(&paths, &format, baseline.as_deref(), &fail_on)
             }
@@ -135,6 +153,12 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn mcp_bridge(url: &str, token_env: &str, session: Option<String>) -> Result<ExitCode> {
+    let token = std::env::var(token_env).with_context(|| format!("--token-env {token_env}: the variable is not set"))?;
+    crate::mcp::bridge::run(url, token.trim().to_string(), session).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn report_start(report: &StartReport, service: &Service) {
