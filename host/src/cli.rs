@@ -156,7 +156,8 @@ pub fn main() -> ExitCode {
 }
 
 async fn mcp_bridge(url: &str, token_env: &str, session: Option<String>) -> Result<ExitCode> {
-    let token = std::env::var(token_env).with_context(|| format!("--token-env {token_env}: the variable is not set"))?;
+    let token =
+        std::env::var(token_env).with_context(|| format!("--token-env {token_env}: the variable is not set"))?;
     crate::mcp::bridge::run(url, token.trim().to_string(), session).await?;
     Ok(ExitCode::SUCCESS)
 }

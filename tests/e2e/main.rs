@@ -5,6 +5,7 @@ mod api;
 mod durability;
 mod files;
 mod loading;
+mod mcp;
 mod network;
 mod review;
 mod sandbox;

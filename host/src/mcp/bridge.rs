@@ -200,7 +200,10 @@ impl Bridge {
                 self.relay(v, method == Some("initialize"));
                 Ok(())
             }
-            _ => bail!("host answered {status}: {}", String::from_utf8_lossy(&body).chars().take(300).collect::<String>()),
+            _ => bail!(
+                "host answered {status}: {}",
+                String::from_utf8_lossy(&body).chars().take(300).collect::<String>()
+            ),
         }
     }
 
@@ -300,11 +303,8 @@ fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
 /// The JSON message in an SSE event's `data:` lines (priming events have none).
 fn event_data(event: &[u8]) -> Option<Value> {
     let text = String::from_utf8_lossy(event);
-    let data: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect();
+    let data: Vec<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
     let data = data.join("\n");
     if data.trim().is_empty() { None } else { serde_json::from_str(&data).ok() }
 }

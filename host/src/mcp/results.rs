@@ -28,7 +28,8 @@ pub fn tool(t: &LoadedTool, b: &ToolBoundary) -> Tool {
     let network = !b.grants.network.is_empty();
     let writes_files = b.grants.files.iter().any(|f| f.access == Access::ReadWrite);
     let read_only = !network && !writes_files;
-    let description = if m.description.is_empty() { format!("{} {}", m.name, m.version) } else { m.description.clone() };
+    let description =
+        if m.description.is_empty() { format!("{} {}", m.name, m.version) } else { m.description.clone() };
     let mut tool = Tool::new(m.name.clone(), description, schema);
     tool.annotations =
         Some(ToolAnnotations::from_raw(None, Some(read_only), (!read_only).then_some(true), None, Some(network)));

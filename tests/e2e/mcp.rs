@@ -1,0 +1,189 @@
+//! MCP at `/mcp` and the stdio bridge: the official Python SDK as the
+//! client (both protocol eras, both transports), then the protocol's edges
+//! by hand: authentication, `Origin`, binding a session, another principal.
+
+use anyhow::{Context, Result, bail};
+use bulkhead_tests::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+/// The Python with the `mcp` SDK: `$BULKHEAD_TEST_PYTHON`, or the virtual
+/// environment `scripts/test` makes in `target/mcp-venv`.
+fn python() -> PathBuf {
+    let path = std::env::var("BULKHEAD_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target/mcp-venv/bin/python"));
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/test creates it (pip install -r tests/mcp/requirements.txt)",
+        path.display()
+    );
+    path
+}
+
+async fn mcp_host() -> Result<TestHost> {
+    TestHost::builder()
+        .bundle("counter", example_tool("counter"))
+        .bundle("notes", example_tool("notes"))
+        .bundle("template", example_tool("template"))
+        .bundle_with_manifest(
+            "memory-bomb",
+            test_program("memory-bomb"),
+            "name = \"memory-bomb\"\nversion = \"0.0.0\"\ncomponent = \"memory_bomb.wasm\"\n[limits]\nmemory_mb = 16\n",
+        )
+        .start()
+        .await
+}
+
+async fn run_client(host: &TestHost, sid: &str, transport: &str, mode: &str) -> Result<Vec<String>> {
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg(repo_root().join("tests/mcp/client.py"))
+        .args([transport, mode])
+        .env("BULKHEAD_URL", &host.base)
+        .env("BULKHEAD_AGENT_TOKEN", AGENT)
+        .env("BULKHEAD_APPROVER_TOKEN", APPROVER)
+        .env("BULKHEAD_SESSION", sid)
+        .env("BULKHEAD_BIN", binary());
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("client.py {transport} {mode} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).context("client summary")?;
+    Ok(last["calls"].as_array().context("calls")?.iter().filter_map(|c| c.as_str().map(String::from)).collect())
+}
+
+#[tokio::test]
+async fn python_sdk_over_http_and_the_stdio_bridge() -> Result<()> {
+    let host = mcp_host().await?;
+    let api = host.agent();
+    for (transport, mode) in [("http", "legacy"), ("http", "auto"), ("stdio", "legacy"), ("stdio", "auto")] {
+        let boundary = json!({ "tools": ["counter", "notes", "memory-bomb"], "approval_required": ["notes"] });
+        let sid = api.session(boundary).await?;
+        let calls = run_client(&host, &sid, transport, mode).await?;
+        assert_eq!(calls.len(), 4, "{transport} {mode}: {calls:?}");
+
+        // The same calls, seen through the HTTP API and the audit chain.
+        let (_, listed) = api.get(&format!("/v1/sessions/{sid}/calls")).await?;
+        let statuses: Vec<(String, String)> = listed["calls"]
+            .as_array()
+            .context("calls")?
+            .iter()
+            .map(|c| (c["id"].as_str().unwrap_or("").to_string(), c["status"].as_str().unwrap_or("").to_string()))
+            .collect();
+        for (id, want) in calls.iter().zip(["succeeded", "succeeded", "trapped", "succeeded"]) {
+            assert!(
+                statuses.contains(&(id.clone(), want.to_string())),
+                "{transport} {mode}: {id} {want} in {statuses:?}"
+            );
+        }
+        let (_, audit) = api.get(&format!("/v1/sessions/{sid}/audit?limit=1000")).await?;
+        let events = audit["events"].as_array().context("events")?;
+        for id in &calls {
+            assert!(events.iter().any(|e| e["call"] == id.as_str()), "{id} in the audit chain");
+        }
+        assert!(events.iter().any(|e| e["kind"] == "approval_decided" || e["kind"] == "call_approved"), "{audit}");
+        assert_eq!(api.state(&sid, "counter").await?.get("count/mcp").map(String::as_str), Some("5"), "{transport} {mode}");
+    }
+    Ok(())
+}
+
+/// One MCP POST; answers (status, Mcp-Session-Id, the JSON-RPC messages).
+async fn mcp_post(
+    host: &TestHost,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Value,
+) -> Result<(StatusCode, Option<String>, Vec<Value>, String)> {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/mcp", host.base))
+        .header("accept", "application/json, text/event-stream")
+        .json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let session = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(String::from);
+    let text = resp.text().await?;
+    let messages = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .chain(if text.starts_with('{') { Some(text.as_str()) } else { None })
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect();
+    Ok((status, session, messages, text))
+}
+
+fn initialize() -> Value {
+    json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "e2e", "version": "0" } } })
+}
+
+#[tokio::test]
+async fn mcp_is_authenticated_and_refuses_foreign_origins() -> Result<()> {
+    let host = mcp_host().await?;
+    let (status, _, _, text) = mcp_post(&host, None, &[], initialize()).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let body: Value = serde_json::from_str(&text)?;
+    assert_eq!(body["error"]["code"], "unauthorized", "the contract's error body: {text}");
+
+    let (status, _, _, text) = mcp_post(&host, Some(APPROVER), &[], initialize()).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "an approver uses no tools: {text}");
+
+    let (status, _, messages, _) =
+        mcp_post(&host, Some(AGENT), &[("origin", "https://evil.example")], initialize()).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a browser origin nobody allowed");
+    assert!(messages.iter().all(|m| m.get("result").is_none()));
+
+    // Still nothing was created by the refused requests.
+    let (_, sessions) = host.agent().get("/v1/sessions").await?;
+    assert_eq!(sessions["sessions"].as_array().map(Vec::len), Some(0), "{sessions}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn initialize_binds_a_session_that_only_its_principal_can_use() -> Result<()> {
+    let host = mcp_host().await?;
+    let (status, mcp_session, messages, text) = mcp_post(&host, Some(AGENT), &[], initialize()).await?;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let mcp_session = mcp_session.context("Mcp-Session-Id")?;
+    let sid = messages[0]["result"]["_meta"]["bulkhead/session"].as_str().context("the bound session")?.to_string();
+    let (status, session) = host.agent().get(&format!("/v1/sessions/{sid}")).await?;
+    assert_eq!(status, StatusCode::OK, "a real session, with the principal's default boundary: {session}");
+    assert_eq!(session["labels"]["created_by"], "mcp");
+    assert!(session["tools"].get("template").is_some(), "{session}");
+
+    let list = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" });
+    let headers = [("mcp-session-id", mcp_session.as_str()), ("mcp-protocol-version", "2025-11-25")];
+    let (_, _, mine, _) = mcp_post(&host, Some(AGENT), &headers, list.clone()).await?;
+    assert!(mine[0]["result"]["tools"].as_array().is_some_and(|t| t.len() == 5), "{mine:?}");
+
+    // A stolen Mcp-Session-Id is useless with another principal's token.
+    let (_, _, theirs, text) = mcp_post(&host, Some(OTHER_AGENT), &headers, list.clone()).await?;
+    assert!(theirs.iter().all(|m| m.get("result").is_none()), "{text}");
+    assert!(text.contains("another principal"), "{text}");
+
+    // Nor can another principal bind this session by naming it.
+    let (_, _, named, text) = mcp_post(&host, Some(OTHER_AGENT), &[("bulkhead-session", &sid)], initialize()).await?;
+    assert!(named.iter().all(|m| m.get("result").is_none()), "{text}");
+
+    // Narrowing the session over HTTP narrows what MCP lists at once.
+    let (status, _) = host
+        .agent()
+        .request(reqwest::Method::PATCH, &format!("/v1/sessions/{sid}"))
+        .json(&json!({ "tools": ["counter"] }))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))?;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, narrowed, _) = mcp_post(&host, Some(AGENT), &headers, list).await?;
+    let names: Vec<&str> =
+        narrowed[0]["result"]["tools"].as_array().context("tools")?.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["counter", "bulkhead_call_result"]);
+    Ok(())
+}
