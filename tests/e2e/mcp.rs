@@ -84,7 +84,11 @@ async fn python_sdk_over_http_and_the_stdio_bridge() -> Result<()> {
             assert!(events.iter().any(|e| e["call"] == id.as_str()), "{id} in the audit chain");
         }
         assert!(events.iter().any(|e| e["kind"] == "approval_decided" || e["kind"] == "call_approved"), "{audit}");
-        assert_eq!(api.state(&sid, "counter").await?.get("count/mcp").map(String::as_str), Some("5"), "{transport} {mode}");
+        assert_eq!(
+            api.state(&sid, "counter").await?.get("count/mcp").map(String::as_str),
+            Some("5"),
+            "{transport} {mode}"
+        );
     }
     Ok(())
 }
@@ -185,5 +189,36 @@ async fn initialize_binds_a_session_that_only_its_principal_can_use() -> Result<
     let names: Vec<&str> =
         narrowed[0]["result"]["tools"].as_array().context("tools")?.iter().filter_map(|t| t["name"].as_str()).collect();
     assert_eq!(names, ["counter", "bulkhead_call_result"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_idempotency_key_in_meta_runs_a_call_once() -> Result<()> {
+    let host = mcp_host().await?;
+    let sid = host.agent().session(json!({ "tools": ["counter"] })).await?;
+    // The 2026-07-28 envelope: no handshake, the version in headers and _meta.
+    let headers = [
+        ("bulkhead-session", sid.as_str()),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "counter"),
+    ];
+    let call = |key: &str| {
+        json!({ "jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "counter", "arguments": { "by": 10 }, "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "bulkhead/idempotency_key": key } } })
+    };
+    let (_, _, first, text) = mcp_post(&host, Some(AGENT), &headers, call("order-1")).await?;
+    let (_, _, again, _) = mcp_post(&host, Some(AGENT), &headers, call("order-1")).await?;
+    let id = |m: &[Value]| m[0]["result"]["_meta"]["bulkhead/call_id"].as_str().map(String::from);
+    assert!(id(&first).is_some(), "{text}");
+    assert_eq!(id(&first), id(&again), "the retry is the first call");
+    assert_eq!(again[0]["result"]["structuredContent"]["value"], 10);
+    assert_eq!(host.agent().state(&sid, "counter").await?.get("count/default").map(String::as_str), Some("10"));
+
+    let (_, _, bad, _) = mcp_post(&host, Some(AGENT), &headers, call("")).await?;
+    assert_eq!(bad[0]["result"]["isError"], true, "an empty key is refused: {bad:?}");
     Ok(())
 }
