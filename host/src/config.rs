@@ -434,6 +434,10 @@ mod tests {
                 "twice",
             ),
             ("not toml at all [", "line 1"),
+            ("[mcp]\nallowed_origins = [\"evil.example\"]", "mcp.allowed_origins"),
+            ("[mcp]\nallowed_origins = [\"https://\"]", "mcp.allowed_origins"),
+            ("[mcp]\nallowed_hosts = [\"\"]", "mcp.allowed_hosts"),
+            ("[mcp]\nallow_origins = []", "allow_origins"),
         ];
         for (text, needle) in cases {
             let err = parse(text).expect_err(text);

@@ -222,3 +222,21 @@ async fn an_idempotency_key_in_meta_runs_a_call_once() -> Result<()> {
     assert_eq!(bad[0]["result"]["isError"], true, "an empty key is refused: {bad:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_allowed_origin_is_served_and_others_are_not() -> Result<()> {
+    let host = TestHost::builder()
+        .bundle("counter", example_tool("counter"))
+        .config("[mcp]\nallowed_origins = [\"https://app.example:443\"]")
+        .start()
+        .await?;
+    let (status, _, messages, text) =
+        mcp_post(&host, Some(AGENT), &[("origin", "https://app.example")], initialize()).await?;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(messages[0]["result"]["_meta"]["bulkhead/session"].is_string(), "{text}");
+    for origin in ["https://evil.example", "http://app.example", "https://app.example:8443", "null"] {
+        let (status, _, _, _) = mcp_post(&host, Some(AGENT), &[("origin", origin)], initialize()).await?;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{origin}");
+    }
+    Ok(())
+}
