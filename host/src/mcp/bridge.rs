@@ -323,11 +323,11 @@ fn mcp_name(method: &str, params: Option<&Value>) -> Option<String> {
 /// A header value as SEP-2243 encodes it: Base64-wrapped when it would not
 /// survive as one.
 fn header_safe(value: &str) -> String {
-    let plain = value.bytes().all(|b| (0x20..0x7f).contains(&b))
-        && !value.starts_with([' ', '\t'])
-        && !value.ends_with([' ', '\t'])
-        && !(value.starts_with("=?base64?") && value.ends_with("?="));
-    if plain {
+    let needs_wrapping = value.bytes().any(|b| !(0x20..0x7f).contains(&b))
+        || value.starts_with([' ', '\t'])
+        || value.ends_with([' ', '\t'])
+        || (value.starts_with("=?base64?") && value.ends_with("?="));
+    if !needs_wrapping {
         value.to_string()
     } else {
         format!("=?base64?{}?=", base64::engine::general_purpose::STANDARD.encode(value))
