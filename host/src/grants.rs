@@ -78,6 +78,13 @@ impl GrantSpec {
 }
 
 impl Grant {
+    /// True when a tool with this grant can change nothing outside its own
+    /// state: no network, no writable folder. (Its state commits only with
+    /// its call's outcome.)
+    pub fn changes_only_state(&self) -> bool {
+        self.network.is_empty() && self.files.iter().all(|f| f.access != Access::ReadWrite)
+    }
+
     /// A manifest's `[grants]`: what is absent is not granted.
     pub fn from_manifest(spec: &GrantSpec) -> Grant {
         Grant {

@@ -7,7 +7,6 @@
 //! error: it answers at once with status `pending_approval`, and the
 //! built-in [`CALL_RESULT_TOOL`] waits for the decision.
 
-use crate::grants::Access;
 use crate::model::{Call, CallStatus, ToolBoundary};
 use crate::runtime::loader::LoadedTool;
 use crate::service::ServiceError;
@@ -26,8 +25,7 @@ pub fn tool(t: &LoadedTool, b: &ToolBoundary) -> Tool {
     let m = &t.manifest;
     let schema = m.input_schema.as_object().cloned().unwrap_or_default();
     let network = !b.grants.network.is_empty();
-    let writes_files = b.grants.files.iter().any(|f| f.access == Access::ReadWrite);
-    let read_only = !network && !writes_files;
+    let read_only = b.grants.changes_only_state();
     let description =
         if m.description.is_empty() { format!("{} {}", m.name, m.version) } else { m.description.clone() };
     let mut tool = Tool::new(m.name.clone(), description, schema);

@@ -126,6 +126,25 @@ impl Service {
         } else {
             call.started_at = Some(now);
         }
+        // A tool that can change nothing outside its own state starts while
+        // its `running` record commits: the writer runs jobs in order, so the
+        // record commits before the outcome; if the record is refused (stale
+        // If-Match, session deleted) the outcome finds no record and nothing
+        // of the run is written. Calls with an idempotency key, async calls
+        // and tools with effects outside their state wait for the record.
+        let pipelined = call.status == CallStatus::Running
+            && call.idempotency_key.is_none()
+            && !opts.respond_async
+            && boundary.grants.changes_only_state();
+        if pipelined {
+            let recorded = self.submit_request(&call, p, opts.if_match)?;
+            let task = tokio::spawn(self.clone().execute(call.clone(), session, p.name.clone(), slot));
+            let recorded = recorded.await;
+            let finished = task.await.map_err(|e| ServiceError::Unavailable(format!("call task failed: {e}")));
+            recorded?;
+            self.count_call(&call, 0);
+            return Ok(CallReply { call: finished??, replayed: false });
+        }
         if let Started::Existing(first) = self.record_request(&call, p, opts.if_match).await? {
             return self.replay(p, *first, &req, opts).await;
         }
@@ -188,6 +207,8 @@ impl Service {
                 self.count_call(call, denials);
                 let _ = self.finished.send(call.id.clone());
             }
+            // No record to finish: its request was refused, or its session deleted.
+            Err(ServiceError::NotFound { .. }) => {}
             Err(e) => tracing::error!("cannot record a call's outcome: {e}"),
         }
         result
@@ -210,11 +231,21 @@ impl Service {
     /// Step 3: the `running` (or `pending_approval`) record, atomically with
     /// the version and idempotency checks.
     async fn record_request(&self, call: &Call, p: &Principal, if_match: Option<i64>) -> Result<Started> {
+        Ok(self.submit_request(call, p, if_match)?.await?)
+    }
+
+    /// Queues the `running` record now; the future resolves on its commit.
+    fn submit_request(
+        &self,
+        call: &Call,
+        p: &Principal,
+        if_match: Option<i64>,
+    ) -> Result<impl Future<Output = std::result::Result<Started, StoreError>> + use<>> {
         let call = call.clone();
         let actor = p.name.clone();
         Ok(self
             .db
-            .write(move |c| {
+            .submit(move |c| {
                 if !sessions::exists(c, &call.session)? {
                     return Err(Rejection::NotFound.into());
                 }
@@ -227,8 +258,7 @@ impl Service {
                 let data = json!({ "tool": call.tool, "input_sha256": util::sha256_hex(call.input.to_string().as_bytes()), "status": call.status, "idempotency_key": call.idempotency_key });
                 audit::append(c, &call.session, "call_requested", &actor, Some(&call.id), data)?;
                 Ok(Started::New)
-            })
-            .await?)
+            })?)
     }
 
     /// Step 5: one transaction with everything the call changed.

@@ -58,8 +58,10 @@ pub fn insert(conn: &Connection, call: &Call, principal: &str) -> Result<()> {
 }
 
 /// Records a call's outcome (status, output, error, usage, logs, times).
+/// Writes a call's outcome; `NotFound` when its record is missing (its
+/// request was refused, or its session deleted).
 pub fn finish(conn: &Connection, call: &Call) -> Result<()> {
-    conn.prepare_cached(
+    let updated = conn.prepare_cached(
         "UPDATE calls SET status = ?2, output = ?3, error = ?4, started_at = ?5, finished_at = ?6, \
          usage = ?7, approval = ?8, logs = ?9 WHERE id = ?1",
     )?
@@ -74,6 +76,9 @@ pub fn finish(conn: &Connection, call: &Call) -> Result<()> {
         call.approval.as_ref().map(to_json),
         (!call.logs.is_empty()).then(|| to_json(&call.logs)),
     ])?;
+    if updated == 0 {
+        return Err(super::Rejection::NotFound.into());
+    }
     Ok(())
 }
 

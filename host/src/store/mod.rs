@@ -126,6 +126,17 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        self.submit(f)?.await
+    }
+
+    /// Queues `f` for the writer now; the returned future resolves after its
+    /// commit. Jobs run in the order they are submitted, so a later job can
+    /// rely on an earlier one without waiting for it.
+    pub fn submit<T, F>(&self, f: F) -> Result<impl std::future::Future<Output = Result<T>> + use<T, F>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let Some(conn) = conn else {
@@ -156,7 +167,7 @@ impl Db {
             }
         });
         self.writer.send(job).map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Unavailable("writer dropped a job".into()))?
+        Ok(async move { rx.await.map_err(|_| StoreError::Unavailable("writer dropped a job".into()))? })
     }
 
     /// Runs `f` on a read connection on this thread. For point lookups
