@@ -167,10 +167,30 @@ async fn initialize_binds_a_session_that_only_its_principal_can_use() -> Result<
     let (_, _, mine, _) = mcp_post(&host, Some(AGENT), &headers, list.clone()).await?;
     assert!(mine[0]["result"]["tools"].as_array().is_some_and(|t| t.len() == 5), "{mine:?}");
 
-    // A stolen Mcp-Session-Id is useless with another principal's token.
-    let (_, _, theirs, text) = mcp_post(&host, Some(OTHER_AGENT), &headers, list.clone()).await?;
+    // A stolen Mcp-Session-Id is unknown to another principal: requests,
+    // notifications, the event stream and its replay, and DELETE.
+    let (status, _, theirs, text) = mcp_post(&host, Some(OTHER_AGENT), &headers, list.clone()).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
     assert!(theirs.iter().all(|m| m.get("result").is_none()), "{text}");
-    assert!(text.contains("another principal"), "{text}");
+    let cancel = json!({ "jsonrpc": "2.0", "method": "notifications/cancelled", "params": { "requestId": 2 } });
+    let (status, _, _, _) = mcp_post(&host, Some(OTHER_AGENT), &headers, cancel).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let http = reqwest::Client::new();
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let resp = http
+            .request(method.clone(), format!("{}/mcp", host.base))
+            .bearer_auth(OTHER_AGENT)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &mcp_session)
+            .header("last-event-id", "0/0")
+            .send()
+            .await?;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method}");
+        let body: Value = resp.json().await?;
+        assert_eq!(body["error"]["code"], "not_found", "the contract's error body");
+    }
+    let (_, _, still, text) = mcp_post(&host, Some(AGENT), &headers, list.clone()).await?;
+    assert!(still[0]["result"]["tools"].is_array(), "the owner's MCP session survived: {text}");
 
     // Nor can another principal bind this session by naming it.
     let (_, _, named, text) = mcp_post(&host, Some(OTHER_AGENT), &[("bulkhead-session", &sid)], initialize()).await?;
@@ -238,5 +258,44 @@ async fn an_allowed_origin_is_served_and_others_are_not() -> Result<()> {
         let (status, _, _, _) = mcp_post(&host, Some(AGENT), &[("origin", origin)], initialize()).await?;
         assert_eq!(status, StatusCode::FORBIDDEN, "{origin}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_mcp_requests_get_the_contract_error_body() -> Result<()> {
+    let host = mcp_host().await?;
+    let http = reqwest::Client::new();
+    let post = |body: &'static str, content_type: &'static str| {
+        http.post(format!("{}/mcp", host.base))
+            .bearer_auth(AGENT)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let cases = [
+        ("{not json", "application/json", 400),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"counter","arguments":"x"}}"#,
+            "application/json",
+            400,
+        ),
+        ("{}", "text/plain", 415),
+    ];
+    for (body, content_type, want) in cases {
+        let resp = post(body, content_type).await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        // A JSON-RPC error or the contract's error body; never plain text, never 5xx.
+        let json: Value = serde_json::from_str(&text).with_context(|| format!("{body}: not JSON: {text}"))?;
+        assert!(status < 500, "{body}: {status} {text}");
+        assert!(status == want || json.get("jsonrpc").is_some(), "{body}: {status} {text}");
+        assert!(json["error"]["code"].is_string() || json["error"]["code"].is_number(), "{body}: {text}");
+    }
+    let resp =
+        http.get(format!("{}/mcp", host.base)).bearer_auth(AGENT).header("accept", "text/event-stream").send().await?;
+    assert!(resp.status().is_client_error());
+    let body: Value = resp.json().await?;
+    assert!(body["error"]["code"].is_string(), "{body}");
     Ok(())
 }

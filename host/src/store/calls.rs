@@ -61,21 +61,22 @@ pub fn insert(conn: &Connection, call: &Call, principal: &str) -> Result<()> {
 /// Writes a call's outcome; `NotFound` when its record is missing (its
 /// request was refused, or its session deleted).
 pub fn finish(conn: &Connection, call: &Call) -> Result<()> {
-    let updated = conn.prepare_cached(
-        "UPDATE calls SET status = ?2, output = ?3, error = ?4, started_at = ?5, finished_at = ?6, \
+    let updated = conn
+        .prepare_cached(
+            "UPDATE calls SET status = ?2, output = ?3, error = ?4, started_at = ?5, finished_at = ?6, \
          usage = ?7, approval = ?8, logs = ?9 WHERE id = ?1",
-    )?
-    .execute(params![
-        call.id,
-        call.status.as_str(),
-        call.output.as_ref().map(|o| o.to_string()),
-        call.error.as_ref().map(to_json),
-        call.started_at,
-        call.finished_at,
-        to_json(&call.usage),
-        call.approval.as_ref().map(to_json),
-        (!call.logs.is_empty()).then(|| to_json(&call.logs)),
-    ])?;
+        )?
+        .execute(params![
+            call.id,
+            call.status.as_str(),
+            call.output.as_ref().map(|o| o.to_string()),
+            call.error.as_ref().map(to_json),
+            call.started_at,
+            call.finished_at,
+            to_json(&call.usage),
+            call.approval.as_ref().map(to_json),
+            (!call.logs.is_empty()).then(|| to_json(&call.logs)),
+        ])?;
     if updated == 0 {
         return Err(super::Rejection::NotFound.into());
     }
