@@ -210,7 +210,10 @@ async fn an_idempotency_key_returns_the_first_call_without_running_again() -> an
 }
 
 #[tokio::test]
-async fn a_stale_if_match_answers_412_and_runs_nothing() -> anyhow::Result<()> {
+/// The counter changes nothing outside its state, so it may start while its
+/// request is checked (the fast path); a refused request still leaves no
+/// trace: no call, no state, no audit event.
+async fn a_stale_if_match_answers_412_and_commits_nothing() -> anyhow::Result<()> {
     let host = counter_host("").await?;
     let api = host.agent();
     let sid = api.session(json!({})).await?;
@@ -224,6 +227,11 @@ async fn a_stale_if_match_answers_412_and_runs_nothing() -> anyhow::Result<()> {
     let (status, _) = Api::send(req("1")).await?;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(api.state(&sid, "counter").await?["count/default"], "2");
+    let (_, listed) = api.get(&calls).await?;
+    assert_eq!(listed["calls"].as_array().map(Vec::len), Some(2), "{listed}");
+    let kinds = api.audit_kinds(&sid).await?;
+    assert_eq!(kinds.iter().filter(|k| *k == "call_requested").count(), 2, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "call_finished").count(), 2, "{kinds:?}");
     Ok(())
 }
 
