@@ -137,10 +137,11 @@ pub struct ApprovalsConfig {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct McpConfig {
-    /// Browser origins allowed to call `/mcp`, e.g. `"https://app.example.com:443"`.
-    /// Empty (the default): every request carrying an `Origin` header is
-    /// refused, which stops DNS-rebinding and cross-site requests; clients
-    /// that are not browsers send no `Origin`.
+    /// Origins allowed on `/mcp` requests that carry an `Origin` header, e.g.
+    /// `"https://app.example.com:443"`. Empty (the default): every such
+    /// request is refused, which stops DNS-rebinding and cross-site
+    /// requests; clients that are not browsers send no `Origin`. No CORS
+    /// headers are sent, so this does not open `/mcp` to other origins' pages.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
     /// `Host` values accepted on `/mcp`, e.g. `"tools.example.com"`. Empty

@@ -299,3 +299,51 @@ async fn malformed_mcp_requests_get_the_contract_error_body() -> Result<()> {
     assert!(body["error"]["code"].is_string(), "{body}");
     Ok(())
 }
+
+/// A stdio client never initializes twice; the bridge does it for it when
+/// the host forgot the MCP session (here: a restart), and the Bulkhead
+/// session, state and all, carries on.
+#[tokio::test]
+async fn the_stdio_bridge_survives_a_host_restart() -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut host = TestHost::builder()
+        .bundle("counter", example_tool("counter"))
+        .listen(&format!("127.0.0.1:{}", free_port()))
+        .start()
+        .await?;
+    let sid = host.agent().session(json!({ "tools": ["counter"] })).await?;
+    let mut bridge = std::process::Command::new(binary())
+        .args(["mcp", "--connect", &host.base, "--token-env", "AGENT_TOKEN", "--session", &sid])
+        .env("AGENT_TOKEN", AGENT)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = bridge.stdin.take().context("stdin")?;
+    let mut stdout = BufReader::new(bridge.stdout.take().context("stdout")?);
+    let mut exchange = move |message: Value| -> Result<Value> {
+        writeln!(stdin, "{message}")?;
+        if message.get("id").is_none() {
+            return Ok(Value::Null);
+        }
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        Ok(serde_json::from_str(&line).with_context(|| format!("bridge wrote {line:?}"))?)
+    };
+    let init = exchange(initialize())?;
+    assert_eq!(init["result"]["_meta"]["bulkhead/session"], sid.as_str(), "{init}");
+    exchange(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }))?;
+    let call = |id: u64| json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": "counter", "arguments": {} } });
+    let first = exchange(call(2))?;
+    assert_eq!(first["result"]["structuredContent"]["value"], 1, "{first}");
+
+    host.restart().await?;
+    let second = exchange(call(3))?;
+    assert_eq!(second["id"], 3, "{second}");
+    assert_eq!(second["result"]["structuredContent"]["value"], 2, "the same session after the restart: {second}");
+    let _ = bridge.kill();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut bridge.stderr.take().context("stderr")?, &mut stderr)?;
+    assert!(stderr.contains("initialized again"), "{stderr}");
+    Ok(())
+}

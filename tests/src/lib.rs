@@ -82,6 +82,7 @@ type Setup = Box<dyn FnOnce(&Path) -> std::io::Result<()>>;
 #[derive(Default)]
 pub struct HostBuilder {
     bundles: Vec<Bundle>,
+    listen: Option<String>,
     config: String,
     setup: Vec<Setup>,
 }
@@ -103,6 +104,12 @@ impl HostBuilder {
     pub fn raw_bundle(mut self, name: &str, files: Vec<(&str, Vec<u8>)>) -> Self {
         let files = files.into_iter().map(|(p, b)| (p.to_string(), b)).collect();
         self.bundles.push(Bundle { name: name.into(), source: PathBuf::new(), manifest: None, files });
+        self
+    }
+
+    /// A fixed address (default: a free port chosen by the OS at each start).
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.into());
         self
     }
 
@@ -152,7 +159,8 @@ impl HostBuilder {
             ("admin", ADMIN, r#"["admin"]"#, r#"["*"]"#),
             ("self-approver", SELF_APPROVER, r#"["agent", "approver"]"#, r#"["*"]"#),
         ];
-        let mut config = String::from("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\ntools_dir = \"tools\"\n");
+        let listen = self.listen.as_deref().unwrap_or("127.0.0.1:0");
+        let mut config = format!("listen = \"{listen}\"\ndata_dir = \"data\"\ntools_dir = \"tools\"\n");
         config.push_str(&self.config);
         for (name, token, roles, tools) in principals {
             let hash = sha256_hex(token);
@@ -353,6 +361,11 @@ impl Api {
             .map(|e| e["kind"].as_str().unwrap_or("").to_string())
             .collect())
     }
+}
+
+/// A port that was free a moment ago (for a host restarted on one address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// Runs the binary with arguments; returns (exit code, stdout, stderr).

@@ -59,6 +59,15 @@ impl Target {
     }
 }
 
+impl Target {
+    /// An API path under the same prefix as `/mcp` (for a reverse proxy
+    /// that serves the host under `/x/`).
+    fn api(&self, path: &str) -> String {
+        let prefix = self.path.split('?').next().unwrap_or("").strip_suffix(super::PATH).unwrap_or("");
+        format!("{prefix}{path}")
+    }
+}
+
 pub struct Bridge {
     target: Target,
     token: String,
@@ -67,7 +76,23 @@ pub struct Bridge {
     mcp_session: Mutex<Option<String>>,
     /// Negotiated at `initialize`; 2026-07-28 requests carry their own.
     protocol: Mutex<Option<String>>,
+    /// The client's `initialize`, replayed when the host forgot the session.
+    init: Mutex<Option<Value>>,
     out: mpsc::UnboundedSender<String>,
+}
+
+enum Sent {
+    Done,
+    /// 404 for the `Mcp-Session-Id`: the host forgot it.
+    SessionGone,
+}
+
+/// The request a POST's answer is for.
+struct Pending {
+    /// The JSON-RPC id, for a request (not a notification).
+    id: Option<Value>,
+    initialize: bool,
+    relay: bool,
 }
 
 /// Runs until stdin closes, then ends the MCP session on the host.
@@ -80,6 +105,7 @@ pub async fn run(url: &str, token: String, session: Option<String>) -> Result<()
         session: OnceCell::new_with(session),
         mcp_session: Mutex::new(None),
         protocol: Mutex::new(None),
+        init: Mutex::new(None),
         out,
     });
     let writer = tokio::spawn(async move {
@@ -136,7 +162,7 @@ impl Bridge {
         self.session
             .get_or_try_init(|| async {
                 let body = json!({ "labels": { "created_by": "mcp" } }).to_string();
-                let resp = self.send(Method::POST, "/v1/sessions", vec![], body.into()).await?;
+                let resp = self.send(Method::POST, &self.target.api("/v1/sessions"), vec![], body.into()).await?;
                 let status = resp.status();
                 let body = read_body(resp).await?;
                 if status != StatusCode::CREATED && status != StatusCode::OK {
@@ -150,7 +176,40 @@ impl Bridge {
             .await
     }
 
+    /// Forwards one message; when the host has forgotten the MCP session
+    /// (a restart, 30 idle minutes), initializes again with the client's own
+    /// `initialize` and retries once: a stdio client never re-initializes.
     async fn post(&self, message: &Value) -> Result<()> {
+        if message.get("method").and_then(Value::as_str) == Some("initialize") {
+            *self.init.lock().unwrap() = Some(message.clone());
+        }
+        match self.post_once(message, true).await? {
+            Sent::Done => Ok(()),
+            Sent::SessionGone => {
+                self.reinitialize().await?;
+                match self.post_once(message, true).await? {
+                    Sent::Done => Ok(()),
+                    Sent::SessionGone => bail!("the host ended the MCP session again"),
+                }
+            }
+        }
+    }
+
+    async fn reinitialize(&self) -> Result<()> {
+        let init = self.init.lock().unwrap().clone();
+        let Some(mut init) = init else { bail!("the host ended the MCP session and no initialize is known") };
+        init["id"] = json!("bulkhead-bridge-reinitialize");
+        if let Sent::SessionGone = self.post_once(&init, false).await? {
+            bail!("the host refused to initialize again");
+        }
+        let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+        self.post_once(&initialized, false).await?;
+        eprintln!("bulkhead mcp: the host had ended the MCP session; initialized again");
+        Ok(())
+    }
+
+    /// One POST. With `relay` false (a re-initialize) answers are dropped.
+    async fn post_once(&self, message: &Value, relay: bool) -> Result<Sent> {
         let method = message.get("method").and_then(Value::as_str);
         let mut headers = vec![
             ("accept", "application/json, text/event-stream".to_string()),
@@ -181,24 +240,30 @@ impl Bridge {
         let status = resp.status();
         if status == StatusCode::NOT_FOUND && had_session {
             *self.mcp_session.lock().unwrap() = None;
-            bail!("the host ended the MCP session (restart or idle); the client must initialize again");
+            return Ok(Sent::SessionGone);
         }
+        let pending = Pending {
+            id: message.get("id").filter(|_| method.is_some()).cloned(),
+            initialize: method == Some("initialize"),
+            relay,
+        };
         let is_sse = resp
             .headers()
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if status.is_success() && is_sse {
-            return self.relay_events(resp, method == Some("initialize")).await;
+            self.relay_events(resp, pending).await?;
+            return Ok(Sent::Done);
         }
         let body = read_body(resp).await?;
         if body.iter().all(u8::is_ascii_whitespace) {
-            return if status.is_success() { Ok(()) } else { bail!("host answered {status}") };
+            return if status.is_success() { Ok(Sent::Done) } else { bail!("host answered {status}") };
         }
         match serde_json::from_slice::<Value>(&body) {
             Ok(v) if v.get("jsonrpc").is_some() || v.is_array() => {
-                self.relay(v, method == Some("initialize"));
-                Ok(())
+                self.relay(v, &pending);
+                Ok(Sent::Done)
             }
             _ => bail!(
                 "host answered {status}: {}",
@@ -207,15 +272,40 @@ impl Bridge {
         }
     }
 
-    fn relay(&self, message: Value, initialize: bool) {
-        if initialize && let Some(v) = message["result"]["protocolVersion"].as_str() {
+    /// Relays a message; true when it answers the pending request.
+    fn relay(&self, message: Value, pending: &Pending) -> bool {
+        let answers = pending.id.as_ref().is_some_and(|id| message.get("id") == Some(id));
+        if answers
+            && pending.initialize
+            && let Some(v) = message["result"]["protocolVersion"].as_str()
+        {
             *self.protocol.lock().unwrap() = Some(v.to_string());
         }
-        self.emit(message);
+        if pending.relay {
+            self.emit(message);
+        }
+        answers
     }
 
-    /// Relays each SSE event's data as one message, as it arrives.
-    async fn relay_events(&self, resp: Response<Incoming>, initialize: bool) -> Result<()> {
+    /// Relays each SSE event's data as one message, as it arrives. A stream
+    /// that ends without the answer to a request is an error (so the client
+    /// is not left waiting); one that fails after the answer is only logged
+    /// (so the client gets one answer).
+    async fn relay_events(&self, resp: Response<Incoming>, pending: Pending) -> Result<()> {
+        let mut answered = false;
+        let result = self.read_events(resp, &pending, &mut answered).await;
+        match result {
+            Err(e) if answered => {
+                eprintln!("bulkhead mcp: after the answer: {e:#}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+            Ok(()) if pending.id.is_some() && !answered => bail!("the host closed the stream without an answer"),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    async fn read_events(&self, resp: Response<Incoming>, pending: &Pending, answered: &mut bool) -> Result<()> {
         let mut body = resp.into_body();
         let mut buf: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -224,16 +314,16 @@ impl Bridge {
             buf.extend_from_slice(&data);
             while let Some((end, sep)) = event_end(&buf) {
                 let event: Vec<u8> = buf.drain(..end + sep).collect();
-                if let Some(message) = event_data(&event[..end]) {
-                    self.relay(message, initialize);
+                if let Some(message) = event_data(&event[..end])? {
+                    *answered |= self.relay(message, pending);
                 }
             }
             if buf.len() > MAX_MESSAGE_BYTES {
                 bail!("an event from the host is over {MAX_MESSAGE_BYTES} bytes");
             }
         }
-        if let Some(message) = event_data(&buf) {
-            self.relay(message, initialize);
+        if let Some(message) = event_data(&buf)? {
+            *answered |= self.relay(message, pending);
         }
         Ok(())
     }
@@ -301,12 +391,15 @@ fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// The JSON message in an SSE event's `data:` lines (priming events have none).
-fn event_data(event: &[u8]) -> Option<Value> {
+fn event_data(event: &[u8]) -> Result<Option<Value>> {
     let text = String::from_utf8_lossy(event);
     let data: Vec<&str> =
         text.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
     let data = data.join("\n");
-    if data.trim().is_empty() { None } else { serde_json::from_str(&data).ok() }
+    if data.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(&data).map(Some).context("an event from the host is not JSON")
 }
 
 /// `Mcp-Name`: the tool or prompt name, resource URI or task id.
@@ -344,6 +437,8 @@ mod tests {
         assert_eq!((t.tls, t.host.as_str(), t.port, t.path.as_str()), (false, "127.0.0.1", 7070, "/mcp"));
         let t = Target::parse("https://tools.example.com/x/mcp").unwrap();
         assert_eq!((t.tls, t.port, t.path.as_str()), (true, 443, "/x/mcp"));
+        assert_eq!(t.api("/v1/sessions"), "/x/v1/sessions");
+        assert_eq!(Target::parse("http://h").unwrap().api("/v1/sessions"), "/v1/sessions");
         let t = Target::parse("http://[::1]:8080/").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.authority.as_str()), ("::1", 8080, "[::1]:8080"));
         for bad in ["ftp://h/", "127.0.0.1:7070", "not a url", "http:///mcp"] {
@@ -358,7 +453,7 @@ mod tests {
         let mut got = vec![];
         while let Some((end, sep)) = event_end(&buf) {
             let event: Vec<u8> = buf.drain(..end + sep).collect();
-            got.extend(event_data(&event[..end]));
+            got.extend(event_data(&event[..end]).unwrap());
         }
         assert_eq!(got, vec![json!({"id": 1}), json!({"a": 2})]);
     }
