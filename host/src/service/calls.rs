@@ -243,6 +243,7 @@ impl Service {
     ) -> Result<impl Future<Output = std::result::Result<Started, StoreError>> + use<>> {
         let call = call.clone();
         let actor = p.name.clone();
+        let data = json!({ "tool": call.tool, "input_sha256": util::sha256_hex(call.input.to_string().as_bytes()), "status": call.status, "idempotency_key": call.idempotency_key });
         Ok(self
             .db
             .submit(move |c| {
@@ -255,13 +256,13 @@ impl Service {
                     }
                 sessions::check_version(c, &call.session, if_match)?;
                 calls::insert(c, &call, &actor)?;
-                let data = json!({ "tool": call.tool, "input_sha256": util::sha256_hex(call.input.to_string().as_bytes()), "status": call.status, "idempotency_key": call.idempotency_key });
                 audit::append(c, &call.session, "call_requested", &actor, Some(&call.id), data)?;
                 Ok(Started::New)
             })?)
     }
 
-    /// Step 5: one transaction with everything the call changed.
+    /// Step 5: one transaction with everything the call changed. The audit
+    /// data is built here, off the writer thread, which every call shares.
     async fn record_outcome(&self, mut call: Call, outcome: Outcome, actor: &str) -> Result<Call> {
         call.status = outcome.status;
         call.output = outcome.output;
@@ -272,26 +273,27 @@ impl Service {
         let writes = outcome.state_writes;
         let notes = outcome.notes;
         let actor = actor.to_string();
+        let committed = (!writes.is_empty()).then(|| {
+            let keys: Vec<&String> = writes.keys().collect();
+            json!({ "tool": call.tool, "keys": keys, "bytes": call.usage.state_bytes_written })
+        });
+        let finished = json!({ "tool": call.tool, "status": call.status, "error": call.error.as_ref().map(|e| &e.code), "usage": call.usage });
         let done = call.clone();
         self.db
             .write(move |c| {
                 // First, so a session deleted while the call ran is a clean
                 // NotFound before anything else is touched.
-                sessions::bump_version(c, &call.session)?;
+                sessions::finish_call(c, &call.session, &call.usage)?;
                 calls::finish(c, &call)?;
-                for note in &notes {
-                    audit::append(c, &call.session, note.kind, &actor, Some(&call.id), note.data.clone())?;
+                for note in notes {
+                    audit::append(c, &call.session, note.kind, &actor, Some(&call.id), note.data)?;
                 }
-                if !writes.is_empty() {
+                if let Some(data) = committed {
                     tool_state::apply(c, &call.session, &call.tool, &writes)?;
-                    let keys: Vec<&String> = writes.keys().collect();
-                    let data = json!({ "tool": call.tool, "keys": keys, "bytes": call.usage.state_bytes_written });
                     audit::append(c, &call.session, "state_committed", &actor, Some(&call.id), data)?;
                 }
-                let data = json!({ "tool": call.tool, "status": call.status, "error": call.error.as_ref().map(|e| &e.code), "usage": call.usage });
-                audit::append(c, &call.session, "call_finished", &actor, Some(&call.id), data)?;
-                sessions::add_usage(c, &call.session, &call.usage)?;
-                                Ok(())
+                audit::append(c, &call.session, "call_finished", &actor, Some(&call.id), finished)?;
+                Ok(())
             })
             .await
             .map_err(|e| match e {

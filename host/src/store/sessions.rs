@@ -85,22 +85,27 @@ pub fn bump_version(conn: &Connection, id: &str) -> Result<i64> {
         .ok_or(Rejection::NotFound.into())
 }
 
-/// Adds a finished call's usage to the session's totals.
-pub fn add_usage(conn: &Connection, id: &str, u: &crate::model::Usage) -> Result<()> {
+/// A finished call: increments the version and adds its usage to the
+/// session's totals, in one statement. NotFound if the session is gone.
+pub fn finish_call(conn: &Connection, id: &str, u: &crate::model::Usage) -> Result<i64> {
     conn.prepare_cached(
-        "UPDATE sessions SET calls = calls + 1, wall_ms = wall_ms + ?2, fuel = fuel + ?3, \
+        "UPDATE sessions SET version = version + 1, calls = calls + 1, wall_ms = wall_ms + ?2, fuel = fuel + ?3, \
          state_bytes_written = state_bytes_written + ?4, egress_requests = egress_requests + ?5, \
-         egress_bytes = egress_bytes + ?6 WHERE id = ?1",
+         egress_bytes = egress_bytes + ?6 WHERE id = ?1 RETURNING version",
     )?
-    .execute(params![
-        id,
-        u.wall_ms as i64,
-        u.fuel.min(i64::MAX as u64) as i64,
-        u.state_bytes_written as i64,
-        u.egress_requests as i64,
-        u.egress_bytes as i64
-    ])?;
-    Ok(())
+    .query_row(
+        params![
+            id,
+            u.wall_ms as i64,
+            u.fuel.min(i64::MAX as u64) as i64,
+            u.state_bytes_written as i64,
+            u.egress_requests as i64,
+            u.egress_bytes as i64
+        ],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or(Rejection::NotFound.into())
 }
 
 pub fn update_boundary(conn: &Connection, id: &str, tools: &BTreeMap<String, ToolBoundary>) -> Result<()> {
