@@ -210,9 +210,7 @@ async fn an_idempotency_key_returns_the_first_call_without_running_again() -> an
 }
 
 #[tokio::test]
-/// The counter changes nothing outside its state, so it may start while its
-/// request is checked (the fast path); a refused request still leaves no
-/// trace: no call, no state, no audit event.
+/// A refused request leaves no trace: no call, no state, no audit event.
 async fn a_stale_if_match_answers_412_and_commits_nothing() -> anyhow::Result<()> {
     let host = counter_host("").await?;
     let api = host.agent();

@@ -388,3 +388,37 @@ async fn a_principal_policy_can_require_approval() -> anyhow::Result<()> {
     assert_eq!(status, StatusCode::OK);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_queued_call_whose_tool_leaves_the_boundary_ends_failed() -> anyhow::Result<()> {
+    let manifest = "name = \"spin-forever\"\nversion = \"0.0.0\"\ncomponent = \"spin_forever.wasm\"\n[limits]\ntimeout_ms = 1500\n";
+    let host = TestHost::builder()
+        .bundle_with_manifest("spin", test_program("spin-forever"), manifest)
+        .bundle("counter", example_tool("counter"))
+        .start()
+        .await?;
+    let agent = host.agent();
+    let sid = agent.session(json!({})).await?;
+    let calls = format!("/v1/sessions/{sid}/calls");
+    let submit =
+        || agent.request(Method::POST, &calls).header("prefer", "respond-async").json(&json!({"tool": "spin-forever"}));
+    let (status, first) = Api::send(submit()).await?;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Accepted at once even though it must wait for the first one's turn.
+    let (status, second) = Api::send(submit()).await?;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, now) = agent.get(&format!("{calls}/{}", first["id"].as_str().unwrap())).await?;
+    assert_eq!(now["status"], "running", "the second was answered while the first ran");
+
+    let narrow = agent.request(Method::PATCH, &format!("/v1/sessions/{sid}")).json(&json!({"tools": ["counter"]}));
+    assert_eq!(Api::send(narrow).await?.0, StatusCode::OK);
+    let (_, second) = agent.get(&format!("{calls}/{}?wait=10", second["id"].as_str().unwrap())).await?;
+    assert_eq!(
+        (second["status"].as_str(), second["error"]["code"].as_str()),
+        (Some("failed"), Some("tool_not_allowed")),
+        "finished, not left running until a restart: {second}"
+    );
+    let (_, first) = agent.get(&format!("{calls}/{}?wait=10", first["id"].as_str().unwrap())).await?;
+    assert_eq!(first["error"]["code"], "timeout", "the first had started before the PATCH: {first}");
+    Ok(())
+}

@@ -4,7 +4,9 @@
 //! 2. Take a concurrency slot (429 when none), then the (session, tool)
 //!    lock: calls sharing state run one at a time, in arrival order.
 //! 3. Record the call `running` (with `call_requested`), checking
-//!    `If-Match` and the idempotency key in the same transaction.
+//!    `If-Match` and the idempotency key in the same transaction. A tool
+//!    that can change nothing outside its state starts without waiting for
+//!    this commit (the fast path, see `call`).
 //! 4. Run the tool in its sandbox.
 //! 5. Commit the outcome, the state writes (only on success), usage and
 //!    audit events in one transaction; answer only after that commit.
@@ -21,9 +23,11 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit};
 
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// The longest a `?wait=` long-poll holds a request.
@@ -48,6 +52,9 @@ pub struct CallReply {
     pub call: Call,
     pub replayed: bool,
 }
+
+/// A place in a (session, tool) queue: resolves when the call's turn comes.
+type Turn = Pin<Box<dyn Future<Output = OwnedMutexGuard<()>> + Send>>;
 
 enum Started {
     New,
@@ -126,26 +133,39 @@ impl Service {
         } else {
             call.started_at = Some(now);
         }
-        // A tool that can change nothing outside its own state starts while
-        // its `running` record commits: the writer runs jobs in order, so the
-        // record commits before the outcome; if the record is refused (stale
-        // If-Match, session deleted) the outcome finds no record and nothing
-        // of the run is written. Calls with an idempotency key, async calls
-        // and tools with effects outside their state wait for the record.
+        // The call queues for its turn on the tool's state here, in arrival
+        // order, before its record is written: calls of one tool in one
+        // session run in the order they came, whichever path they take.
+        let turn = match call.status {
+            CallStatus::Running => Some(self.queue_for_turn(&session.id, &call.tool).await),
+            _ => None,
+        };
+        // A tool that can change nothing outside its own state (and reads
+        // no secrets) starts while its `running` record commits: the writer
+        // runs jobs in order, so the record commits before the outcome. The
+        // only refusal left for such a record is a session deleted meanwhile;
+        // then the outcome finds no record and nothing of the run is
+        // written. Calls with an idempotency key or If-Match, async calls
+        // and other tools wait for the record.
         let pipelined = call.status == CallStatus::Running
             && call.idempotency_key.is_none()
+            && opts.if_match.is_none()
             && !opts.respond_async
-            && boundary.grants.changes_only_state();
+            && boundary.grants.changes_only_state()
+            && boundary.grants.secrets.is_empty();
         if pipelined {
             let recorded = self.submit_request(&call, p, opts.if_match)?;
-            let task = tokio::spawn(self.clone().execute(call.clone(), session, p.name.clone(), slot));
-            let recorded = recorded.await;
-            let finished = task.await.map_err(|e| ServiceError::Unavailable(format!("call task failed: {e}")));
-            recorded?;
+            let task = tokio::spawn(self.clone().execute(call.clone(), session, p.name.clone(), slot, turn));
+            if let Err(e) = recorded.await {
+                task.abort();
+                return Err(e.into());
+            }
             self.count_call(&call, 0);
-            return Ok(CallReply { call: finished??, replayed: false });
+            let finished = task.await.map_err(|e| ServiceError::Unavailable(format!("call task failed: {e}")))?;
+            return Ok(CallReply { call: finished?, replayed: false });
         }
         if let Started::Existing(first) = self.record_request(&call, p, opts.if_match).await? {
+            drop(turn);
             return self.replay(p, *first, &req, opts).await;
         }
         self.count_call(&call, 0);
@@ -154,7 +174,7 @@ impl Service {
         }
         // The call runs in its own task: a client that disconnects does not
         // cancel it half-way, and an async caller gets its answer at once.
-        let task = tokio::spawn(self.clone().execute(call.clone(), session, p.name.clone(), slot));
+        let task = tokio::spawn(self.clone().execute(call.clone(), session, p.name.clone(), slot, turn));
         if opts.respond_async {
             return Ok(CallReply { call, replayed: false });
         }
@@ -170,19 +190,37 @@ impl Service {
         session: Session,
         actor: String,
         _slot: OwnedSemaphorePermit,
+        turn: Option<Turn>,
     ) -> Result<Call> {
-        let lock = self.tool_lock(&session.id, &call.tool);
-        let _turn = lock.lock().await;
+        // New calls queued when they arrived; approved calls queue now.
+        let _turn = match turn {
+            Some(turn) => turn.await,
+            None => self.tool_lock(&session.id, &call.tool).lock_owned().await,
+        };
         // The boundary as it stands now: a PATCH or DELETE may have come
         // while this call waited its turn.
         let Some(session) = self.db.read(|c| sessions::get(c, &session.id))? else {
             return Err(ServiceError::not_found("session"));
         };
         let Some(tool) = self.tools.get(&call.tool).cloned().filter(|_| session.tools.contains_key(&call.tool)) else {
-            return Err(ServiceError::forbidden(
-                "tool_not_allowed",
-                "the tool left the session's boundary before the call ran",
-            ));
+            // Recorded `running` but never run: finish it, so it does not
+            // wait for a restart to end `interrupted`.
+            let outcome = Outcome {
+                status: CallStatus::Failed,
+                output: None,
+                error: Some(crate::model::CallError {
+                    code: "tool_not_allowed".into(),
+                    message: "the tool left the session's boundary before the call ran".into(),
+                }),
+                usage: Usage::default(),
+                logs: Vec::new(),
+                state_writes: BTreeMap::new(),
+                notes: Vec::new(),
+            };
+            let call = self.record_outcome(call, outcome, &actor).await?;
+            self.count_call(&call, 0);
+            let _ = self.finished.send(call.id.clone());
+            return Ok(call);
         };
         let grant = session.tools.get(&call.tool).map(|b| b.grants.clone()).unwrap_or_default();
         let mounts = self.mounts(&session.id, &grant);
@@ -244,21 +282,20 @@ impl Service {
         let call = call.clone();
         let actor = p.name.clone();
         let data = json!({ "tool": call.tool, "input_sha256": util::sha256_hex(call.input.to_string().as_bytes()), "status": call.status, "idempotency_key": call.idempotency_key });
-        Ok(self
-            .db
-            .submit(move |c| {
-                if !sessions::exists(c, &call.session)? {
-                    return Err(Rejection::NotFound.into());
-                }
-                if let Some(key) = &call.idempotency_key
-                    && let Some(first) = calls::by_idempotency_key(c, &call.session, key)? {
-                        return Ok(Started::Existing(Box::new(first)));
-                    }
-                sessions::check_version(c, &call.session, if_match)?;
-                calls::insert(c, &call, &actor)?;
-                audit::append(c, &call.session, "call_requested", &actor, Some(&call.id), data)?;
-                Ok(Started::New)
-            })?)
+        Ok(self.db.submit(move |c| {
+            if !sessions::exists(c, &call.session)? {
+                return Err(Rejection::NotFound.into());
+            }
+            if let Some(key) = &call.idempotency_key
+                && let Some(first) = calls::by_idempotency_key(c, &call.session, key)?
+            {
+                return Ok(Started::Existing(Box::new(first)));
+            }
+            sessions::check_version(c, &call.session, if_match)?;
+            calls::insert(c, &call, &actor)?;
+            audit::append(c, &call.session, "call_requested", &actor, Some(&call.id), data)?;
+            Ok(Started::New)
+        })?)
     }
 
     /// Step 5: one transaction with everything the call changed. The audit
@@ -303,6 +340,17 @@ impl Service {
                 other => other.into(),
             })?;
         Ok(done)
+    }
+
+    /// Takes a place in the (session, tool) queue now, without waiting for
+    /// the turn: the lock is FIFO and a waiter holds its place from its
+    /// first poll, so polling once here fixes the arrival order.
+    async fn queue_for_turn(&self, session: &str, tool: &str) -> Turn {
+        let mut turn: Turn = Box::pin(self.tool_lock(session, tool).lock_owned());
+        match std::future::poll_fn(|cx| Poll::Ready(turn.as_mut().poll(cx))).await {
+            Poll::Ready(guard) => Box::pin(std::future::ready(guard)),
+            Poll::Pending => turn,
+        }
     }
 
     /// Marks calls left `running` by a stopped host as `interrupted`.
