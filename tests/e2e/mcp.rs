@@ -347,3 +347,39 @@ async fn the_stdio_bridge_survives_a_host_restart() -> Result<()> {
     assert!(stderr.contains("initialized again"), "{stderr}");
     Ok(())
 }
+
+/// No host at the address: every request gets a JSON-RPC error saying why,
+/// and the bridge keeps serving (the client is not left hanging).
+#[tokio::test]
+async fn the_stdio_bridge_answers_errors_when_the_host_is_unreachable() -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let mut bridge = std::process::Command::new(binary())
+        .args(["mcp", "--connect", &url, "--token-env", "AGENT_TOKEN"])
+        .env("AGENT_TOKEN", AGENT)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut stdin = bridge.stdin.take().context("stdin")?;
+    let mut stdout = BufReader::new(bridge.stdout.take().context("stdout")?);
+    for id in [1, 2] {
+        let mut message = initialize();
+        message["id"] = json!(id);
+        writeln!(stdin, "{message}")?;
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let answer: Value = serde_json::from_str(&line).with_context(|| format!("bridge wrote {line:?}"))?;
+        assert_eq!(answer["id"], id, "{answer}");
+        assert_eq!(answer["error"]["code"], -32603, "{answer}");
+        assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains("connecting")), "{answer}");
+    }
+    writeln!(stdin, "this is not json")?;
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let answer: Value = serde_json::from_str(&line)?;
+    assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    drop(stdin);
+    assert!(bridge.wait()?.success(), "stdin closed: the bridge exits cleanly");
+    Ok(())
+}
