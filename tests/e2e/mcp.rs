@@ -300,27 +300,38 @@ async fn malformed_mcp_requests_get_the_contract_error_body() -> Result<()> {
     Ok(())
 }
 
+/// `bulkhead mcp` as the agent, with its stdin and stdout.
+fn start_bridge(
+    args: &[&str],
+) -> Result<(std::process::Child, std::process::ChildStdin, std::io::BufReader<std::process::ChildStdout>)> {
+    use std::process::Stdio;
+    let mut bridge = std::process::Command::new(binary())
+        .arg("mcp")
+        .args(args)
+        .args(["--token-env", "AGENT_TOKEN"])
+        .env("AGENT_TOKEN", AGENT)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdin = bridge.stdin.take().context("stdin")?;
+    let stdout = std::io::BufReader::new(bridge.stdout.take().context("stdout")?);
+    Ok((bridge, stdin, stdout))
+}
+
 /// A stdio client never initializes twice; the bridge does it for it when
 /// the host forgot the MCP session (here: a restart), and the Bulkhead
 /// session, state and all, carries on.
 #[tokio::test]
 async fn the_stdio_bridge_survives_a_host_restart() -> Result<()> {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, Write};
     let mut host = TestHost::builder()
         .bundle("counter", example_tool("counter"))
         .listen(&format!("127.0.0.1:{}", free_port()))
         .start()
         .await?;
     let sid = host.agent().session(json!({ "tools": ["counter"] })).await?;
-    let mut bridge = std::process::Command::new(binary())
-        .args(["mcp", "--connect", &host.base, "--token-env", "AGENT_TOKEN", "--session", &sid])
-        .env("AGENT_TOKEN", AGENT)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let mut stdin = bridge.stdin.take().context("stdin")?;
-    let mut stdout = BufReader::new(bridge.stdout.take().context("stdout")?);
+    let (mut bridge, mut stdin, mut stdout) = start_bridge(&["--connect", &host.base, "--session", &sid])?;
     let mut exchange = move |message: Value| -> Result<Value> {
         writeln!(stdin, "{message}")?;
         if message.get("id").is_none() {
@@ -352,17 +363,9 @@ async fn the_stdio_bridge_survives_a_host_restart() -> Result<()> {
 /// and the bridge keeps serving (the client is not left hanging).
 #[tokio::test]
 async fn the_stdio_bridge_answers_errors_when_the_host_is_unreachable() -> Result<()> {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, Write};
     let url = format!("http://127.0.0.1:{}", free_port());
-    let mut bridge = std::process::Command::new(binary())
-        .args(["mcp", "--connect", &url, "--token-env", "AGENT_TOKEN"])
-        .env("AGENT_TOKEN", AGENT)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let mut stdin = bridge.stdin.take().context("stdin")?;
-    let mut stdout = BufReader::new(bridge.stdout.take().context("stdout")?);
+    let (mut bridge, mut stdin, mut stdout) = start_bridge(&["--connect", &url])?;
     for id in [1, 2] {
         let mut message = initialize();
         message["id"] = json!(id);

@@ -233,7 +233,7 @@ impl Bridge {
             headers.push(("mcp-protocol-version", version));
         }
         let had_session = headers.iter().any(|(k, _)| *k == "mcp-session-id");
-        let resp = self.send(Method::POST, &self.target.path.clone(), headers, message.to_string().into()).await?;
+        let resp = self.send(Method::POST, &self.target.path, headers, message.to_string().into()).await?;
         if let Some(id) = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
             *self.mcp_session.lock().unwrap() = Some(id.to_string());
         }
@@ -332,7 +332,7 @@ impl Bridge {
     async fn end(&self) {
         let Some(id) = self.mcp_session.lock().unwrap().clone() else { return };
         let headers = vec![("mcp-session-id", id)];
-        let _ = self.send(Method::DELETE, &self.target.path.clone(), headers, Bytes::new()).await;
+        let _ = self.send(Method::DELETE, &self.target.path, headers, Bytes::new()).await;
     }
 
     async fn send(

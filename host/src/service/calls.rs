@@ -202,10 +202,11 @@ impl Service {
         let Some(session) = self.db.read(|c| sessions::get(c, &session.id))? else {
             return Err(ServiceError::not_found("session"));
         };
-        let Some(tool) = self.tools.get(&call.tool).cloned().filter(|_| session.tools.contains_key(&call.tool)) else {
+        let outcome = match self.tools.get(&call.tool).filter(|_| session.tools.contains_key(&call.tool)) {
+            Some(tool) => self.run(tool, &call, &session).await,
             // Recorded `running` but never run: finish it, so it does not
             // wait for a restart to end `interrupted`.
-            let outcome = Outcome {
+            None => Outcome {
                 status: CallStatus::Failed,
                 output: None,
                 error: Some(crate::model::CallError {
@@ -216,12 +217,24 @@ impl Service {
                 logs: Vec::new(),
                 state_writes: BTreeMap::new(),
                 notes: Vec::new(),
-            };
-            let call = self.record_outcome(call, outcome, &actor).await?;
-            self.count_call(&call, 0);
-            let _ = self.finished.send(call.id.clone());
-            return Ok(call);
+            },
         };
+        let denials = outcome.notes.iter().filter(|n| n.kind == "capability_denied").count();
+        let result = self.record_outcome(call, outcome, &actor).await;
+        match &result {
+            Ok(call) => {
+                self.count_call(call, denials);
+                let _ = self.finished.send(call.id.clone());
+            }
+            // No record to finish: its request was refused, or its session deleted.
+            Err(ServiceError::NotFound { .. }) => {}
+            Err(e) => tracing::error!("cannot record a call's outcome: {e}"),
+        }
+        result
+    }
+
+    /// Runs the tool in its sandbox under the session's effective grant.
+    async fn run(&self, tool: &crate::runtime::loader::LoadedTool, call: &Call, session: &Session) -> Outcome {
         let grant = session.tools.get(&call.tool).map(|b| b.grants.clone()).unwrap_or_default();
         let mounts = self.mounts(&session.id, &grant);
         let env = CallEnv {
@@ -236,20 +249,7 @@ impl Service {
             mounts,
             allow_private: self.allow_private.clone(),
         };
-        let input_text = call.input.to_string();
-        let outcome = self.runtime.invoke(&tool, &input_text, env).await;
-        let denials = outcome.notes.iter().filter(|n| n.kind == "capability_denied").count();
-        let result = self.record_outcome(call, outcome, &actor).await;
-        match &result {
-            Ok(call) => {
-                self.count_call(call, denials);
-                let _ = self.finished.send(call.id.clone());
-            }
-            // No record to finish: its request was refused, or its session deleted.
-            Err(ServiceError::NotFound { .. }) => {}
-            Err(e) => tracing::error!("cannot record a call's outcome: {e}"),
-        }
-        result
+        self.runtime.invoke(tool, &call.input.to_string(), env).await
     }
 
     /// The first call with this idempotency key, if the request matches it;
