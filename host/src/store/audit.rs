@@ -4,12 +4,18 @@
 //! canonical JSON is compact with keys sorted (serde_json's default map is
 //! ordered). The first event of a session chains to [`GENESIS`]. Events are
 //! appended in the same transaction as the change they record.
+//!
+//! The writer keeps each recently used chain's head (last seq and hash) in
+//! memory ([`Heads`]), so an append is one INSERT instead of a SELECT and an
+//! INSERT. A head learned inside a transaction becomes trusted only when
+//! that transaction commits.
 
-use super::Result;
+use super::{Result, Tx};
 use crate::model::AuditEvent;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -30,32 +36,91 @@ fn from_row(r: &Row) -> rusqlite::Result<AuditEvent> {
 
 /// The hash of an event from its fields (all but `hash`).
 pub fn hash_of(e: &AuditEvent) -> String {
-    let mut body = json!({
-        "seq": e.seq, "at": e.at, "session": e.session, "kind": e.kind,
-        "actor": e.actor, "data": e.data, "prev_hash": e.prev_hash,
-    });
-    if let Some(call) = &e.call {
-        body["call"] = Value::String(call.clone());
+    hash_with_data(e, &e.data.to_string())
+}
+
+/// `hash_of` with the event's data already serialized (compact JSON).
+///
+/// The canonical form is written field by field, keys in sorted order,
+/// exactly as serde_json prints a map of these fields (checked by a test);
+/// building a `Value` for every event cost more than the append's SQL.
+fn hash_with_data(e: &AuditEvent, data: &str) -> String {
+    fn field(out: &mut Vec<u8>, key: &str, value: &impl serde::Serialize) {
+        out.extend_from_slice(key.as_bytes());
+        serde_json::to_writer(&mut *out, value).expect("strings and integers serialize");
     }
+    let mut body = Vec::with_capacity(256 + data.len());
+    field(&mut body, "{\"actor\":", &e.actor);
+    field(&mut body, ",\"at\":", &e.at);
+    if let Some(call) = &e.call {
+        field(&mut body, ",\"call\":", call);
+    }
+    body.extend_from_slice(b",\"data\":");
+    body.extend_from_slice(data.as_bytes());
+    field(&mut body, ",\"kind\":", &e.kind);
+    field(&mut body, ",\"prev_hash\":", &e.prev_hash);
+    field(&mut body, ",\"seq\":", &e.seq);
+    field(&mut body, ",\"session\":", &e.session);
+    body.push(b'}');
     let mut h = Sha256::new();
     h.update(e.prev_hash.as_bytes());
-    h.update(serde_json::to_vec(&body).expect("json serializes"));
+    h.update(&body);
     hex::encode(h.finalize())
 }
 
+/// Chain heads (last seq, hash) as the writer knows them: committed, and
+/// pending in the open transaction (per batch and per job, following the
+/// savepoints).
+#[derive(Default)]
+pub struct Heads {
+    committed: HashMap<String, (i64, String)>,
+    batch: HashMap<String, (i64, String)>,
+    job: HashMap<String, (i64, String)>,
+}
+
+/// Heads kept after commit; past this the cache starts over (it only saves
+/// a SELECT per append, so forgetting is always safe).
+const MAX_HEADS: usize = 4096;
+
+impl Heads {
+    fn get(&self, session: &str) -> Option<&(i64, String)> {
+        self.job.get(session).or_else(|| self.batch.get(session)).or_else(|| self.committed.get(session))
+    }
+
+    /// The job's savepoint was released: its appends belong to the batch.
+    pub(super) fn release_job(&mut self) {
+        self.batch.extend(self.job.drain());
+    }
+
+    /// The job's savepoint was rolled back: its appends never happened.
+    pub(super) fn rollback_job(&mut self) {
+        self.job.clear();
+    }
+
+    /// The transaction committed: its heads are now the database's.
+    pub(super) fn commit(&mut self) {
+        if self.committed.len() + self.batch.len() > MAX_HEADS {
+            self.committed.clear();
+        }
+        self.committed.extend(self.batch.drain());
+    }
+
+    /// Something went wrong mid-transaction: trust nothing kept in memory.
+    pub(super) fn forget(&mut self) {
+        *self = Heads::default();
+    }
+}
+
 /// Appends an event to its session's chain.
-pub fn append(
-    conn: &Connection,
-    session: &str,
-    kind: &str,
-    actor: &str,
-    call: Option<&str>,
-    data: Value,
-) -> Result<AuditEvent> {
-    let last: Option<(i64, String)> = conn
-        .prepare_cached("SELECT seq, hash FROM audit WHERE session = ?1 ORDER BY seq DESC LIMIT 1")?
-        .query_row([session], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+pub fn append(tx: &Tx, session: &str, kind: &str, actor: &str, call: Option<&str>, data: Value) -> Result<AuditEvent> {
+    let known = tx.chains.borrow().get(session).cloned();
+    let last = match known {
+        Some(head) => Some(head),
+        None => tx
+            .prepare_cached("SELECT seq, hash FROM audit WHERE session = ?1 ORDER BY seq DESC LIMIT 1")?
+            .query_row([session], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?,
+    };
     let (seq, prev_hash) = last.map(|(s, h)| (s + 1, h)).unwrap_or((1, GENESIS.to_string()));
     let mut event = AuditEvent {
         seq,
@@ -68,8 +133,9 @@ pub fn append(
         prev_hash,
         hash: String::new(),
     };
-    event.hash = hash_of(&event);
-    conn.prepare_cached(
+    let data = event.data.to_string();
+    event.hash = hash_with_data(&event, &data);
+    tx.prepare_cached(
         "INSERT INTO audit (session, seq, at, kind, actor, call, data, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
@@ -79,10 +145,11 @@ pub fn append(
         event.kind,
         event.actor,
         event.call,
-        event.data.to_string(),
+        data,
         event.prev_hash,
         event.hash
     ])?;
+    tx.chains.borrow_mut().job.insert(event.session.clone(), (event.seq, event.hash.clone()));
     Ok(event)
 }
 
@@ -130,4 +197,83 @@ pub fn verify_all(conn: &Connection) -> Result<std::result::Result<u64, Break>> 
         checked += 1;
     }
     Ok(Ok(checked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Db, Durability, Rejection, StoreError};
+    use serde_json::json;
+
+    fn event(call: Option<&str>, actor: &str, data: Value) -> AuditEvent {
+        AuditEvent {
+            seq: 7,
+            at: "2026-11-26T10:00:00.123Z".into(),
+            session: "s1".into(),
+            kind: "call_finished".into(),
+            actor: actor.into(),
+            call: call.map(str::to_string),
+            data,
+            prev_hash: GENESIS.into(),
+            hash: String::new(),
+        }
+    }
+
+    /// The hand-written canonical form is byte for byte serde_json's sorted
+    /// map, the form every chain written so far was hashed with.
+    #[test]
+    fn canonical_form_is_sorted_compact_json() {
+        let cases = [
+            event(Some("c1"), "alice", json!({"b": 1, "a": [true, null, 1.5]})),
+            event(None, "bulkhead", json!({})),
+            event(Some("c\"2\\"), "ünï \u{7} \n tab\t", json!({"text": "\u{1f600} \"quoted\""})),
+        ];
+        for e in cases {
+            let mut map = json!({
+                "seq": e.seq, "at": e.at, "session": e.session, "kind": e.kind,
+                "actor": e.actor, "data": e.data, "prev_hash": e.prev_hash,
+            });
+            if let Some(call) = &e.call {
+                map["call"] = Value::String(call.clone());
+            }
+            let mut h = Sha256::new();
+            h.update(e.prev_hash.as_bytes());
+            h.update(serde_json::to_vec(&map).unwrap());
+            assert_eq!(hash_of(&e), hex::encode(h.finalize()), "{e:?}");
+        }
+    }
+
+    /// Appends through the writer's head cache, with a job that appends and
+    /// then fails (its savepoint rolls back) between two that succeed: the
+    /// chain has no gap, no fork, and verifies.
+    #[test]
+    fn cached_heads_follow_commits_and_rollbacks() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-audit-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = Db::open(&dir, Durability::Normal).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let append_ok = |kind: &'static str| {
+            db.submit(move |tx| append(tx, "s1", kind, "a", None, json!({})).map(|e| e.seq)).unwrap()
+        };
+        let first = append_ok("one");
+        let failed = db
+            .submit(|tx| {
+                append(tx, "s1", "undone", "a", None, json!({}))?;
+                Err::<(), _>(Rejection::NotFound.into())
+            })
+            .unwrap();
+        let second = append_ok("two");
+        let (first, failed, second) = rt.block_on(async { (first.await, failed.await, second.await) });
+        assert_eq!(first.unwrap(), 1);
+        assert!(matches!(failed, Err(StoreError::Rejected(Rejection::NotFound))));
+        assert_eq!(second.unwrap(), 2, "the rolled-back append left no gap");
+        // A later batch continues from the committed head.
+        assert_eq!(rt.block_on(append_ok("three")).unwrap(), 3);
+        let events = db.read(|c| list(c, "s1", 0, 10)).unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["one", "two", "three"]);
+        assert_eq!(db.read(verify_all).unwrap(), Ok(3));
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -8,7 +8,8 @@
 //! writer means `SQLITE_BUSY` never reaches a client.
 //!
 //! Reads use a small pool of read-only connections; WAL lets them run beside
-//! the writer.
+//! the writer. Checkpoints (copying the WAL back into the database file)
+//! run on their own thread, so the writer never pays for them.
 //!
 //! The submodules are plain functions over a `&Connection`, one per table,
 //! so the service composes several of them inside one write job.
@@ -21,9 +22,11 @@ pub mod sessions;
 pub mod tool_state;
 
 use rusqlite::{Connection, OpenFlags};
+use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, mpsc};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 pub const DB_FILE: &str = "bulkhead.sqlite3";
@@ -33,6 +36,11 @@ const MAX_BATCH: usize = 256;
 const MAX_IDLE_READERS: usize = 16;
 /// Wait on a locked database (e.g. a checkpoint) instead of failing.
 const BUSY_TIMEOUT_MS: u32 = 5_000;
+/// The checkpointer runs at most this often: each run copies every page
+/// committed since the last, so a page written by many calls is copied once.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// After a checkpoint the WAL file is truncated to this size if larger.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// What can go wrong in storage. `Unavailable` carries detail for the log
 /// only; clients see a generic 503.
@@ -74,8 +82,23 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// `Completion` answers a job once the fate of its transaction is known.
 type Completion = Box<dyn FnOnce(Result<()>) + Send>;
-/// A job runs on the writer's connection (or is told it cannot run: `None`).
-type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Completion) + Send>;
+/// A job runs in the writer's transaction (or is told it cannot run: `None`).
+type Job = Box<dyn FnOnce(Option<&Tx>) -> (bool, Completion) + Send>;
+
+/// The writer's open transaction, as a write job sees it: the connection
+/// (through `Deref`) and what the writer keeps in memory about committed
+/// data, such as the head of each audit chain.
+pub struct Tx<'a> {
+    conn: &'a Connection,
+    pub(crate) chains: &'a RefCell<audit::Heads>,
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
 
 /// How much a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,14 +127,23 @@ impl Db {
             Durability::Normal => "NORMAL",
             Durability::Full => "FULL",
         };
+        // The writer never checkpoints (`wal_autocheckpoint = 0`): the
+        // checkpointer thread does, on its own connection.
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; \
+             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
         ))?;
         schema::migrate(&conn)?;
+        let checkpointer = Connection::open(&path)?;
+        checkpointer.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
+        checkpointer.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"))?;
+        let (committed, wake) = mpsc::sync_channel::<()>(1);
         let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("bulkhead-db-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name.into()).spawn(f).map(|_| ())
+        };
+        spawn("bulkhead-db-writer", Box::new(move || writer_loop(conn, rx, committed)))
+            .and_then(|_| spawn("bulkhead-db-checkpoint", Box::new(move || checkpoint_loop(checkpointer, wake))))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Db { path, writer: tx, readers: Mutex::new(Vec::new()) })
     }
@@ -124,7 +156,7 @@ impl Db {
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Tx) -> Result<T> + Send + 'static,
     {
         self.submit(f)?.await
     }
@@ -135,7 +167,7 @@ impl Db {
     pub fn submit<T, F>(&self, f: F) -> Result<impl std::future::Future<Output = Result<T>> + use<T, F>>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Tx) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
@@ -208,7 +240,9 @@ impl Db {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, committed: mpsc::SyncSender<()>) {
+    let chains = RefCell::new(audit::Heads::default());
+    let tx = Tx { conn: &conn, chains: &chains };
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -217,7 +251,22 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        run_batch(&conn, batch);
+        run_batch(&tx, batch);
+        // Wakes the checkpointer; a wake already pending covers this one.
+        let _ = committed.try_send(());
+    }
+}
+
+/// Copies committed pages from the WAL into the database file, at most
+/// every `CHECKPOINT_EVERY`, while there were commits. `PASSIVE` never
+/// blocks the writer or readers; pages still read by an open snapshot wait
+/// for the next run. Ends when the writer does.
+fn checkpoint_loop(conn: Connection, wake: mpsc::Receiver<()>) {
+    while wake.recv().is_ok() {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!("checkpoint failed (retried after the next commit): {e}");
+        }
     }
 }
 
@@ -227,8 +276,8 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-fn run_batch(conn: &Connection, batch: Vec<Job>) {
-    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+fn run_batch(tx: &Tx, batch: Vec<Job>) {
+    if let Err(e) = control(tx, "BEGIN IMMEDIATE") {
         tracing::error!("cannot begin a transaction: {e}");
         for job in batch {
             let (_, done) = job(None);
@@ -238,26 +287,37 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
     }
     let mut completions = Vec::with_capacity(batch.len());
     for job in batch {
-        if let Err(e) = control(conn, "SAVEPOINT job") {
+        if let Err(e) = control(tx, "SAVEPOINT job") {
             let (_, done) = job(None);
             done(Err(e.into()));
             continue;
         }
-        let (ok, done) = job(Some(conn));
+        let (ok, done) = job(Some(tx));
         let end = if ok {
-            control(conn, "RELEASE job")
+            control(tx, "RELEASE job")
         } else {
-            control(conn, "ROLLBACK TO job").and_then(|_| control(conn, "RELEASE job"))
+            control(tx, "ROLLBACK TO job").and_then(|_| control(tx, "RELEASE job"))
         };
-        if let Err(e) = end {
-            tracing::error!("cannot end a savepoint: {e}");
+        match end {
+            Ok(()) if ok => tx.chains.borrow_mut().release_job(),
+            Ok(()) => tx.chains.borrow_mut().rollback_job(),
+            Err(e) => {
+                // The savepoint's fate is unknown: forget what the writer
+                // knew rather than trust it.
+                tracing::error!("cannot end a savepoint: {e}");
+                tx.chains.borrow_mut().forget();
+            }
         }
         completions.push(done);
     }
-    let commit = control(conn, "COMMIT").map_err(StoreError::from);
-    if let Err(e) = &commit {
-        tracing::error!("commit failed, the batch is rolled back: {e}");
-        let _ = control(conn, "ROLLBACK");
+    let commit = control(tx, "COMMIT").map_err(StoreError::from);
+    match &commit {
+        Ok(()) => tx.chains.borrow_mut().commit(),
+        Err(e) => {
+            tracing::error!("commit failed, the batch is rolled back: {e}");
+            let _ = control(tx, "ROLLBACK");
+            tx.chains.borrow_mut().forget();
+        }
     }
     for done in completions {
         done(match &commit {
