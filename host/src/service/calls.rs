@@ -79,6 +79,7 @@ impl Service {
         opts: CallOptions,
     ) -> Result<CallReply> {
         super::sessions::require_agent(p)?;
+        let epoch = self.boundary_epoch();
         let session = self.owned_session(p, sid).await?;
         let tool = self.tools.get(&req.tool).cloned().ok_or_else(|| ServiceError::NotFound {
             code: "unknown_tool",
@@ -155,7 +156,7 @@ impl Service {
             && boundary.grants.secrets.is_empty();
         if pipelined {
             let recorded = self.submit_request(&call, p, opts.if_match)?;
-            let task = tokio::spawn(self.clone().execute(call.clone(), session, p.name.clone(), slot, turn));
+            let task = tokio::spawn(self.clone().execute(call.clone(), (session, Some(epoch)), p.name.clone(), slot, turn));
             if let Err(e) = recorded.await {
                 task.abort();
                 return Err(e.into());
@@ -174,7 +175,7 @@ impl Service {
         }
         // The call runs in its own task: a client that disconnects does not
         // cancel it half-way, and an async caller gets its answer at once.
-        let task = tokio::spawn(self.clone().execute(call.clone(), session, p.name.clone(), slot, turn));
+        let task = tokio::spawn(self.clone().execute(call.clone(), (session, Some(epoch)), p.name.clone(), slot, turn));
         if opts.respond_async {
             return Ok(CallReply { call, replayed: false });
         }
@@ -183,24 +184,32 @@ impl Service {
     }
 
     /// Runs a recorded call under the session's boundary: waits its turn
-    /// for the tool's state, runs the tool, commits the outcome.
+    /// for the tool's state, runs the tool, commits the outcome. `read` is
+    /// the session with the boundary epoch read before it, if known.
     pub(super) async fn execute(
         self: Arc<Self>,
         call: Call,
-        session: Session,
+        read: (Session, Option<u64>),
         actor: String,
         _slot: OwnedSemaphorePermit,
         turn: Option<Turn>,
     ) -> Result<Call> {
+        let (session, epoch) = read;
         // New calls queued when they arrived; approved calls queue now.
         let _turn = match turn {
             Some(turn) => turn.await,
             None => self.tool_lock(&session.id, &call.tool).lock_owned().await,
         };
         // The boundary as it stands now: a PATCH or DELETE may have come
-        // while this call waited its turn.
-        let Some(session) = self.db.read(|c| sessions::get(c, &session.id))? else {
-            return Err(ServiceError::not_found("session"));
+        // while this call waited its turn. When no boundary changed since
+        // the session was read, that read is current.
+        let session = if epoch == Some(self.boundary_epoch()) {
+            session
+        } else {
+            match self.db.read(|c| sessions::get(c, &session.id))? {
+                Some(session) => session,
+                None => return Err(ServiceError::not_found("session")),
+            }
         };
         let outcome = match self.tools.get(&call.tool).filter(|_| session.tools.contains_key(&call.tool)) {
             Some(tool) => self.run(tool, &call, &session).await,

@@ -21,6 +21,7 @@ use crate::runtime::Runtime;
 use crate::runtime::loader::{LoadError, LoadedTool};
 use crate::store::{Db, Durability};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{Semaphore, broadcast};
 
@@ -64,6 +65,10 @@ pub struct Service {
     allow_private: Arc<Vec<(std::net::IpAddr, u8)>>,
     /// Ids of calls that just left `running`/`pending_approval`, for long-polls.
     finished: broadcast::Sender<String>,
+    /// Counts committed changes to any session's boundary (narrowing,
+    /// deletion, expiry): a call that saw no change since it read its
+    /// session need not read it again when its turn comes.
+    boundary_epoch: AtomicU64,
 }
 
 impl Service {
@@ -125,6 +130,7 @@ impl Service {
             reviews,
             tool_locks: Mutex::new(HashMap::new()),
             finished: broadcast::channel(1024).0,
+            boundary_epoch: AtomicU64::new(0),
             allow_private: Arc::new(allow_private),
         });
         let interrupted = service.recover().await?;
@@ -218,5 +224,17 @@ fn review_summary(bundle: &std::path::Path) -> serde_json::Value {
             })
         }
         Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
+}
+
+impl Service {
+    /// The boundary epoch now; read before reading a session.
+    fn boundary_epoch(&self) -> u64 {
+        self.boundary_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Called after a boundary change committed (whatever its result).
+    fn boundary_changed(&self) {
+        self.boundary_epoch.fetch_add(1, Ordering::SeqCst);
     }
 }

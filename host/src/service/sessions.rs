@@ -210,7 +210,8 @@ impl Service {
     pub async fn delete_session(&self, p: &Principal, sid: &str) -> Result<()> {
         let session = self.owned_session(p, sid).await?;
         let actor = p.name.clone();
-        self.db
+        let deleted = self
+            .db
             .write(move |c| {
                 if !sessions::delete(c, &session.id)? {
                     return Err(Rejection::NotFound.into());
@@ -218,7 +219,9 @@ impl Service {
                 audit::append(c, &session.id, "session_deleted", &actor, None, json!({}))?;
                 Ok(())
             })
-            .await?;
+            .await;
+        self.boundary_changed();
+        deleted?;
         self.remove_workspace(sid);
         Ok(())
     }
@@ -325,7 +328,9 @@ impl Service {
                 audit::append(c, &id, "session_narrowed", &actor, None, json!({ "tools": new_tools }))?;
                 Ok(version)
             })
-            .await?;
+            .await;
+        self.boundary_changed();
+        let version = version?;
         session.tools = tools;
         session.version = version;
         Ok(session)
@@ -345,7 +350,7 @@ impl Service {
     /// ending with `session_deleted` (reason `expired`).
     pub async fn purge_expired_sessions(&self) -> Result<usize> {
         let now = util::now_rfc3339();
-        Ok(self
+        let purged = self
             .db
             .write(move |c| {
                 let ids = sessions::expired(c, &now)?;
@@ -361,6 +366,10 @@ impl Service {
                     self.remove_workspace(id);
                 }
                 ids.len()
-            })?)
+            });
+        if purged.as_ref().is_ok_and(|n| *n > 0) || purged.is_err() {
+            self.boundary_changed();
+        }
+        Ok(purged?)
     }
 }
