@@ -42,6 +42,8 @@ fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Service>, PathBuf) {
 }
 
 fn benches(c: &mut Criterion) {
+    // As the binary does (before any thread starts).
+    bulkhead::util::quiet_library_backtraces();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let (service, dir) = setup(&rt);
     let me = Principal::local("bench");

@@ -124,6 +124,7 @@ enum AuditCommand {
 }
 
 pub fn main() -> ExitCode {
+    crate::util::quiet_library_backtraces();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
