@@ -243,6 +243,9 @@ async fn deleting_a_session_removes_it_but_keeps_its_audit_chain() -> anyhow::Re
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = api.get(&format!("/v1/sessions/{sid}")).await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // The call path keeps sessions in memory; a deletion ends that.
+    let (status, _) = api.call(&sid, "counter", json!({})).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a call after the deletion");
     let db = rusqlite::Connection::open(host.db_path())?;
     let state_rows: i64 = db.query_row("SELECT COUNT(*) FROM tool_state WHERE session = ?1", [&sid], |r| r.get(0))?;
     let last: String =

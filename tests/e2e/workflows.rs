@@ -168,6 +168,9 @@ async fn patch_narrows_the_boundary_and_refuses_to_widen_it() -> anyhow::Result<
     let sid = agent.session(json!({})).await?;
     let path = format!("/v1/sessions/{sid}");
     let patch = |body: Value| agent.request(Method::PATCH, &path).json(&body);
+    // A call first, so the call path holds the session in memory.
+    let (_, call) = agent.call(&sid, "notes", json!({"op": "summarize"})).await?;
+    assert_eq!(call["status"], "succeeded", "{call}");
     let (status, s) = Api::send(patch(json!({"grants": {"notes": {"history": false}}}))).await?;
     assert_eq!(status, StatusCode::OK, "{s}");
     assert_eq!(s["tools"]["notes"]["grants"]["history"], false);

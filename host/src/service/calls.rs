@@ -79,8 +79,7 @@ impl Service {
         opts: CallOptions,
     ) -> Result<CallReply> {
         super::sessions::require_agent(p)?;
-        let epoch = self.boundary_epoch();
-        let session = self.owned_session(p, sid).await?;
+        let (session, epoch) = self.session_for_call(p, sid)?;
         let tool = self.tools.get(&req.tool).cloned().ok_or_else(|| ServiceError::NotFound {
             code: "unknown_tool",
             message: format!("no tool named {:?}", req.tool.chars().take(64).collect::<String>()),
@@ -189,7 +188,7 @@ impl Service {
     pub(super) async fn execute(
         self: Arc<Self>,
         call: Call,
-        read: (Session, Option<u64>),
+        read: (Arc<Session>, Option<u64>),
         actor: String,
         _slot: OwnedSemaphorePermit,
         turn: Option<Turn>,
@@ -207,7 +206,7 @@ impl Service {
             session
         } else {
             match self.db.read(|c| sessions::get(c, &session.id))? {
-                Some(session) => session,
+                Some(session) => Arc::new(session),
                 None => return Err(ServiceError::not_found("session")),
             }
         };

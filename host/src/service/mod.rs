@@ -69,6 +69,9 @@ pub struct Service {
     /// deletion, expiry): a call that saw no change since it read its
     /// session need not read it again when its turn comes.
     boundary_epoch: AtomicU64,
+    /// Sessions read by calls, with the epoch read before each (see
+    /// `session_for_call`).
+    call_sessions: Mutex<HashMap<String, (u64, Arc<crate::model::Session>)>>,
 }
 
 impl Service {
@@ -131,6 +134,7 @@ impl Service {
             tool_locks: Mutex::new(HashMap::new()),
             finished: broadcast::channel(1024).0,
             boundary_epoch: AtomicU64::new(0),
+            call_sessions: Mutex::new(HashMap::new()),
             allow_private: Arc::new(allow_private),
         });
         let interrupted = service.recover().await?;

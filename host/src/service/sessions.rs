@@ -9,6 +9,7 @@ use crate::util;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Bounds on what a session carries, so one client cannot bloat every read.
 pub const MAX_ENV_ENTRIES: usize = 64;
@@ -85,6 +86,23 @@ pub(crate) fn require_agent(p: &Principal) -> Result<()> {
     }
 }
 
+/// Sessions the call path keeps in memory; past this it starts over.
+const MAX_CACHED_SESSIONS: usize = 1024;
+
+/// 404 unless `p` owns the session or is an admin (ids cannot be probed);
+/// 410 once it has expired.
+fn check_owned(p: &Principal, session: Option<&Session>) -> Result<()> {
+    match session {
+        Some(s) if s.principal == p.name || p.is_admin() => {
+            if s.expires_at.as_deref().is_some_and(util::is_past) {
+                return Err(ServiceError::Gone { code: "session_expired", message: "the session has expired".into() });
+            }
+            Ok(())
+        }
+        _ => Err(ServiceError::not_found("session")),
+    }
+}
+
 fn role_ok(role: &str) -> bool {
     (1..=32).contains(&role.len()) && role.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-')
 }
@@ -99,18 +117,32 @@ impl Service {
         // A primary-key lookup against the page cache: cheaper on this
         // thread than a hop to the blocking pool.
         let session = self.db.read(|c| sessions::get(c, sid))?;
-        match session {
-            Some(s) if s.principal == p.name || p.is_admin() => {
-                if s.expires_at.as_deref().is_some_and(util::is_past) {
-                    return Err(ServiceError::Gone {
-                        code: "session_expired",
-                        message: "the session has expired".into(),
-                    });
-                }
-                Ok(s)
-            }
-            _ => Err(ServiceError::not_found("session")),
+        check_owned(p, session.as_ref())?;
+        Ok(session.expect("checked"))
+    }
+
+    /// `owned_session` for the call path: the session from memory when no
+    /// boundary changed since it was read (its `usage` and `version` may be
+    /// behind: calls use only its id, owner, boundary, env and expiry), and
+    /// the boundary epoch read before it (for `execute`).
+    pub(super) fn session_for_call(&self, p: &Principal, sid: &str) -> Result<(Arc<Session>, u64)> {
+        if !util::is_id(sid) {
+            return Err(ServiceError::not_found("session"));
         }
+        let epoch = self.boundary_epoch();
+        let cached = self.call_sessions.lock().expect("session cache poisoned").get(sid).cloned();
+        let session = match cached {
+            Some((seen, s)) if seen == epoch => Some(s),
+            _ => self.db.read(|c| sessions::get(c, sid))?.map(Arc::new),
+        };
+        check_owned(p, session.as_deref())?;
+        let session = session.expect("checked");
+        let mut cache = self.call_sessions.lock().expect("session cache poisoned");
+        if cache.len() >= MAX_CACHED_SESSIONS {
+            cache.clear();
+        }
+        cache.insert(sid.to_string(), (epoch, session.clone()));
+        Ok((session, epoch))
     }
 
     pub async fn create_session(&self, p: &Principal, req: CreateSession) -> Result<Session> {
