@@ -11,6 +11,8 @@
 //! The binary is `target/release/bulkhead` next to the test executable
 //! (`scripts/test` builds it), or `$BULKHEAD_BIN`.
 
+pub mod load;
+
 use anyhow::{Context, Result, bail};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -227,6 +229,11 @@ impl TestHost {
             Err(_) => bail!("the host did not start; stderr:\n{}", self.stderr()),
         }
         Ok(())
+    }
+
+    /// The host's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the host with SIGKILL: no shutdown code runs.

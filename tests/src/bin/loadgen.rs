@@ -6,71 +6,10 @@
 //! Usage: `cargo run --release -p bulkhead-tests --bin loadgen -- [SECONDS] [CONNECTIONS]`
 //! (after `scripts/build-guests` and `cargo build --release`).
 
-use bulkhead_tests::{Api, TestHost, example_tool};
+use bulkhead_tests::load::{Request, drive};
+use bulkhead_tests::{TestHost, example_tool};
 use serde_json::json;
-use std::time::{Duration, Instant};
-
-struct Run {
-    requests: usize,
-    errors: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Run {
-    fn report(&self, name: &str) -> f64 {
-        let mut l = self.latencies.clone();
-        l.sort();
-        let pct =
-            |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
-        let rate = self.requests as f64 / self.elapsed.as_secs_f64();
-        println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
-            rate,
-            pct(0.50).as_secs_f64() * 1e3,
-            pct(0.99).as_secs_f64() * 1e3,
-            pct(0.999).as_secs_f64() * 1e3,
-            self.errors
-        );
-        rate
-    }
-}
-
-async fn drive(apis: &[(Api, String)], seconds: u64, call: bool) -> Run {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let start = Instant::now();
-    let tasks: Vec<_> = apis
-        .iter()
-        .cloned()
-        .map(|(api, sid)| {
-            tokio::spawn(async move {
-                let (mut lat, mut errors) = (Vec::new(), 0);
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let ok = if call {
-                        matches!(api.call(&sid, "counter", json!({})).await, Ok((s, _)) if s.is_success())
-                    } else {
-                        matches!(api.get("/healthz").await, Ok((s, _)) if s.is_success())
-                    };
-                    lat.push(t.elapsed());
-                    if !ok {
-                        errors += 1;
-                    }
-                }
-                (lat, errors)
-            })
-        })
-        .collect();
-    let mut run = Run { requests: 0, errors: 0, elapsed: Duration::ZERO, latencies: Vec::new() };
-    for t in tasks {
-        let (lat, errors) = t.await.expect("client task");
-        run.requests += lat.len();
-        run.errors += errors;
-        run.latencies.extend(lat);
-    }
-    run.elapsed = start.elapsed();
-    run
-}
+use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -90,12 +29,12 @@ async fn main() -> anyhow::Result<()> {
         apis.push((api, sid));
     }
     // Warm up both paths.
-    drive(&apis, 1, false).await;
-    drive(&apis, 1, true).await;
+    drive(&apis, Duration::from_secs(1), Request::Healthz).await;
+    drive(&apis, Duration::from_secs(1), Request::CounterCall).await;
     println!("| {connections} connections, {seconds} s | req/s | p50 ms | p99 ms | p99.9 ms | errors |");
     println!("|---|---|---|---|---|---|");
-    let health = drive(&apis, seconds, false).await.report("GET /healthz");
-    let calls = drive(&apis, seconds, true).await.report("POST calls (counter, durable)");
+    let health = drive(&apis, Duration::from_secs(seconds), Request::Healthz).await.report("GET /healthz");
+    let calls = drive(&apis, Duration::from_secs(seconds), Request::CounterCall).await.report("POST calls (counter, durable)");
     println!("\ncalls / healthz throughput: {:.1}%", calls / health * 100.0);
     Ok(())
 }

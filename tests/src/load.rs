@@ -1,0 +1,88 @@
+//! Closed-loop HTTP load against a running host, for the benchmark
+//! binaries (`loadgen`, `scale`): each client sends its next request when
+//! the last one is answered, over its own keep-alive connection.
+
+use crate::Api;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// What one load run saw.
+pub struct Run {
+    pub requests: usize,
+    pub errors: usize,
+    pub elapsed: Duration,
+    pub latencies: Vec<Duration>,
+}
+
+impl Run {
+    /// The latency at quantile `q` (0..=1).
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default()
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Prints a markdown table row; returns the rate.
+    pub fn report(&self, name: &str) -> f64 {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            self.rate(),
+            ms(self.quantile(0.50)),
+            ms(self.quantile(0.99)),
+            ms(self.quantile(0.999)),
+            self.errors
+        );
+        self.rate()
+    }
+}
+
+/// What each client sends.
+#[derive(Clone, Copy)]
+pub enum Request {
+    Healthz,
+    /// A durable `counter` call in the client's session.
+    CounterCall,
+}
+
+/// Runs one client per `(api, session)` for `duration`.
+pub async fn drive(clients: &[(Api, String)], duration: Duration, what: Request) -> Run {
+    let deadline = Instant::now() + duration;
+    let start = Instant::now();
+    let tasks: Vec<_> = clients
+        .iter()
+        .cloned()
+        .map(|(api, sid)| {
+            tokio::spawn(async move {
+                let (mut lat, mut errors) = (Vec::new(), 0);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let ok = match what {
+                        Request::CounterCall => {
+                            matches!(api.call(&sid, "counter", json!({})).await, Ok((s, _)) if s.is_success())
+                        }
+                        Request::Healthz => matches!(api.get("/healthz").await, Ok((s, _)) if s.is_success()),
+                    };
+                    lat.push(t.elapsed());
+                    if !ok {
+                        errors += 1;
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut run = Run { requests: 0, errors: 0, elapsed: Duration::ZERO, latencies: Vec::new() };
+    for t in tasks {
+        let (lat, errors) = t.await.expect("client task");
+        run.requests += lat.len();
+        run.errors += errors;
+        run.latencies.extend(lat);
+    }
+    run.elapsed = start.elapsed();
+    run
+}
