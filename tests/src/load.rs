@@ -47,6 +47,9 @@ pub enum Request {
     Healthz,
     /// A durable `counter` call in the client's session.
     CounterCall,
+    /// The peer: run the `json-counter` program once, its state in a file
+    /// named after the client's session.
+    ProcessPerCall,
 }
 
 /// Runs one client per `(api, session)` for `duration`.
@@ -66,6 +69,7 @@ pub async fn drive(clients: &[(Api, String)], duration: Duration, what: Request)
                             matches!(api.call(&sid, "counter", json!({})).await, Ok((s, _)) if s.is_success())
                         }
                         Request::Healthz => matches!(api.get("/healthz").await, Ok((s, _)) if s.is_success()),
+                        Request::ProcessPerCall => process_per_call(&sid).await,
                     };
                     lat.push(t.elapsed());
                     if !ok {
@@ -85,4 +89,19 @@ pub async fn drive(clients: &[(Api, String)], duration: Duration, what: Request)
     }
     run.elapsed = start.elapsed();
     run
+}
+
+/// One call of the hand-rolled peer: a process that reads and writes its
+/// state as a JSON file (`json-counter`, built beside this binary).
+async fn process_per_call(state: &str) -> bool {
+    let exe = std::env::current_exe().expect("own path");
+    let program = exe.with_file_name("json-counter");
+    let file = peer_state_file(state);
+    let out = tokio::process::Command::new(program).arg(file).output().await;
+    matches!(out, Ok(o) if o.status.success() && serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok())
+}
+
+/// Where the peer keeps the state of the client with session `sid`.
+pub fn peer_state_file(sid: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("bulkhead-peer-{}-{sid}.json", std::process::id()))
 }

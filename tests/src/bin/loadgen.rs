@@ -1,7 +1,9 @@
 //! HTTP load generator: starts the release `bulkhead` binary on a fresh
 //! folder with the counter tool and measures, in the same run, keep-alive
-//! throughput and latency of `GET /healthz` (the HTTP floor) and of durable
-//! counter calls, with C connections over C sessions.
+//! throughput and latency of `GET /healthz` (the HTTP floor), of durable
+//! counter calls, with C connections over C sessions, and of the peer teams
+//! hand-roll today: a process per call keeping its state in a JSON file
+//! (`json-counter`), C of them at a time.
 //!
 //! Usage: `cargo run --release -p bulkhead-tests --bin loadgen -- [SECONDS] [CONNECTIONS]`
 //! (after `scripts/build-guests` and `cargo build --release`).
@@ -35,6 +37,13 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
     let health = drive(&apis, Duration::from_secs(seconds), Request::Healthz).await.report("GET /healthz");
     let calls = drive(&apis, Duration::from_secs(seconds), Request::CounterCall).await.report("POST calls (counter, durable)");
+    let peer = drive(&apis, Duration::from_secs(seconds), Request::ProcessPerCall)
+        .await
+        .report("peer: a process per call, state in a JSON file");
+    for (_, sid) in &apis {
+        let _ = std::fs::remove_file(bulkhead_tests::load::peer_state_file(sid));
+    }
     println!("\ncalls / healthz throughput: {:.1}%", calls / health * 100.0);
+    println!("calls / process-per-call peer throughput: {:.1}x", calls / peer);
     Ok(())
 }
