@@ -25,7 +25,8 @@ use rusqlite::{Connection, OpenFlags};
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -138,12 +139,14 @@ impl Db {
         checkpointer.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
         checkpointer.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"))?;
         let (committed, wake) = mpsc::sync_channel::<()>(1);
+        let top_up = Arc::new(AtomicBool::new(false));
+        let top_up_writer = top_up.clone();
         let (tx, rx) = mpsc::channel::<Job>();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(name.into()).spawn(f).map(|_| ())
         };
-        spawn("bulkhead-db-writer", Box::new(move || writer_loop(conn, rx, committed)))
-            .and_then(|_| spawn("bulkhead-db-checkpoint", Box::new(move || checkpoint_loop(checkpointer, wake))))
+        spawn("bulkhead-db-writer", Box::new(move || writer_loop(conn, rx, committed, top_up_writer)))
+            .and_then(|_| spawn("bulkhead-db-checkpoint", Box::new(move || checkpoint_loop(checkpointer, wake, top_up))))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Db { path, writer: tx, readers: Mutex::new(Vec::new()) })
     }
@@ -240,10 +243,20 @@ impl Db {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, committed: mpsc::SyncSender<()>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, committed: mpsc::SyncSender<()>, top_up: Arc<AtomicBool>) {
     let chains = RefCell::new(audit::Heads::default());
     let tx = Tx { conn: &conn, chains: &chains };
     while let Ok(first) = rx.recv() {
+        // The checkpointer copied most of the WAL; copying the few frames
+        // committed since, here between transactions, lets the next
+        // transaction start the WAL over from its beginning. Without this
+        // the WAL grew past 1 GB under sustained load (every transaction
+        // began while frames were still to copy).
+        if top_up.swap(false, Ordering::Relaxed)
+            && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::warn!("checkpoint failed: {e}");
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -261,11 +274,12 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, committed: mpsc::SyncS
 /// every `CHECKPOINT_EVERY`, while there were commits. `PASSIVE` never
 /// blocks the writer or readers; pages still read by an open snapshot wait
 /// for the next run. Ends when the writer does.
-fn checkpoint_loop(conn: Connection, wake: mpsc::Receiver<()>) {
+fn checkpoint_loop(conn: Connection, wake: mpsc::Receiver<()>, top_up: Arc<AtomicBool>) {
     while wake.recv().is_ok() {
         std::thread::sleep(CHECKPOINT_EVERY);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!("checkpoint failed (retried after the next commit): {e}");
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => top_up.store(true, Ordering::Relaxed),
+            Err(e) => tracing::warn!("checkpoint failed (retried after the next commit): {e}"),
         }
     }
 }
