@@ -289,7 +289,8 @@ impl Service {
     ) -> Result<impl Future<Output = std::result::Result<Started, StoreError>> + use<>> {
         let call = call.clone();
         let actor = p.name.clone();
-        let data = json!({ "tool": call.tool, "input_sha256": util::sha256_hex(call.input.to_string().as_bytes()), "status": call.status, "idempotency_key": call.idempotency_key });
+        let encoded = calls::Encoded::of(&call);
+        let data: audit::Data = json!({ "tool": call.tool, "input_sha256": util::sha256_hex(encoded.input.as_bytes()), "status": call.status, "idempotency_key": call.idempotency_key }).into();
         Ok(self.db.submit(move |c| {
             if !sessions::exists(c, &call.session)? {
                 return Err(Rejection::NotFound.into());
@@ -300,14 +301,15 @@ impl Service {
                 return Ok(Started::Existing(Box::new(first)));
             }
             sessions::check_version(c, &call.session, if_match)?;
-            calls::insert(c, &call, &actor)?;
+            calls::insert(c, &call, &encoded, &actor)?;
             audit::append(c, &call.session, "call_requested", &actor, Some(&call.id), data)?;
             Ok(Started::New)
         })?)
     }
 
-    /// Step 5: one transaction with everything the call changed. The audit
-    /// data is built here, off the writer thread, which every call shares.
+    /// Step 5: one transaction with everything the call changed. Its JSON
+    /// (columns and audit data) is built here, off the writer thread, which
+    /// every call shares.
     async fn record_outcome(&self, mut call: Call, outcome: Outcome, actor: &str) -> Result<Call> {
         call.status = outcome.status;
         call.output = outcome.output;
@@ -320,18 +322,20 @@ impl Service {
         let actor = actor.to_string();
         let committed = (!writes.is_empty()).then(|| {
             let keys: Vec<&String> = writes.keys().collect();
-            json!({ "tool": call.tool, "keys": keys, "bytes": call.usage.state_bytes_written })
+            audit::Data::from(json!({ "tool": call.tool, "keys": keys, "bytes": call.usage.state_bytes_written }))
         });
-        let finished = json!({ "tool": call.tool, "status": call.status, "error": call.error.as_ref().map(|e| &e.code), "usage": call.usage });
+        let finished: audit::Data = json!({ "tool": call.tool, "status": call.status, "error": call.error.as_ref().map(|e| &e.code), "usage": call.usage }).into();
+        let notes: Vec<(&'static str, audit::Data)> = notes.into_iter().map(|n| (n.kind, n.data.into())).collect();
+        let encoded = calls::Encoded::of(&call);
         let done = call.clone();
         self.db
             .write(move |c| {
                 // First, so a session deleted while the call ran is a clean
                 // NotFound before anything else is touched.
                 sessions::finish_call(c, &call.session, &call.usage)?;
-                calls::finish(c, &call)?;
-                for note in notes {
-                    audit::append(c, &call.session, note.kind, &actor, Some(&call.id), note.data)?;
+                calls::finish(c, &call, &encoded)?;
+                for (kind, data) in notes {
+                    audit::append(c, &call.session, kind, &actor, Some(&call.id), data)?;
                 }
                 if let Some(data) = committed {
                     tool_state::apply(c, &call.session, &call.tool, &writes)?;
@@ -377,7 +381,7 @@ impl Service {
                         message: "the host stopped while the call ran".into(),
                     });
                     call.finished_at = Some(util::now_rfc3339());
-                    calls::finish(c, &call)?;
+                    calls::finish(c, &call, &calls::Encoded::of(&call))?;
                     let data = json!({ "tool": tool, "status": call.status, "error": "interrupted" });
                     audit::append(c, session, "call_finished", "bulkhead", Some(id), data)?;
                 }

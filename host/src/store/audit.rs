@@ -111,8 +111,19 @@ impl Heads {
     }
 }
 
-/// Appends an event to its session's chain.
-pub fn append(tx: &Tx, session: &str, kind: &str, actor: &str, call: Option<&str>, data: Value) -> Result<AuditEvent> {
+/// An event's data as compact JSON: built where the event is prepared, so
+/// the writer thread only stores and hashes it.
+pub struct Data(String);
+
+impl From<Value> for Data {
+    fn from(v: Value) -> Data {
+        Data(v.to_string())
+    }
+}
+
+/// Appends an event to its session's chain; returns its seq.
+pub fn append(tx: &Tx, session: &str, kind: &str, actor: &str, call: Option<&str>, data: impl Into<Data>) -> Result<i64> {
+    let Data(data) = data.into();
     let known = tx.chains.borrow().get(session).cloned();
     let last = match known {
         Some(head) => Some(head),
@@ -129,11 +140,10 @@ pub fn append(tx: &Tx, session: &str, kind: &str, actor: &str, call: Option<&str
         kind: kind.into(),
         actor: actor.into(),
         call: call.map(str::to_string),
-        data,
+        data: Value::Null, // stored and hashed from `data`, already serialized
         prev_hash,
         hash: String::new(),
     };
-    let data = event.data.to_string();
     event.hash = hash_with_data(&event, &data);
     tx.prepare_cached(
         "INSERT INTO audit (session, seq, at, kind, actor, call, data, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -149,8 +159,8 @@ pub fn append(tx: &Tx, session: &str, kind: &str, actor: &str, call: Option<&str
         event.prev_hash,
         event.hash
     ])?;
-    tx.chains.borrow_mut().job.insert(event.session.clone(), (event.seq, event.hash.clone()));
-    Ok(event)
+    tx.chains.borrow_mut().job.insert(event.session, (event.seq, event.hash));
+    Ok(seq)
 }
 
 pub fn list(conn: &Connection, session: &str, after: i64, limit: u32) -> Result<Vec<AuditEvent>> {
@@ -253,7 +263,7 @@ mod tests {
         let db = Db::open(&dir, Durability::Normal).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let append_ok = |kind: &'static str| {
-            db.submit(move |tx| append(tx, "s1", kind, "a", None, json!({})).map(|e| e.seq)).unwrap()
+            db.submit(move |tx| append(tx, "s1", kind, "a", None, json!({}))).unwrap()
         };
         let first = append_ok("one");
         let failed = db

@@ -36,7 +36,31 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("call fields serialize")
 }
 
-pub fn insert(conn: &Connection, call: &Call, principal: &str) -> Result<()> {
+/// A call's JSON columns, serialized before the call reaches the writer
+/// thread, which every call shares.
+pub struct Encoded {
+    pub input: String,
+    output: Option<String>,
+    error: Option<String>,
+    usage: String,
+    approval: Option<String>,
+    logs: Option<String>,
+}
+
+impl Encoded {
+    pub fn of(call: &Call) -> Encoded {
+        Encoded {
+            input: call.input.to_string(),
+            output: call.output.as_ref().map(|o| o.to_string()),
+            error: call.error.as_ref().map(to_json),
+            usage: to_json(&call.usage),
+            approval: call.approval.as_ref().map(to_json),
+            logs: (!call.logs.is_empty()).then(|| to_json(&call.logs)),
+        }
+    }
+}
+
+pub fn insert(conn: &Connection, call: &Call, json: &Encoded, principal: &str) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO calls (id, session, principal, tool, status, input, created_at, started_at, usage, approval, idempotency_key) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -47,20 +71,20 @@ pub fn insert(conn: &Connection, call: &Call, principal: &str) -> Result<()> {
         principal,
         call.tool,
         call.status.as_str(),
-        call.input.to_string(),
+        json.input,
         call.created_at,
         call.started_at,
-        to_json(&call.usage),
-        call.approval.as_ref().map(to_json),
+        json.usage,
+        json.approval,
         call.idempotency_key,
     ])?;
     Ok(())
 }
 
-/// Records a call's outcome (status, output, error, usage, logs, times).
-/// Writes a call's outcome; `NotFound` when its record is missing (its
-/// request was refused, or its session deleted).
-pub fn finish(conn: &Connection, call: &Call) -> Result<()> {
+/// Writes a call's outcome (status, output, error, usage, logs, times);
+/// `NotFound` when its record is missing (its request was refused, or its
+/// session deleted).
+pub fn finish(conn: &Connection, call: &Call, json: &Encoded) -> Result<()> {
     let updated = conn
         .prepare_cached(
             "UPDATE calls SET status = ?2, output = ?3, error = ?4, started_at = ?5, finished_at = ?6, \
@@ -69,13 +93,13 @@ pub fn finish(conn: &Connection, call: &Call) -> Result<()> {
         .execute(params![
             call.id,
             call.status.as_str(),
-            call.output.as_ref().map(|o| o.to_string()),
-            call.error.as_ref().map(to_json),
+            json.output,
+            json.error,
             call.started_at,
             call.finished_at,
-            to_json(&call.usage),
-            call.approval.as_ref().map(to_json),
-            (!call.logs.is_empty()).then(|| to_json(&call.logs)),
+            json.usage,
+            json.approval,
+            json.logs,
         ])?;
     if updated == 0 {
         return Err(super::Rejection::NotFound.into());
