@@ -425,3 +425,36 @@ async fn a_queued_call_whose_tool_leaves_the_boundary_ends_failed() -> anyhow::R
     assert_eq!(first["error"]["code"], "timeout", "the first had started before the PATCH: {first}");
     Ok(())
 }
+
+/// Regression: with checkpoints on their own thread, every write
+/// transaction began while WAL frames were still to copy, so SQLite never
+/// started the WAL over and it grew past 1 GB under sustained load. The
+/// writer now finishes each checkpoint between transactions; the WAL stays
+/// near its 64 MiB limit (`journal_size_limit`).
+#[tokio::test]
+async fn the_wal_stays_bounded_under_sustained_load() -> anyhow::Result<()> {
+    let host = TestHost::builder()
+        .bundle("counter", example_tool("counter"))
+        .config("[limits]\nmax_concurrent_calls = 256")
+        .start()
+        .await?;
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let api = host.agent();
+        let sid = api.session(json!({})).await?;
+        clients.push((api, sid));
+    }
+    let wal = host.db_path().with_extension("sqlite3-wal");
+    let load = tokio::spawn(async move {
+        bulkhead_tests::load::drive(&clients, Duration::from_secs(4), bulkhead_tests::load::Request::CounterCall).await
+    });
+    let mut peak = 0;
+    while !load.is_finished() {
+        peak = peak.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let run = load.await?;
+    assert!(run.requests > 1000 && run.errors == 0, "the load was real: {} calls, {} errors", run.requests, run.errors);
+    assert!(peak < 96 << 20, "WAL peaked at {} MiB over {} calls", peak >> 20, run.requests);
+    Ok(())
+}
