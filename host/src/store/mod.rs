@@ -9,7 +9,8 @@
 //!
 //! Reads use a small pool of read-only connections; WAL lets them run beside
 //! the writer. Checkpoints (copying the WAL back into the database file)
-//! run on their own thread, so the writer never pays for them.
+//! run on their own thread; the writer only copies the few frames committed
+//! since each one, so the WAL can start over.
 //!
 //! The submodules are plain functions over a `&Connection`, one per table,
 //! so the service composes several of them inside one write job.
