@@ -155,7 +155,8 @@ impl Service {
             && boundary.grants.secrets.is_empty();
         if pipelined {
             let recorded = self.submit_request(&call, p, opts.if_match)?;
-            let task = tokio::spawn(self.clone().execute(call.clone(), (session, Some(epoch)), p.name.clone(), slot, turn));
+            let task =
+                tokio::spawn(self.clone().execute(call.clone(), (session, Some(epoch)), p.name.clone(), slot, turn));
             if let Err(e) = recorded.await {
                 task.abort();
                 return Err(e.into());

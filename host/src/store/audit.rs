@@ -122,7 +122,14 @@ impl From<Value> for Data {
 }
 
 /// Appends an event to its session's chain; returns its seq.
-pub fn append(tx: &Tx, session: &str, kind: &str, actor: &str, call: Option<&str>, data: impl Into<Data>) -> Result<i64> {
+pub fn append(
+    tx: &Tx,
+    session: &str,
+    kind: &str,
+    actor: &str,
+    call: Option<&str>,
+    data: impl Into<Data>,
+) -> Result<i64> {
     let Data(data) = data.into();
     let known = tx.chains.borrow().get(session).cloned();
     let last = match known {
@@ -262,9 +269,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let db = Db::open(&dir, Durability::Normal).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let append_ok = |kind: &'static str| {
-            db.submit(move |tx| append(tx, "s1", kind, "a", None, json!({}))).unwrap()
-        };
+        let append_ok = |kind: &'static str| db.submit(move |tx| append(tx, "s1", kind, "a", None, json!({}))).unwrap();
         let first = append_ok("one");
         let failed = db
             .submit(|tx| {

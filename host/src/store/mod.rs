@@ -138,7 +138,8 @@ impl Db {
         schema::migrate(&conn)?;
         let checkpointer = Connection::open(&path)?;
         checkpointer.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
-        checkpointer.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"))?;
+        checkpointer
+            .execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"))?;
         let (committed, wake) = mpsc::sync_channel::<()>(1);
         let top_up = Arc::new(AtomicBool::new(false));
         let top_up_writer = top_up.clone();
@@ -147,7 +148,9 @@ impl Db {
             std::thread::Builder::new().name(name.into()).spawn(f).map(|_| ())
         };
         spawn("bulkhead-db-writer", Box::new(move || writer_loop(conn, rx, committed, top_up_writer)))
-            .and_then(|_| spawn("bulkhead-db-checkpoint", Box::new(move || checkpoint_loop(checkpointer, wake, top_up))))
+            .and_then(|_| {
+                spawn("bulkhead-db-checkpoint", Box::new(move || checkpoint_loop(checkpointer, wake, top_up)))
+            })
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Db { path, writer: tx, readers: Mutex::new(Vec::new()) })
     }

@@ -17,7 +17,8 @@ fn main() -> std::process::ExitCode {
     let state: Value = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(json!({}));
     let value = state["count"].as_u64().unwrap_or(0) + 1;
     let tmp = path.with_extension("tmp");
-    let written = std::fs::write(&tmp, json!({ "count": value }).to_string()).and_then(|_| std::fs::rename(&tmp, &path));
+    let written =
+        std::fs::write(&tmp, json!({ "count": value }).to_string()).and_then(|_| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
         eprintln!("json-counter: {}: {e}", path.display());
         return std::process::ExitCode::FAILURE;

@@ -36,7 +36,8 @@ async fn main() -> anyhow::Result<()> {
     println!("| {connections} connections, {seconds} s | req/s | p50 ms | p99 ms | p99.9 ms | errors |");
     println!("|---|---|---|---|---|---|");
     let health = drive(&apis, Duration::from_secs(seconds), Request::Healthz).await.report("GET /healthz");
-    let calls = drive(&apis, Duration::from_secs(seconds), Request::CounterCall).await.report("POST calls (counter, durable)");
+    let calls =
+        drive(&apis, Duration::from_secs(seconds), Request::CounterCall).await.report("POST calls (counter, durable)");
     let peer = drive(&apis, Duration::from_secs(seconds), Request::ProcessPerCall)
         .await
         .report("peer: a process per call, state in a JSON file");

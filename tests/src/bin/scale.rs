@@ -68,7 +68,8 @@ async fn main() -> anyhow::Result<()> {
     let rss_none = rss_kib(pid)?;
     println!("| {CALLERS} connections, {seconds} s each | req/s | p50 ms | p99 ms | p99.9 ms | errors |");
     println!("|---|---|---|---|---|---|");
-    let before = drive(&callers, run, Request::CounterCall).await.report(&format!("calls, {CALLERS} sessions in the database"));
+    let before =
+        drive(&callers, run, Request::CounterCall).await.report(&format!("calls, {CALLERS} sessions in the database"));
 
     let rate = create_idle(&host, idle_step).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
