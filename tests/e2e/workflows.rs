@@ -433,17 +433,8 @@ async fn a_queued_call_whose_tool_leaves_the_boundary_ends_failed() -> anyhow::R
 /// near its 64 MiB limit (`journal_size_limit`).
 #[tokio::test]
 async fn the_wal_stays_bounded_under_sustained_load() -> anyhow::Result<()> {
-    let host = TestHost::builder()
-        .bundle("counter", example_tool("counter"))
-        .config("[limits]\nmax_concurrent_calls = 256")
-        .start()
-        .await?;
-    let mut clients = Vec::new();
-    for _ in 0..16 {
-        let api = host.agent();
-        let sid = api.session(json!({})).await?;
-        clients.push((api, sid));
-    }
+    let host = bulkhead_tests::load::counter_host().await?;
+    let clients = bulkhead_tests::load::clients(&host, 16).await?;
     let wal = host.db_path().with_extension("sqlite3-wal");
     let load = tokio::spawn(async move {
         bulkhead_tests::load::drive(&clients, Duration::from_secs(4), bulkhead_tests::load::Request::CounterCall).await

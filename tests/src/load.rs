@@ -2,9 +2,30 @@
 //! binaries (`loadgen`, `scale`): each client sends its next request when
 //! the last one is answered, over its own keep-alive connection.
 
-use crate::Api;
+use crate::{Api, TestHost, example_tool};
 use serde_json::json;
 use std::time::{Duration, Instant};
+
+/// A host serving the counter tool, with a concurrency limit above any
+/// client count the load binaries use.
+pub async fn counter_host() -> anyhow::Result<TestHost> {
+    TestHost::builder()
+        .bundle("counter", example_tool("counter"))
+        .config("[limits]\nmax_concurrent_calls = 256")
+        .start()
+        .await
+}
+
+/// `n` load clients, each with its own keep-alive connection and session.
+pub async fn clients(host: &TestHost, n: usize) -> anyhow::Result<Vec<(Api, String)>> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let api = host.agent();
+        let sid = api.session(json!({})).await?;
+        clients.push((api, sid));
+    }
+    Ok(clients)
+}
 
 /// What one load run saw.
 pub struct Run {

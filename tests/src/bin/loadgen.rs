@@ -8,9 +8,7 @@
 //! Usage: `cargo run --release -p bulkhead-tests --bin loadgen -- [SECONDS] [CONNECTIONS]`
 //! (after `scripts/build-guests` and `cargo build --release`).
 
-use bulkhead_tests::load::{Request, drive};
-use bulkhead_tests::{TestHost, example_tool};
-use serde_json::json;
+use bulkhead_tests::load::{Request, clients, counter_host, drive};
 use std::time::Duration;
 
 #[tokio::main]
@@ -18,18 +16,8 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let seconds: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
     let connections: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
-    let host = TestHost::builder()
-        .bundle("counter", example_tool("counter"))
-        .config("[limits]\nmax_concurrent_calls = 256")
-        .start()
-        .await?;
-    let mut apis = Vec::new();
-    for _ in 0..connections {
-        // One client (one keep-alive connection) per session.
-        let api = host.agent();
-        let sid = api.session(json!({})).await?;
-        apis.push((api, sid));
-    }
+    let host = counter_host().await?;
+    let apis = clients(&host, connections).await?;
     // Warm up both paths.
     drive(&apis, Duration::from_secs(1), Request::Healthz).await;
     drive(&apis, Duration::from_secs(1), Request::CounterCall).await;

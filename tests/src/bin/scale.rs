@@ -6,8 +6,8 @@
 //! Usage: `cargo run --release -p bulkhead-tests --bin scale -- [SESSIONS] [SECONDS]`
 //! (defaults 100000 and 5; after `scripts/build-guests` and `cargo build --release`).
 
-use bulkhead_tests::load::{Request, drive};
-use bulkhead_tests::{Api, TestHost, example_tool};
+use bulkhead_tests::TestHost;
+use bulkhead_tests::load::{Request, clients, counter_host, drive};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -50,18 +50,9 @@ async fn main() -> anyhow::Result<()> {
     let total: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let seconds: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
     let idle_step = total.min(10_000);
-    let host = TestHost::builder()
-        .bundle("counter", example_tool("counter"))
-        .config("[limits]\nmax_concurrent_calls = 256")
-        .start()
-        .await?;
+    let host = counter_host().await?;
     let pid = host.pid().expect("the host runs");
-    let mut callers: Vec<(Api, String)> = Vec::new();
-    for _ in 0..CALLERS {
-        let api = host.agent();
-        let sid = api.session(json!({})).await?;
-        callers.push((api, sid));
-    }
+    let callers = clients(&host, CALLERS).await?;
     let run = Duration::from_secs(seconds);
     drive(&callers, Duration::from_secs(2), Request::CounterCall).await; // warm-up
     tokio::time::sleep(Duration::from_millis(500)).await;
