@@ -133,16 +133,20 @@ impl Service {
         let cached = self.call_sessions.lock().expect("session cache poisoned").get(sid).cloned();
         let session = match cached {
             Some((seen, s)) if seen == epoch => Some(s),
-            _ => self.db.read(|c| sessions::get(c, sid))?.map(Arc::new),
+            _ => {
+                let read = self.db.read(|c| sessions::get(c, sid))?.map(Arc::new);
+                if let Some(s) = &read {
+                    let mut cache = self.call_sessions.lock().expect("session cache poisoned");
+                    if cache.len() >= MAX_CACHED_SESSIONS {
+                        cache.clear();
+                    }
+                    cache.insert(sid.to_string(), (epoch, s.clone()));
+                }
+                read
+            }
         };
         check_owned(p, session.as_deref())?;
-        let session = session.expect("checked");
-        let mut cache = self.call_sessions.lock().expect("session cache poisoned");
-        if cache.len() >= MAX_CACHED_SESSIONS {
-            cache.clear();
-        }
-        cache.insert(sid.to_string(), (epoch, session.clone()));
-        Ok((session, epoch))
+        Ok((session.expect("checked"), epoch))
     }
 
     pub async fn create_session(&self, p: &Principal, req: CreateSession) -> Result<Session> {
@@ -399,7 +403,7 @@ impl Service {
                 }
                 ids.len()
             });
-        if purged.as_ref().is_ok_and(|n| *n > 0) || purged.is_err() {
+        if !matches!(purged, Ok(0)) {
             self.boundary_changed();
         }
         Ok(purged?)
