@@ -33,12 +33,13 @@ struct Fixture {
     host: TestHost,
     ledger: std::path::PathBuf,
     outside: std::path::PathBuf,
+    _root: ScratchDir,
 }
 
 async fn fixture() -> anyhow::Result<Fixture> {
-    let root = std::env::temp_dir().join(format!("bulkhead-fs-{}-{}", std::process::id(), rand_suffix()));
-    let ledger = root.join("ledger");
-    let outside = root.join("outside");
+    let root = ScratchDir::new("bulkhead-fs")?;
+    let ledger = root.path().join("ledger");
+    let outside = root.path().join("outside");
     std::fs::create_dir_all(&ledger)?;
     std::fs::create_dir_all(&outside)?;
     std::fs::write(ledger.join("jan.csv"), "id,amount\n1,100\n")?;
@@ -52,11 +53,7 @@ async fn fixture() -> anyhow::Result<Fixture> {
         .config(&config)
         .start()
         .await?;
-    Ok(Fixture { host, ledger, outside })
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    Ok(Fixture { host, ledger, outside, _root: root })
 }
 
 #[tokio::test]
@@ -177,7 +174,8 @@ async fn a_volume_the_config_lacks_refuses_the_bundle() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn file_search_finds_lines_in_its_read_only_mount_only() -> anyhow::Result<()> {
-    let docs = std::env::temp_dir().join(format!("bulkhead-docs-{}-{}", std::process::id(), rand_suffix()));
+    let scratch = ScratchDir::new("bulkhead-docs")?;
+    let docs = scratch.path();
     std::fs::create_dir_all(docs.join("sub"))?;
     std::fs::write(docs.join("a.md"), "intro\nthe Needle is here\n")?;
     std::fs::write(docs.join("sub/b.txt"), "another needle\nnothing\n")?;
@@ -195,6 +193,5 @@ async fn file_search_finds_lines_in_its_read_only_mount_only() -> anyhow::Result
         .collect();
     assert_eq!(found, [("/docs/a.md".to_string(), 2), ("/docs/sub/b.txt".to_string(), 1)]);
     assert_eq!(call["output"]["files_searched"], 2);
-    std::fs::remove_dir_all(docs)?;
     Ok(())
 }

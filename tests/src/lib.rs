@@ -71,6 +71,30 @@ fn unique_dir(prefix: &str) -> PathBuf {
     std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()))
 }
 
+/// A directory of the test's own (volumes, files outside the sandbox), removed
+/// when dropped unless the test failed, like the host's data dir.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn new(prefix: &str) -> std::io::Result<Self> {
+        let dir = unique_dir(prefix);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 struct Bundle {
     name: String,
     source: PathBuf,
