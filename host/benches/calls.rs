@@ -61,6 +61,7 @@ fn benches(c: &mut Criterion) {
                 grant: Default::default(),
                 session_env: Default::default(),
                 db: service.db.clone(),
+                state_cache: service.state_cache.clone(),
                 secrets: service.secrets.clone(),
                 state_quota_bytes: 1 << 20,
                 mounts: Vec::new(),

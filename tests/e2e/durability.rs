@@ -64,6 +64,54 @@ async fn a_call_that_fails_or_traps_after_writing_commits_no_state() -> anyhow::
     Ok(())
 }
 
+/// What a later call reads is what earlier calls committed: the host keeps
+/// committed state in memory, and a failed call's writes, a restart, and a
+/// state too large to keep in memory must not change what a call sees.
+#[tokio::test]
+async fn later_calls_read_exactly_the_committed_state() -> anyhow::Result<()> {
+    let manifest = r#"
+        name = "state-then-fail"
+        version = "0.0.0"
+        component = "state_then_fail.wasm"
+        [limits]
+        state_kb = 4096
+    "#;
+    let mut host = TestHost::builder()
+        .bundle_with_manifest("state-then-fail", test_program("state-then-fail"), manifest)
+        .start()
+        .await?;
+    let api = host.agent();
+    let sid = api.session(json!({})).await?;
+    let read = |key: &'static str| {
+        let (api, sid) = (api.clone(), sid.clone());
+        async move {
+            let (_, r) = api.call(&sid, "state-then-fail", json!({"key": key, "read": true})).await?;
+            assert_eq!(r["status"], "succeeded", "{r}");
+            anyhow::Ok(r["output"].clone())
+        }
+    };
+    assert_eq!(read("k").await?, json!({"value": null, "len": null, "keys": []}));
+    for (value, then) in [("first", "ok"), ("second", "error"), ("third", "trap"), ("fourth", "ok"), ("fifth", "error")]
+    {
+        api.call(&sid, "state-then-fail", json!({"key": "k", "value": value, "then": then})).await?;
+    }
+    assert_eq!(read("k").await?["value"], "fourth", "the failed calls' writes are not seen");
+
+    // 3 MiB: more than the host keeps in memory for one tool; read key by key.
+    let (_, big) = api.call(&sid, "state-then-fail", json!({"key": "big", "fill_bytes": 3 << 20})).await?;
+    assert_eq!(big["output"]["stored"], true, "{big}");
+    let seen = read("big").await?;
+    assert_eq!((seen["len"].clone(), seen["keys"].clone()), (json!(3 << 20), json!(["big", "k"])));
+    let (_, over) = api.call(&sid, "state-then-fail", json!({"key": "more", "fill_bytes": 2 << 20})).await?;
+    assert_eq!(over["error"]["code"], "state_quota", "the quota counts the large state: {over}");
+
+    host.restart().await?;
+    let api = host.agent();
+    let (_, r) = api.call(&sid, "state-then-fail", json!({"key": "k", "read": true})).await?;
+    assert_eq!((r["output"]["value"].clone(), r["output"]["keys"].clone()), (json!("fourth"), json!(["big", "k"])));
+    Ok(())
+}
+
 #[tokio::test]
 async fn calls_running_when_the_host_dies_are_interrupted_after_restart() -> anyhow::Result<()> {
     let manifest = r#"

@@ -18,6 +18,7 @@ use crate::model::LogLine;
 use crate::runtime::limiter::MemoryLimiter;
 use crate::runtime::stdio::Captured;
 use crate::store::Db;
+use crate::store::state_cache::StateCache;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -55,6 +56,8 @@ pub struct CallEnv {
     /// The session's environment; only names in `grant.env` reach the tool.
     pub session_env: BTreeMap<String, String>,
     pub db: Arc<Db>,
+    /// Committed tool state in memory; this call holds its pair's turn.
+    pub state_cache: Arc<StateCache>,
     pub secrets: Arc<secrets::SecretStore>,
     pub state_quota_bytes: u64,
     /// Folders this call sees, already resolved from the grant.

@@ -4,10 +4,12 @@
 //! buffered here and committed by the service in the transaction that
 //! records the call's success, or dropped with a failed call. Calls to the
 //! same tool in the same session run one at a time, so the committed state
-//! cannot change under a call.
+//! cannot change under a call: it is read once, on first use, from the
+//! [`StateCache`](crate::store::state_cache::StateCache).
 
 use super::HostState;
 use super::iface::state::Host;
+use crate::store::state_cache::Committed;
 use crate::store::tool_state;
 use std::collections::BTreeMap;
 
@@ -18,46 +20,73 @@ pub struct StateTxn {
     /// Buffered writes: `Some` sets, `None` deletes.
     pub writes: BTreeMap<String, Option<Vec<u8>>>,
     quota: u64,
-    /// Committed size, read on the first write.
-    base: Option<u64>,
+    /// The committed state, read on first use.
+    committed: Option<Committed>,
     /// Size change made by the buffered writes.
     delta: i64,
     pub bytes_written: u64,
     /// Set when a write was refused for the quota: the call then commits nothing.
     pub quota_exceeded: bool,
+    /// Set when the committed state could not be read: the tool may have
+    /// seen an empty state, so the call commits nothing.
+    pub read_failed: bool,
 }
 
 impl StateTxn {
     pub fn new(quota: u64) -> StateTxn {
-        StateTxn { writes: BTreeMap::new(), quota, base: None, delta: 0, bytes_written: 0, quota_exceeded: false }
+        StateTxn {
+            writes: BTreeMap::new(),
+            quota,
+            committed: None,
+            delta: 0,
+            bytes_written: 0,
+            quota_exceeded: false,
+            read_failed: false,
+        }
     }
 }
 
 impl HostState {
-    fn committed(&self, key: &str) -> Option<Vec<u8>> {
-        let e = &self.env;
-        e.db.read(|c| tool_state::get(c, &e.session, &e.tool, key)).unwrap_or_else(|err| {
-            tracing::error!("state read failed: {err}");
-            None
-        })
+    /// The committed state, read once per call.
+    fn committed_state(&mut self) -> Option<&Committed> {
+        if self.state.committed.is_none() {
+            let e = &self.env;
+            match e.state_cache.committed(&e.db, &e.session, &e.tool) {
+                Ok(c) => self.state.committed = Some(c),
+                Err(err) => {
+                    tracing::error!("state read failed: {err}");
+                    self.state.read_failed = true;
+                }
+            }
+        }
+        self.state.committed.as_ref()
     }
 
-    /// Reads the committed size once, before the first write changes it.
-    fn ensure_base(&mut self) -> Result<u64, String> {
-        if let Some(base) = self.state.base {
-            return Ok(base);
+    fn committed(&mut self, key: &str) -> Option<Vec<u8>> {
+        match self.committed_state()? {
+            Committed::Cached(s) => s.entries.get(key).cloned(),
+            Committed::Large { .. } => {
+                let e = &self.env;
+                e.db.read(|c| tool_state::get(c, &e.session, &e.tool, key)).unwrap_or_else(|err| {
+                    tracing::error!("state read failed: {err}");
+                    self.state.read_failed = true;
+                    None
+                })
+            }
         }
-        let e = &self.env;
-        let base = e.db.read(|c| tool_state::size(c, &e.session, &e.tool)).map_err(|err| {
-            tracing::error!("state size read failed: {err}");
-            "state storage unavailable".to_string()
-        })?;
-        self.state.base = Some(base);
-        Ok(base)
+    }
+
+    /// The committed size, before this call's writes.
+    fn base(&mut self) -> Result<u64, String> {
+        match self.committed_state() {
+            Some(Committed::Cached(s)) => Ok(s.size),
+            Some(Committed::Large { size }) => Ok(*size),
+            None => Err("state storage unavailable".to_string()),
+        }
     }
 
     /// The size of one entry as it stands in this call.
-    fn entry_size(&self, key: &str) -> u64 {
+    fn entry_size(&mut self, key: &str) -> u64 {
         let value_len = match self.state.writes.get(key) {
             Some(Some(v)) => Some(v.len()),
             Some(None) => None,
@@ -79,7 +108,7 @@ impl Host for HostState {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(format!("state keys must be 1 to {MAX_KEY_BYTES} bytes"));
         }
-        let base = self.ensure_base()? as i64;
+        let base = self.base()? as i64;
         let old = self.entry_size(&key) as i64;
         let new = (key.len() + value.len()) as i64;
         let total = base + self.state.delta - old + new;
@@ -97,18 +126,31 @@ impl Host for HostState {
     }
 
     async fn delete(&mut self, key: String) {
-        if self.ensure_base().is_ok() {
+        if self.base().is_ok() {
             self.state.delta -= self.entry_size(&key) as i64;
         }
         self.state.writes.insert(key, None);
     }
 
     async fn keys(&mut self, prefix: String) -> Vec<String> {
-        let e = &self.env;
-        let committed = e.db.read(|c| tool_state::keys(c, &e.session, &e.tool, &prefix)).unwrap_or_else(|err| {
-            tracing::error!("state keys read failed: {err}");
-            Vec::new()
-        });
+        let committed = match self.committed_state() {
+            Some(Committed::Cached(s)) => s
+                .entries
+                .range(prefix.clone()..)
+                .map(|(k, _)| k)
+                .take_while(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect(),
+            Some(Committed::Large { .. }) => {
+                let e = &self.env;
+                e.db.read(|c| tool_state::keys(c, &e.session, &e.tool, &prefix)).unwrap_or_else(|err| {
+                    tracing::error!("state keys read failed: {err}");
+                    self.state.read_failed = true;
+                    Vec::new()
+                })
+            }
+            None => Vec::new(),
+        };
         let mut keys: std::collections::BTreeSet<String> = committed.into_iter().collect();
         for (k, v) in self.state.writes.range(prefix.clone()..) {
             if !k.starts_with(&prefix) {

@@ -115,6 +115,8 @@ impl Runtime {
                             limits.state_kb
                         ),
                     )
+                } else if store.data().state.read_failed {
+                    trapped("trap", "the tool's state could not be read; nothing was committed".to_string())
                 } else {
                     let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
                     (CallStatus::Succeeded, Some(value), None)

@@ -253,6 +253,7 @@ impl Service {
             grant,
             session_env: session.env.clone(),
             db: self.db.clone(),
+            state_cache: self.state_cache.clone(),
             secrets: self.secrets.clone(),
             state_quota_bytes: tool.limits.state_kb << 10,
             mounts,
@@ -328,8 +329,15 @@ impl Service {
         let finished: audit::Data = json!({ "tool": call.tool, "status": call.status, "error": call.error.as_ref().map(|e| &e.code), "usage": call.usage }).into();
         let notes: Vec<(&'static str, audit::Data)> = notes.into_iter().map(|n| (n.kind, n.data.into())).collect();
         let encoded = calls::Encoded::of(&call);
-        let done = call.clone();
-        self.db
+        // Out of the cache until the writes are known committed (this call
+        // holds the turn, so no one else reads or fills the entry meanwhile).
+        let cached = match &committed {
+            Some(_) => self.state_cache.take(&call.session, &call.tool),
+            None => None,
+        };
+        // The job hands the call and its writes back once committed.
+        let (call, writes) = self
+            .db
             .write(move |c| {
                 // First, so a session deleted while the call ran is a clean
                 // NotFound before anything else is touched.
@@ -343,7 +351,7 @@ impl Service {
                     audit::append(c, &call.session, "state_committed", &actor, Some(&call.id), data)?;
                 }
                 audit::append(c, &call.session, "call_finished", &actor, Some(&call.id), finished)?;
-                Ok(())
+                Ok((call, writes))
             })
             .await
             .map_err(|e| match e {
@@ -352,7 +360,10 @@ impl Service {
                 StoreError::Rejected(Rejection::NotFound) => ServiceError::not_found("session"),
                 other => other.into(),
             })?;
-        Ok(done)
+        if let Some(taken) = cached {
+            self.state_cache.committed_writes(&call.session, &call.tool, taken, &writes);
+        }
+        Ok(call)
     }
 
     /// Takes a place in the (session, tool) queue now, without waiting for

@@ -19,6 +19,7 @@ use crate::caps::secrets::SecretStore;
 use crate::config::Config;
 use crate::runtime::Runtime;
 use crate::runtime::loader::{LoadError, LoadedTool};
+use crate::store::state_cache::StateCache;
 use crate::store::{Db, Durability};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,9 @@ pub struct StartReport {
     pub credentials: Credentials,
 }
 
+/// Tool state kept in memory across sessions: a miss costs one read.
+const STATE_CACHE_BYTES: u64 = 32 << 20;
+
 type ToolLock = Weak<tokio::sync::Mutex<()>>;
 
 pub struct Service {
@@ -55,6 +59,9 @@ pub struct Service {
     pub tools: BTreeMap<String, Arc<LoadedTool>>,
     pub principals: Principals,
     pub secrets: Arc<SecretStore>,
+    /// Committed tool state in memory (see its module for the rule that
+    /// keeps it coherent: the (session, tool) turn).
+    pub state_cache: Arc<StateCache>,
     /// `bulkhead review` of each loaded tool: surface and findings count.
     pub reviews: BTreeMap<String, serde_json::Value>,
     pub metrics: metrics::Metrics,
@@ -129,6 +136,7 @@ impl Service {
             tools,
             principals,
             secrets,
+            state_cache: Arc::new(StateCache::new(STATE_CACHE_BYTES)),
             metrics,
             reviews,
             tool_locks: Mutex::new(HashMap::new()),

@@ -258,6 +258,7 @@ impl Service {
             .await;
         self.boundary_changed();
         deleted?;
+        self.state_cache.forget_session(sid);
         self.remove_workspace(sid);
         Ok(())
     }
@@ -399,6 +400,7 @@ impl Service {
             .await
             .map(|ids| {
                 for id in &ids {
+                    self.state_cache.forget_session(id);
                     self.remove_workspace(id);
                 }
                 ids.len()

@@ -20,6 +20,7 @@ pub mod calls;
 pub mod messages;
 pub mod schema;
 pub mod sessions;
+pub mod state_cache;
 pub mod tool_state;
 
 use rusqlite::{Connection, OpenFlags};
