@@ -87,25 +87,27 @@ pub fn bump_version(conn: &Connection, id: &str) -> Result<i64> {
 
 /// A finished call: increments the version and adds its usage to the
 /// session's totals, in one statement. NotFound if the session is gone.
-pub fn finish_call(conn: &Connection, id: &str, u: &crate::model::Usage) -> Result<i64> {
-    conn.prepare_cached(
-        "UPDATE sessions SET version = version + 1, calls = calls + 1, wall_ms = wall_ms + ?2, fuel = fuel + ?3, \
-         state_bytes_written = state_bytes_written + ?4, egress_requests = egress_requests + ?5, \
-         egress_bytes = egress_bytes + ?6 WHERE id = ?1 RETURNING version",
-    )?
-    .query_row(
-        params![
+pub fn finish_call(conn: &Connection, id: &str, u: &crate::model::Usage) -> Result<()> {
+    // No `RETURNING`: nothing needs the new version, and it costs a
+    // temporary table per call.
+    let updated = conn
+        .prepare_cached(
+            "UPDATE sessions SET version = version + 1, calls = calls + 1, wall_ms = wall_ms + ?2, fuel = fuel + ?3, \
+             state_bytes_written = state_bytes_written + ?4, egress_requests = egress_requests + ?5, \
+             egress_bytes = egress_bytes + ?6 WHERE id = ?1",
+        )?
+        .execute(params![
             id,
             u.wall_ms as i64,
             u.fuel.min(i64::MAX as u64) as i64,
             u.state_bytes_written as i64,
             u.egress_requests as i64,
             u.egress_bytes as i64
-        ],
-        |r| r.get(0),
-    )
-    .optional()?
-    .ok_or(Rejection::NotFound.into())
+        ])?;
+    if updated == 0 {
+        return Err(Rejection::NotFound.into());
+    }
+    Ok(())
 }
 
 pub fn update_boundary(conn: &Connection, id: &str, tools: &BTreeMap<String, ToolBoundary>) -> Result<()> {
