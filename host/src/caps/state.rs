@@ -90,7 +90,11 @@ impl HostState {
         let value_len = match self.state.writes.get(key) {
             Some(Some(v)) => Some(v.len()),
             Some(None) => None,
-            None => self.committed(key).map(|v| v.len()),
+            // From memory without copying the value, when cached.
+            None => match self.committed_state() {
+                Some(Committed::Cached(s)) => s.entries.get(key).map(Vec::len),
+                _ => self.committed(key).map(|v| v.len()),
+            },
         };
         value_len.map_or(0, |n| (key.len() + n) as u64)
     }

@@ -164,8 +164,9 @@ impl StateCache {
         }
     }
 
-    /// Bytes held, for tests and metrics.
-    pub fn bytes(&self) -> u64 {
+    /// Bytes held.
+    #[cfg(test)]
+    fn bytes(&self) -> u64 {
         self.lock().bytes
     }
 }

@@ -68,8 +68,8 @@ async fn main() -> anyhow::Result<()> {
     let rate_rest = create_idle(&host, total - idle_step).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_total = rss_kib(pid)?;
-    // The same warm-up as before the first run: the writer's page cache
-    // and the checkpointer settle after 100k inserts.
+    // The same warm-up as before the first run, so both runs start alike
+    // (not straight after 100k inserts).
     drive(&callers, Duration::from_secs(2), Request::CounterCall).await;
     let after = drive(&callers, run, Request::CounterCall)
         .await
