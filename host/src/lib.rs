@@ -37,3 +37,10 @@ pub mod runtime;
 pub mod service;
 pub mod store;
 pub mod util;
+
+/// mimalloc instead of the system allocator: a call allocates on several
+/// threads (tokio workers, the writer), and glibc's malloc and free were a
+/// fifth of the workers' time under load (docs/benchmarks.md). Declared in
+/// the library so the binary, the tests and the benchmarks all run on it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
