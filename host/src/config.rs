@@ -104,7 +104,15 @@ pub struct StorageConfig {
     /// (fsync on every commit: also survives power loss).
     #[serde(default)]
     pub durability: DurabilityMode,
+    /// The largest the database file may grow, in MiB; absent, no cap. At
+    /// the cap writes answer 503 `storage_unavailable` and change nothing;
+    /// reads go on, and pages freed by deleting sessions are reused. A
+    /// database already larger is not shrunk: it stays at its size.
+    pub max_size_mb: Option<u64>,
 }
+
+/// The cap on `max_size_mb` (1 TiB): a typo should not read as "no cap".
+pub const MAX_STORAGE_MB: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "lowercase")]
@@ -300,6 +308,11 @@ impl Config {
             return Err("approvals.expire_after_seconds must be above 0".into());
         }
         raw.mcp.validate()?;
+        if let Some(mb) = raw.storage.max_size_mb
+            && !(1..=MAX_STORAGE_MB).contains(&mb)
+        {
+            return Err(format!("storage.max_size_mb must be 1 to {MAX_STORAGE_MB}"));
+        }
         for cidr in &raw.network.allow_private {
             crate::grants::parse_cidr(cidr)
                 .ok_or_else(|| format!("network.allow_private: {cidr:?} is not a CIDR like \"10.0.0.0/8\""))?;
@@ -420,6 +433,9 @@ mod tests {
             ("lisen = \"x\"", "lisen"),
             ("[limits]\nmax_memory_gb = 1", "max_memory_gb"),
             ("[storage]\ndurability = \"sometimes\"", "sometimes"),
+            ("[storage]\nmax_size_mb = 0", "storage.max_size_mb"),
+            ("[storage]\nmax_size_mb = 99999999999", "storage.max_size_mb"),
+            ("[storage]\nmax_size_mb = -1", "max_size_mb"),
             ("[limits]\nmax_timeout_ms = 0", "limits.max_timeout_ms"),
             ("[limits]\nmax_timeout_ms = -5", "max_timeout_ms"),
             ("listen = \"localhost\"", "listen"),

@@ -229,6 +229,7 @@ impl Service {
             },
         };
         let denials = outcome.notes.iter().filter(|n| n.kind == "capability_denied").count();
+        let abandoned = (call.session.clone(), call.id.clone(), outcome.usage.clone());
         let result = self.record_outcome(call, outcome, &actor).await;
         match &result {
             Ok(call) => {
@@ -237,7 +238,10 @@ impl Service {
             }
             // No record to finish: its request was refused, or its session deleted.
             Err(ServiceError::NotFound { .. }) => {}
-            Err(e) => tracing::error!("cannot record a call's outcome: {e}"),
+            Err(e) => {
+                tracing::error!("cannot record a call's outcome: {e}");
+                tokio::spawn(finish_abandoned(Arc::downgrade(&self), abandoned));
+            }
         }
         result
     }
@@ -402,6 +406,39 @@ impl Service {
             .await?)
     }
 
+    /// Finishes a `running` call as `failed` (its outcome could not be
+    /// stored); false if the call is no longer running.
+    async fn fail_abandoned(&self, session: &str, id: &str, usage: &Usage) -> Result<bool> {
+        let (sid, cid) = (session.to_string(), id.to_string());
+        let Some(mut call) = self.db.read_async(move |c| calls::get(c, &sid, &cid)).await? else {
+            return Ok(false);
+        };
+        if call.status != CallStatus::Running {
+            return Ok(false);
+        }
+        call.status = CallStatus::Failed;
+        call.error = Some(CallError {
+            code: "storage_unavailable".into(),
+            message: "the call ran but its outcome could not be stored; its state changes were discarded".into(),
+        });
+        call.usage = usage.clone();
+        call.finished_at = Some(util::now_rfc3339());
+        let encoded = calls::Encoded::of(&call);
+        let data: audit::Data =
+            json!({ "tool": call.tool, "status": call.status, "error": "storage_unavailable", "usage": call.usage })
+                .into();
+        self.db
+            .write(move |c| {
+                sessions::finish_call(c, &call.session, &call.usage)?;
+                calls::finish(c, &call, &encoded)?;
+                audit::append(c, &call.session, "call_finished", "bulkhead", Some(&call.id), data)?;
+                Ok(())
+            })
+            .await?;
+        let _ = self.finished.send(id.to_string());
+        Ok(true)
+    }
+
     /// One call; with `wait`, holds until it leaves `pending_approval` or
     /// `running` or the wait ends (no database connection is held meanwhile).
     pub async fn get_call(&self, p: &Principal, sid: &str, cid: &str, wait: Option<u64>) -> Result<Call> {
@@ -482,5 +519,23 @@ impl Service {
     /// Tools `p` may use (all, for admins).
     pub fn visible_tools(&self, p: &Principal) -> Vec<Arc<crate::runtime::loader::LoadedTool>> {
         self.tools.values().filter(|t| p.is_admin() || p.may_use_tool(&t.manifest.name)).cloned().collect()
+    }
+}
+
+/// A call whose outcome could not be committed (storage failed: disk full,
+/// I/O error) would stay `running` until the next restart. Its state
+/// writes are dropped: once the call gave up its turn, a later call may
+/// have run on the state as it was. This finishes it `failed` as soon as
+/// storage takes writes again, retrying with backoff while the host runs.
+async fn finish_abandoned(service: std::sync::Weak<Service>, (session, id, usage): (String, String, Usage)) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(service) = service.upgrade() else { return };
+        match service.fail_abandoned(&session, &id, &usage).await {
+            Ok(_) | Err(ServiceError::NotFound { .. }) => return,
+            Err(e) => tracing::warn!("call {id} is still `running`: its failure cannot be stored yet: {e}"),
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
     }
 }

@@ -113,7 +113,8 @@ impl Service {
             crate::config::DurabilityMode::Normal => Durability::Normal,
             crate::config::DurabilityMode::Full => Durability::Full,
         };
-        let db = Arc::new(Db::open(&config.data_dir, durability)?);
+        let max_size_bytes = config.storage.max_size_mb.map(|mb| mb << 20);
+        let db = Arc::new(Db::open(&config.data_dir, crate::store::Options { durability, max_size_bytes })?);
         let runtime = Runtime::new(&config.limits, Some(&config.data_dir.join("cache")))?;
         let (loaded, mut refused) = match &source {
             ToolSource::Dir(dir) => runtime.load_dir(dir, &config.limits),

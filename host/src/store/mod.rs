@@ -113,6 +113,22 @@ pub enum Durability {
     Full,
 }
 
+/// How the database is opened. The default: [`Durability::Normal`], no cap
+/// on its size.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub durability: Durability,
+    /// The largest the database file may grow; writes past it fail with
+    /// `SQLITE_FULL` (answered as [`StoreError::Unavailable`]) and roll back.
+    pub max_size_bytes: Option<u64>,
+}
+
+impl From<Durability> for Options {
+    fn from(durability: Durability) -> Options {
+        Options { durability, ..Options::default() }
+    }
+}
+
 pub struct Db {
     path: PathBuf,
     writer: mpsc::Sender<Job>,
@@ -121,7 +137,8 @@ pub struct Db {
 
 impl Db {
     /// Opens (creating if needed) the database in `dir` and starts the writer.
-    pub fn open(dir: &Path, durability: Durability) -> Result<Db> {
+    pub fn open(dir: &Path, options: impl Into<Options>) -> Result<Db> {
+        let Options { durability, max_size_bytes } = options.into();
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path)?;
@@ -137,6 +154,12 @@ impl Db {
              PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
         ))?;
         schema::migrate(&conn)?;
+        if let Some(bytes) = max_size_bytes {
+            // Per connection: only the writer allocates pages. SQLite keeps
+            // the current page count if the file is already larger.
+            let page: u64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            conn.query_row(&format!("PRAGMA max_page_count = {}", (bytes / page).max(1)), [], |_| Ok(()))?;
+        }
         let checkpointer = Connection::open(&path)?;
         checkpointer.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
         checkpointer
