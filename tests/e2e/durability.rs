@@ -298,7 +298,7 @@ async fn a_full_database_refuses_writes_cleanly_and_recovers() -> anyhow::Result
     assert_eq!(call["output"]["value"], succeeded + 1, "only answered calls changed the state");
     // A call whose outcome failed to commit ends `failed` soon after.
     let mut left_running = true;
-    for _ in 0..100 {
+    for _ in 0..300 {
         let (_, list) = api.get(&format!("/v1/sessions/{sid}/calls?status=running")).await?;
         if list["calls"].as_array().is_some_and(|c| c.is_empty()) {
             left_running = false;

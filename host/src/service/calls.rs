@@ -229,7 +229,14 @@ impl Service {
             },
         };
         let denials = outcome.notes.iter().filter(|n| n.kind == "capability_denied").count();
-        let abandoned = (call.session.clone(), call.id.clone(), outcome.usage.clone());
+        // What must still be recorded if the outcome cannot be: usage and
+        // the audit notes (secrets read, egress), without the state writes.
+        let abandoned = Abandoned {
+            session: call.session.clone(),
+            id: call.id.clone(),
+            usage: Usage { state_bytes_written: 0, ..outcome.usage.clone() },
+            notes: outcome.notes.clone(),
+        };
         let result = self.record_outcome(call, outcome, &actor).await;
         match &result {
             Ok(call) => {
@@ -407,36 +414,44 @@ impl Service {
     }
 
     /// Finishes a `running` call as `failed` (its outcome could not be
-    /// stored); false if the call is no longer running.
-    async fn fail_abandoned(&self, session: &str, id: &str, usage: &Usage) -> Result<bool> {
-        let (sid, cid) = (session.to_string(), id.to_string());
-        let Some(mut call) = self.db.read_async(move |c| calls::get(c, &sid, &cid)).await? else {
-            return Ok(false);
-        };
-        if call.status != CallStatus::Running {
-            return Ok(false);
-        }
-        call.status = CallStatus::Failed;
-        call.error = Some(CallError {
-            code: "storage_unavailable".into(),
-            message: "the call ran but its outcome could not be stored; its state changes were discarded".into(),
-        });
-        call.usage = usage.clone();
-        call.finished_at = Some(util::now_rfc3339());
-        let encoded = calls::Encoded::of(&call);
-        let data: audit::Data =
-            json!({ "tool": call.tool, "status": call.status, "error": "storage_unavailable", "usage": call.usage })
-                .into();
-        self.db
+    /// stored), with its usage and audit notes; false if it is no longer
+    /// running. Checked inside the write, so a finished call is never
+    /// overwritten.
+    async fn fail_abandoned(&self, a: &Abandoned) -> Result<bool> {
+        let (sid, id, usage) = (a.session.clone(), a.id.clone(), a.usage.clone());
+        let notes: Vec<(&'static str, audit::Data)> = a.notes.iter().map(|n| (n.kind, n.data.clone().into())).collect();
+        let finished_at = util::now_rfc3339();
+        let failed = self
+            .db
             .write(move |c| {
+                let Some(mut call) = calls::get(c, &sid, &id)? else {
+                    return Ok(false);
+                };
+                if call.status != CallStatus::Running {
+                    return Ok(false);
+                }
+                call.status = CallStatus::Failed;
+                call.error = Some(CallError {
+                    code: "storage_unavailable".into(),
+                    message: "the call ran but its outcome could not be stored; its state changes were discarded"
+                        .into(),
+                });
+                call.usage = usage;
+                call.finished_at = Some(finished_at);
                 sessions::finish_call(c, &call.session, &call.usage)?;
-                calls::finish(c, &call, &encoded)?;
+                calls::finish(c, &call, &calls::Encoded::of(&call))?;
+                for (kind, data) in notes {
+                    audit::append(c, &call.session, kind, "bulkhead", Some(&call.id), data)?;
+                }
+                let data = json!({ "tool": call.tool, "status": call.status, "error": "storage_unavailable", "usage": call.usage });
                 audit::append(c, &call.session, "call_finished", "bulkhead", Some(&call.id), data)?;
-                Ok(())
+                Ok(true)
             })
             .await?;
-        let _ = self.finished.send(id.to_string());
-        Ok(true)
+        if failed {
+            let _ = self.finished.send(a.id.clone());
+        }
+        Ok(failed)
     }
 
     /// One call; with `wait`, holds until it leaves `pending_approval` or
@@ -522,20 +537,28 @@ impl Service {
     }
 }
 
-/// A call whose outcome could not be committed (storage failed: disk full,
-/// I/O error) would stay `running` until the next restart. Its state
-/// writes are dropped: once the call gave up its turn, a later call may
-/// have run on the state as it was. This finishes it `failed` as soon as
-/// storage takes writes again, retrying with backoff while the host runs.
-async fn finish_abandoned(service: std::sync::Weak<Service>, (session, id, usage): (String, String, Usage)) {
+/// A call that ran but whose outcome could not be stored.
+struct Abandoned {
+    session: String,
+    id: String,
+    usage: Usage,
+    notes: Vec<crate::caps::AuditNote>,
+}
+
+/// A call whose outcome could not be committed (storage failed: database at
+/// its cap, I/O error) would stay `running` until the next restart. Its
+/// state writes are dropped: once the call gave up its turn, a later call
+/// may have run on the state as it was. This finishes it `failed` as soon
+/// as storage takes writes again, retrying with backoff while the host runs.
+async fn finish_abandoned(service: std::sync::Weak<Service>, abandoned: Abandoned) {
     let mut wait = Duration::from_millis(100);
     loop {
         tokio::time::sleep(wait).await;
         let Some(service) = service.upgrade() else { return };
-        match service.fail_abandoned(&session, &id, &usage).await {
+        match service.fail_abandoned(&abandoned).await {
             Ok(_) | Err(ServiceError::NotFound { .. }) => return,
-            Err(e) => tracing::warn!("call {id} is still `running`: its failure cannot be stored yet: {e}"),
+            Err(e) => tracing::warn!("call {} is still `running`: its failure cannot be stored yet: {e}", abandoned.id),
         }
-        wait = (wait * 2).min(Duration::from_secs(10));
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }

@@ -113,8 +113,7 @@ impl Service {
             crate::config::DurabilityMode::Normal => Durability::Normal,
             crate::config::DurabilityMode::Full => Durability::Full,
         };
-        let max_size_bytes = config.storage.max_size_mb.map(|mb| mb << 20);
-        let db = Arc::new(Db::open(&config.data_dir, crate::store::Options { durability, max_size_bytes })?);
+        let db = Arc::new(Db::open(&config.data_dir, durability)?);
         let runtime = Runtime::new(&config.limits, Some(&config.data_dir.join("cache")))?;
         let (loaded, mut refused) = match &source {
             ToolSource::Dir(dir) => runtime.load_dir(dir, &config.limits),
@@ -147,6 +146,17 @@ impl Service {
             allow_private: Arc::new(allow_private),
         });
         let interrupted = service.recover().await?;
+        // After recovery: a host stopped at its cap must still be able to
+        // close the calls it left running, then serve deletes to free space.
+        if let Some(mb) = service.config.storage.max_size_mb {
+            let cap = service.db.cap_size(mb << 20).await?;
+            if cap > mb << 20 {
+                tracing::warn!(
+                    "the database is already {} MiB, above storage.max_size_mb; capped at its size",
+                    cap >> 20
+                );
+            }
+        }
         spawn_sweeper(&service);
         Ok((service, StartReport { refused, interrupted, credentials }))
     }

@@ -113,22 +113,6 @@ pub enum Durability {
     Full,
 }
 
-/// How the database is opened. The default: [`Durability::Normal`], no cap
-/// on its size.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Options {
-    pub durability: Durability,
-    /// The largest the database file may grow; writes past it fail with
-    /// `SQLITE_FULL` (answered as [`StoreError::Unavailable`]) and roll back.
-    pub max_size_bytes: Option<u64>,
-}
-
-impl From<Durability> for Options {
-    fn from(durability: Durability) -> Options {
-        Options { durability, ..Options::default() }
-    }
-}
-
 pub struct Db {
     path: PathBuf,
     writer: mpsc::Sender<Job>,
@@ -137,8 +121,7 @@ pub struct Db {
 
 impl Db {
     /// Opens (creating if needed) the database in `dir` and starts the writer.
-    pub fn open(dir: &Path, options: impl Into<Options>) -> Result<Db> {
-        let Options { durability, max_size_bytes } = options.into();
+    pub fn open(dir: &Path, durability: Durability) -> Result<Db> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path)?;
@@ -154,12 +137,6 @@ impl Db {
              PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
         ))?;
         schema::migrate(&conn)?;
-        if let Some(bytes) = max_size_bytes {
-            // Per connection: only the writer allocates pages. SQLite keeps
-            // the current page count if the file is already larger.
-            let page: u64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-            conn.query_row(&format!("PRAGMA max_page_count = {}", (bytes / page).max(1)), [], |_| Ok(()))?;
-        }
         let checkpointer = Connection::open(&path)?;
         checkpointer.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
         checkpointer
@@ -181,6 +158,21 @@ impl Db {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Caps the database file at `max_bytes`, rounded down to whole pages
+    /// (SQLite keeps the current size if the file is already larger);
+    /// returns the cap now in force. Writes past it fail with `SQLITE_FULL`,
+    /// are answered as [`StoreError::Unavailable`] and change nothing. Set
+    /// on the writer's connection: only it allocates pages.
+    pub async fn cap_size(&self, max_bytes: u64) -> Result<u64> {
+        self.write(move |c| {
+            let page: u64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let set = format!("PRAGMA max_page_count = {}", (max_bytes / page).max(1));
+            let pages: u64 = c.query_row(&set, [], |r| r.get(0))?;
+            Ok(pages * page)
+        })
+        .await
     }
 
     /// Runs `f` in the writer's transaction; resolves after the commit.
@@ -319,22 +311,47 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 fn run_batch(tx: &Tx, batch: Vec<Job>) {
+    let mut jobs = batch.into_iter().peekable();
+    while jobs.peek().is_some() {
+        run_transaction(tx, &mut jobs);
+    }
+}
+
+/// Runs jobs from `jobs` in one transaction, each in its own savepoint, and
+/// answers them after the commit. Stops early, leaving the rest for a new
+/// transaction, when SQLite ended the transaction by itself: an `SQLITE_FULL`
+/// or I/O error in a statement without a statement journal (most single-row
+/// writes) rolls back the whole transaction, not just the statement or the
+/// savepoint. Every job that ran in it is then answered with an error, and
+/// no later job may run outside a transaction (each statement would commit
+/// on its own while its caller is told it failed).
+fn run_transaction(tx: &Tx, jobs: &mut std::iter::Peekable<std::vec::IntoIter<Job>>) {
     if let Err(e) = control(tx, "BEGIN IMMEDIATE") {
         tracing::error!("cannot begin a transaction: {e}");
-        for job in batch {
+        for job in jobs {
             let (_, done) = job(None);
             done(Err(StoreError::Unavailable(e.to_string())));
         }
         return;
     }
-    let mut completions = Vec::with_capacity(batch.len());
-    for job in batch {
+    let mut completions = Vec::new();
+    let mut rolled_back = false;
+    for job in jobs.by_ref() {
         if let Err(e) = control(tx, "SAVEPOINT job") {
             let (_, done) = job(None);
             done(Err(e.into()));
+            rolled_back = tx.is_autocommit();
+            if rolled_back {
+                break;
+            }
             continue;
         }
         let (ok, done) = job(Some(tx));
+        completions.push(done);
+        if tx.is_autocommit() {
+            rolled_back = true;
+            break;
+        }
         let end = if ok {
             control(tx, "RELEASE job")
         } else {
@@ -348,16 +365,28 @@ fn run_batch(tx: &Tx, batch: Vec<Job>) {
                 // knew rather than trust it.
                 tracing::error!("cannot end a savepoint: {e}");
                 tx.chains.borrow_mut().forget();
+                rolled_back = tx.is_autocommit();
+                if rolled_back {
+                    break;
+                }
             }
         }
-        completions.push(done);
     }
-    let commit = control(tx, "COMMIT").map_err(StoreError::from);
+    let commit = if rolled_back {
+        tracing::error!("SQLite rolled back the transaction after an error; its jobs are answered as failed");
+        Err(StoreError::Unavailable("the transaction was rolled back".into()))
+    } else {
+        control(tx, "COMMIT").map_err(StoreError::from)
+    };
     match &commit {
         Ok(()) => tx.chains.borrow_mut().commit(),
         Err(e) => {
-            tracing::error!("commit failed, the batch is rolled back: {e}");
-            let _ = control(tx, "ROLLBACK");
+            if !rolled_back {
+                tracing::error!("commit failed, the batch is rolled back: {e}");
+            }
+            if !tx.is_autocommit() {
+                let _ = control(tx, "ROLLBACK");
+            }
             tx.chains.borrow_mut().forget();
         }
     }
@@ -366,5 +395,56 @@ fn run_batch(tx: &Tx, batch: Vec<Job>) {
             Ok(()) => Ok(()),
             Err(e) => Err(StoreError::Unavailable(e.to_string())),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// At the size cap SQLite rolls back the whole transaction of a write
+    /// that does not fit, not just its savepoint: the jobs batched with it
+    /// must be answered exactly as the database ended up, and none may run
+    /// outside a transaction (each statement would commit on its own).
+    #[test]
+    fn answers_match_the_database_when_a_write_hits_the_size_cap() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-store-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = Db::open(&dir, Durability::Normal).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(db.write(|c| Ok(c.execute_batch("CREATE TABLE t (name TEXT, v BLOB)")?))).unwrap();
+        let cap = rt.block_on(db.cap_size(256 << 10)).unwrap();
+        assert!(cap <= 256 << 10, "{cap}");
+        let insert = |name: &'static str, bytes: usize| {
+            db.submit(move |c| {
+                c.execute("INSERT INTO t VALUES (?1, zeroblob(?2))", rusqlite::params![name, bytes as i64])?;
+                Ok(())
+            })
+            .unwrap()
+        };
+        // The writer is busy with this one while the next three queue up,
+        // so they run as one batch (this one may be in it too).
+        let hold = db
+            .submit(|_| {
+                std::thread::sleep(Duration::from_millis(100));
+                Ok(())
+            })
+            .unwrap();
+        let (before, too_big, after) = (insert("before", 10), insert("too big", 1 << 20), insert("after", 10));
+        let answers = rt.block_on(async { (hold.await, before.await, too_big.await, after.await) });
+        assert!(matches!(answers.2, Err(StoreError::Unavailable(_))), "{:?}", answers.2);
+        let stored: Vec<String> = db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT name FROM t ORDER BY rowid")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .unwrap();
+        for (name, answer) in [("before", &answers.1), ("after", &answers.3)] {
+            assert_eq!(answer.is_ok(), stored.iter().any(|s| s == name), "{name}: {answer:?}, stored {stored:?}");
+        }
+        assert!(answers.3.is_ok(), "a job after the failed one runs in a new transaction: {:?}", answers.3);
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
