@@ -231,12 +231,8 @@ impl Service {
         let denials = outcome.notes.iter().filter(|n| n.kind == "capability_denied").count();
         // What must still be recorded if the outcome cannot be: usage and
         // the audit notes (secrets read, egress), without the state writes.
-        let abandoned = Abandoned {
-            session: call.session.clone(),
-            id: call.id.clone(),
-            usage: Usage { state_bytes_written: 0, ..outcome.usage.clone() },
-            notes: outcome.notes.clone(),
-        };
+        // (Notes are usually none: cloning them allocates nothing.)
+        let (id, usage, notes) = (call.id.clone(), outcome.usage.clone(), outcome.notes.clone());
         let result = self.record_outcome(call, outcome, &actor).await;
         match &result {
             Ok(call) => {
@@ -247,6 +243,8 @@ impl Service {
             Err(ServiceError::NotFound { .. }) => {}
             Err(e) => {
                 tracing::error!("cannot record a call's outcome: {e}");
+                let usage = Usage { state_bytes_written: 0, ..usage };
+                let abandoned = Abandoned { session: session.id.clone(), id, usage, notes };
                 tokio::spawn(finish_abandoned(Arc::downgrade(&self), abandoned));
             }
         }
