@@ -244,12 +244,21 @@ async fn parallel_increments_of_one_counter_lose_nothing() -> anyhow::Result<()>
 async fn a_full_database_refuses_writes_cleanly_and_recovers() -> anyhow::Result<()> {
     let host = TestHost::builder()
         .bundle("counter", example_tool("counter"))
+        .bundle("flood", test_program("output-flood"))
         .config("[storage]\nmax_size_mb = 1")
         .start()
         .await?;
     let api = host.agent();
     let filler = api.session(json!({})).await?;
     let sid = api.session(json!({})).await?;
+    // Room set aside: deleted once the database is full, it frees about 15
+    // pages, enough for a call's `running` record but not for a 200 KB output.
+    let spare = api.session(json!({})).await?;
+    let (status, body) = api
+        .post(&format!("/v1/sessions/{spare}/messages"), json!({"role": "user", "content": "s".repeat(60_000)}))
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
     let messages = format!("/v1/sessions/{filler}/messages");
     // Large messages first, then smaller ones to use up what is left.
     let mut refused = None;
@@ -290,13 +299,24 @@ async fn a_full_database_refuses_writes_cleanly_and_recovers() -> anyhow::Result
     let state = api.state(&sid, "counter").await?;
     assert_eq!(state.get("count/default").map(String::as_str).unwrap_or("0"), succeeded.to_string());
 
+    // A call that gets its `running` record in but not its outcome. (With
+    // an idempotency key the record commits before the tool runs; without,
+    // the two may share a transaction and fail together, leaving nothing.)
+    let (status, body) = api.delete(&format!("/v1/sessions/{spare}")).await?;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let input = json!({"output_bytes": 200_000});
+    let flood = json!({"tool": "output-flood", "input": &input, "idempotency_key": "flood-1"});
+    let (status, flood) = api.post(&format!("/v1/sessions/{sid}/calls"), flood).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{flood}");
+    assert_eq!(flood["error"]["code"], "storage_unavailable", "{flood}");
+
     // Deleting a session frees its pages; writes work again.
     let (status, body) = api.delete(&format!("/v1/sessions/{filler}")).await?;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let (status, call) = api.call(&sid, "counter", json!({})).await?;
     assert_eq!(status, StatusCode::OK, "{call}");
     assert_eq!(call["output"]["value"], succeeded + 1, "only answered calls changed the state");
-    // A call whose outcome failed to commit ends `failed` soon after.
+    // The call whose outcome failed to commit ends `failed` soon after.
     let mut left_running = true;
     for _ in 0..300 {
         let (_, list) = api.get(&format!("/v1/sessions/{sid}/calls?status=running")).await?;
@@ -308,19 +328,21 @@ async fn a_full_database_refuses_writes_cleanly_and_recovers() -> anyhow::Result
     }
     assert!(!left_running, "a call stayed running");
     let (_, list) = api.get(&format!("/v1/sessions/{sid}/calls?limit=100")).await?;
-    let mut failed = 0;
+    let mut failed = Vec::new();
     for call in list["calls"].as_array().unwrap() {
         match call["status"].as_str() {
             Some("succeeded") => {}
             Some("failed") => {
                 assert_eq!(call["error"]["code"], "storage_unavailable", "{call}");
-                failed += 1;
+                failed.push(call["tool"].as_str().unwrap_or_default().to_owned());
             }
             _ => panic!("{call}"),
         }
     }
-    // With these sizes some calls got their `running` record in and not
-    // their outcome (the page layout is the same on every run).
-    assert!(failed > 0, "no call's outcome failed: the test no longer covers that path");
+    assert!(failed.iter().any(|t| t == "output-flood"), "the flood call ended failed: {failed:?}");
+    // Its key replays that outcome; a retry takes a new key (README).
+    let again = json!({"tool": "output-flood", "input": input, "idempotency_key": "flood-1"});
+    let (status, replay) = api.post(&format!("/v1/sessions/{sid}/calls"), again).await?;
+    assert_eq!((status, replay["status"].as_str()), (StatusCode::OK, Some("failed")), "{replay}");
     Ok(())
 }
