@@ -61,3 +61,33 @@ pub fn quiet_library_backtraces() {
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
 }
+
+/// Runs `fut` to its end, returning a panic inside it as an error instead
+/// of unwinding out of the caller (the task that awaits it can still clean
+/// up). The future is dropped, with what it holds, when this returns.
+pub async fn catch_panic<F: std::future::Future>(fut: F) -> std::thread::Result<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx)))
+            .map_or_else(|panic| std::task::Poll::Ready(Err(panic)), |poll| poll.map(Ok))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_panic_after_an_await_is_caught_and_what_the_future_held_is_dropped() {
+        let held = std::sync::Arc::new(());
+        let inside = held.clone();
+        let caught = super::catch_panic(async move {
+            let _inside = inside;
+            tokio::task::yield_now().await;
+            panic!("a bug");
+        })
+        .await;
+        assert!(caught.is_err());
+        assert_eq!(std::sync::Arc::strong_count(&held), 1, "the future's captures were dropped");
+        assert_eq!(super::catch_panic(async { 7 }).await.ok(), Some(7));
+    }
+}

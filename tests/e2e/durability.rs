@@ -340,6 +340,8 @@ async fn a_full_database_refuses_writes_cleanly_and_recovers() -> anyhow::Result
         }
     }
     assert!(failed.iter().any(|t| t == "output-flood"), "the flood call ended failed: {failed:?}");
+    let metrics = host.anonymous().request(reqwest::Method::GET, "/metrics").send().await?.text().await?;
+    assert!(metrics.contains(r#"bulkhead_calls_total{tool="output-flood",status="failed"} 1"#), "{metrics}");
     // Its key replays that outcome; a retry takes a new key (README).
     let again = json!({"tool": "output-flood", "input": input, "idempotency_key": "flood-1"});
     let (status, replay) = api.post(&format!("/v1/sessions/{sid}/calls"), again).await?;

@@ -186,7 +186,30 @@ impl Service {
     /// Runs a recorded call under the session's boundary: waits its turn
     /// for the tool's state, runs the tool, commits the outcome. `read` is
     /// the session with the boundary epoch read before it, if known.
+    ///
+    /// Whatever ends it early, the call does not stay `running`: a panic
+    /// in the host (a bug) is caught here and the call finished `failed`.
     pub(super) async fn execute(
+        self: Arc<Self>,
+        call: Call,
+        read: (Arc<Session>, Option<u64>),
+        actor: String,
+        slot: OwnedSemaphorePermit,
+        turn: Option<Turn>,
+    ) -> Result<Call> {
+        let (session, id) = (call.session.clone(), call.id.clone());
+        let run = self.clone().execute_recorded(call, read, actor, slot, turn);
+        let caught = util::catch_panic(run).await;
+        caught.unwrap_or_else(|_| {
+            tracing::error!("call {id} panicked in the host; it ends failed");
+            let error =
+                CallError { code: "internal_error".into(), message: "the host failed while running the call".into() };
+            self.abandon(Abandoned { session, id, usage: Usage::default(), notes: Vec::new(), error });
+            Err(ServiceError::Unavailable("a call task panicked".into()))
+        })
+    }
+
+    async fn execute_recorded(
         self: Arc<Self>,
         call: Call,
         read: (Arc<Session>, Option<u64>),
@@ -206,9 +229,20 @@ impl Service {
         let session = if epoch == Some(self.boundary_epoch()) {
             session
         } else {
-            match self.db.read(|c| sessions::get(c, &session.id))? {
-                Some(session) => Arc::new(session),
-                None => return Err(ServiceError::not_found("session")),
+            match self.db.read(|c| sessions::get(c, &session.id)) {
+                Ok(Some(session)) => Arc::new(session),
+                Ok(None) => return Err(ServiceError::not_found("session")),
+                Err(e) => {
+                    let (session, id) = (session.id.clone(), call.id.clone());
+                    self.abandon(Abandoned {
+                        session,
+                        id,
+                        usage: Usage::default(),
+                        notes: Vec::new(),
+                        error: unstored(),
+                    });
+                    return Err(e.into());
+                }
             }
         };
         let outcome = match self.tools.get(&call.tool).filter(|_| session.tools.contains_key(&call.tool)) {
@@ -244,8 +278,7 @@ impl Service {
             Err(e) => {
                 tracing::error!("cannot record a call's outcome: {e}");
                 let usage = Usage { state_bytes_written: 0, ..usage };
-                let abandoned = Abandoned { session: session.id.clone(), id, usage, notes };
-                tokio::spawn(finish_abandoned(Arc::downgrade(&self), abandoned));
+                self.abandon(Abandoned { session: session.id.clone(), id, usage, notes, error: unstored() });
             }
         }
         result
@@ -411,29 +444,26 @@ impl Service {
             .await?)
     }
 
-    /// Finishes a `running` call as `failed` (its outcome could not be
-    /// stored), with its usage and audit notes; false if it is no longer
-    /// running. Checked inside the write, so a finished call is never
-    /// overwritten.
-    async fn fail_abandoned(&self, a: &Abandoned) -> Result<bool> {
-        let (sid, id, usage) = (a.session.clone(), a.id.clone(), a.usage.clone());
+    /// Finishes a `running` call as `failed` (it ran, but its outcome could
+    /// not be stored or the host failed meanwhile), with its usage and audit
+    /// notes; `None` if it is no longer running. Checked inside the write, so
+    /// a finished call is never overwritten.
+    async fn fail_abandoned(&self, a: &Abandoned) -> Result<Option<Call>> {
+        let (sid, id, usage, error) = (a.session.clone(), a.id.clone(), a.usage.clone(), a.error.clone());
         let notes: Vec<(&'static str, audit::Data)> = a.notes.iter().map(|n| (n.kind, n.data.clone().into())).collect();
         let finished_at = util::now_rfc3339();
         let failed = self
             .db
             .write(move |c| {
                 let Some(mut call) = calls::get(c, &sid, &id)? else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 if call.status != CallStatus::Running {
-                    return Ok(false);
+                    return Ok(None);
                 }
+                let code = error.code.clone();
                 call.status = CallStatus::Failed;
-                call.error = Some(CallError {
-                    code: "storage_unavailable".into(),
-                    message: "the call ran but its outcome could not be stored; its state changes were discarded"
-                        .into(),
-                });
+                call.error = Some(error);
                 call.usage = usage;
                 call.finished_at = Some(finished_at);
                 sessions::finish_call(c, &call.session, &call.usage)?;
@@ -441,15 +471,21 @@ impl Service {
                 for (kind, data) in notes {
                     audit::append(c, &call.session, kind, "bulkhead", Some(&call.id), data)?;
                 }
-                let data = json!({ "tool": call.tool, "status": call.status, "error": "storage_unavailable", "usage": call.usage });
+                let data = json!({ "tool": call.tool, "status": call.status, "error": code, "usage": call.usage });
                 audit::append(c, &call.session, "call_finished", "bulkhead", Some(&call.id), data)?;
-                Ok(true)
+                Ok(Some(call))
             })
             .await?;
-        if failed {
-            let _ = self.finished.send(a.id.clone());
+        if let Some(call) = &failed {
+            self.count_call(call, 0);
+            let _ = self.finished.send(call.id.clone());
         }
         Ok(failed)
+    }
+
+    /// Finishes `a` in the background, retrying until storage takes it.
+    fn abandon(self: &Arc<Self>, a: Abandoned) {
+        tokio::spawn(finish_abandoned(Arc::downgrade(self), a));
     }
 
     /// One call; with `wait`, holds until it leaves `pending_approval` or
@@ -535,12 +571,22 @@ impl Service {
     }
 }
 
-/// A call that ran but whose outcome could not be stored.
+/// A call left `running` that must end `failed`: it ran (or began to) but
+/// its outcome could not be stored, or the host failed while it ran.
 struct Abandoned {
     session: String,
     id: String,
     usage: Usage,
     notes: Vec<crate::caps::AuditNote>,
+    error: CallError,
+}
+
+/// Why a call whose outcome could not be stored failed.
+fn unstored() -> CallError {
+    CallError {
+        code: "storage_unavailable".into(),
+        message: "the call ran but its outcome could not be stored; its state changes were discarded".into(),
+    }
 }
 
 /// A call whose outcome could not be committed (storage failed: database at
