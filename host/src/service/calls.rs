@@ -266,7 +266,7 @@ impl Service {
         // What must still be recorded if the outcome cannot be: usage and
         // the audit notes (secrets read, egress), without the state writes.
         // (Notes are usually none: cloning them allocates nothing.)
-        let (id, usage, notes) = (call.id.clone(), outcome.usage.clone(), outcome.notes.clone());
+        let (id, usage, notes) = (call.id.clone(), outcome.usage, outcome.notes.clone());
         let result = self.record_outcome(call, outcome, &actor).await;
         match &result {
             Ok(call) => {
@@ -444,48 +444,56 @@ impl Service {
             .await?)
     }
 
-    /// Finishes a `running` call as `failed` (it ran, but its outcome could
-    /// not be stored or the host failed meanwhile), with its usage and audit
-    /// notes; `None` if it is no longer running. Checked inside the write, so
-    /// a finished call is never overwritten.
-    async fn fail_abandoned(&self, a: &Abandoned) -> Result<Option<Call>> {
-        let (sid, id, usage, error) = (a.session.clone(), a.id.clone(), a.usage.clone(), a.error.clone());
-        let notes: Vec<(&'static str, audit::Data)> = a.notes.iter().map(|n| (n.kind, n.data.clone().into())).collect();
+    /// Finishes `running` calls as `failed` in one transaction (they ran,
+    /// but their outcome could not be stored or the host failed meanwhile),
+    /// with their usage and audit notes. A call no longer running (or
+    /// gone with its session) is skipped: checked inside the write, so a
+    /// finished call is never overwritten.
+    async fn fail_abandoned(&self, batch: Vec<Abandoned>) -> Result<()> {
         let finished_at = util::now_rfc3339();
         let failed = self
             .db
             .write(move |c| {
-                let Some(mut call) = calls::get(c, &sid, &id)? else {
-                    return Ok(None);
-                };
-                if call.status != CallStatus::Running {
-                    return Ok(None);
+                let mut failed = Vec::new();
+                for a in batch.iter() {
+                    let Some(mut call) = calls::get(c, &a.session, &a.id)? else { continue };
+                    if call.status != CallStatus::Running {
+                        continue;
+                    }
+                    call.status = CallStatus::Failed;
+                    call.error = Some(a.error.clone());
+                    call.usage = a.usage;
+                    call.finished_at = Some(finished_at.clone());
+                    sessions::finish_call(c, &call.session, &call.usage)?;
+                    calls::finish(c, &call, &calls::Encoded::of(&call))?;
+                    for note in &a.notes {
+                        let data: audit::Data = note.data.clone().into();
+                        audit::append(c, &call.session, note.kind, "bulkhead", Some(&call.id), data)?;
+                    }
+                    let data =
+                        json!({ "tool": call.tool, "status": call.status, "error": a.error.code, "usage": call.usage });
+                    audit::append(c, &call.session, "call_finished", "bulkhead", Some(&call.id), data)?;
+                    failed.push(call);
                 }
-                let code = error.code.clone();
-                call.status = CallStatus::Failed;
-                call.error = Some(error);
-                call.usage = usage;
-                call.finished_at = Some(finished_at);
-                sessions::finish_call(c, &call.session, &call.usage)?;
-                calls::finish(c, &call, &calls::Encoded::of(&call))?;
-                for (kind, data) in notes {
-                    audit::append(c, &call.session, kind, "bulkhead", Some(&call.id), data)?;
-                }
-                let data = json!({ "tool": call.tool, "status": call.status, "error": code, "usage": call.usage });
-                audit::append(c, &call.session, "call_finished", "bulkhead", Some(&call.id), data)?;
-                Ok(Some(call))
+                Ok(failed)
             })
             .await?;
-        if let Some(call) = &failed {
+        for call in &failed {
             self.count_call(call, 0);
             let _ = self.finished.send(call.id.clone());
         }
-        Ok(failed)
+        Ok(())
     }
 
-    /// Finishes `a` in the background, retrying until storage takes it.
+    /// Queues `a` to be finished `failed`; one task retries all queued
+    /// calls together until storage takes them.
     fn abandon(self: &Arc<Self>, a: Abandoned) {
-        tokio::spawn(finish_abandoned(Arc::downgrade(self), a));
+        let mut pending = self.abandoned.lock().expect("abandoned calls poisoned");
+        pending.calls.push(a);
+        if !pending.reaping {
+            pending.reaping = true;
+            tokio::spawn(reap(Arc::downgrade(self)));
+        }
     }
 
     /// One call; with `wait`, holds until it leaves `pending_approval` or
@@ -573,6 +581,7 @@ impl Service {
 
 /// A call left `running` that must end `failed`: it ran (or began to) but
 /// its outcome could not be stored, or the host failed while it ran.
+#[derive(Clone)]
 struct Abandoned {
     session: String,
     id: String,
@@ -589,20 +598,47 @@ fn unstored() -> CallError {
     }
 }
 
+/// At most this many abandoned calls are finished per write, so a long
+/// outage's backlog does not hold the writer in one long transaction.
+const REAP_BATCH: usize = 256;
+
+/// Calls waiting to be finished `failed` (see `abandon`).
+#[derive(Default)]
+pub(super) struct AbandonedCalls {
+    calls: Vec<Abandoned>,
+    /// Whether a `reap` task is running.
+    reaping: bool,
+}
+
 /// A call whose outcome could not be committed (storage failed: database at
 /// its cap, I/O error) would stay `running` until the next restart. Its
 /// state writes are dropped: once the call gave up its turn, a later call
-/// may have run on the state as it was. This finishes it `failed` as soon
-/// as storage takes writes again, retrying with backoff while the host runs.
-async fn finish_abandoned(service: std::sync::Weak<Service>, abandoned: Abandoned) {
+/// may have run on the state as it was. This finishes the queued calls
+/// `failed` as soon as storage takes writes again, all in one write per
+/// try, backing off while it fails; it ends when none is left.
+async fn reap(service: std::sync::Weak<Service>) {
     let mut wait = Duration::from_millis(100);
     loop {
         tokio::time::sleep(wait).await;
         let Some(service) = service.upgrade() else { return };
-        match service.fail_abandoned(&abandoned).await {
-            Ok(_) | Err(ServiceError::NotFound { .. }) => return,
-            Err(e) => tracing::warn!("call {} is still `running`: its failure cannot be stored yet: {e}", abandoned.id),
+        let batch: Vec<Abandoned> = {
+            let mut pending = service.abandoned.lock().expect("abandoned calls poisoned");
+            let n = pending.calls.len().min(REAP_BATCH);
+            pending.calls.drain(..n).collect()
+        };
+        let result = service.fail_abandoned(batch.clone()).await;
+        let mut pending = service.abandoned.lock().expect("abandoned calls poisoned");
+        match result {
+            Ok(()) => wait = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!("{} calls are still `running`: their failure cannot be stored yet: {e}", batch.len());
+                pending.calls.extend(batch);
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
         }
-        wait = (wait * 2).min(Duration::from_secs(5));
+        if pending.calls.is_empty() {
+            pending.reaping = false;
+            return;
+        }
     }
 }

@@ -79,6 +79,8 @@ pub struct Service {
     /// Sessions read by calls, with the epoch read before each (see
     /// `session_for_call`).
     call_sessions: Mutex<HashMap<String, (u64, Arc<crate::model::Session>)>>,
+    /// Calls the host failed mid-way, to be finished `failed` (see `calls::reap`).
+    abandoned: Mutex<calls::AbandonedCalls>,
 }
 
 impl Service {
@@ -143,6 +145,7 @@ impl Service {
             finished: broadcast::channel(1024).0,
             boundary_epoch: AtomicU64::new(0),
             call_sessions: Mutex::new(HashMap::new()),
+            abandoned: Mutex::default(),
             allow_private: Arc::new(allow_private),
         });
         let interrupted = service.recover().await?;
