@@ -251,8 +251,8 @@ async fn a_full_database_refuses_writes_cleanly_and_recovers() -> anyhow::Result
     let api = host.agent();
     let filler = api.session(json!({})).await?;
     let sid = api.session(json!({})).await?;
-    // Room set aside: deleted once the database is full, it frees about 15
-    // pages, enough for a call's `running` record but not for a 200 KB output.
+    // Room set aside: deleted once the database is full, it frees 14 pages
+    // (measured), enough for a call's `running` record but not for a 200 KB output.
     let spare = api.session(json!({})).await?;
     let (status, body) = api
         .post(&format!("/v1/sessions/{spare}/messages"), json!({"role": "user", "content": "s".repeat(60_000)}))

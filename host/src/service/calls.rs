@@ -204,7 +204,7 @@ impl Service {
             tracing::error!("call {id} panicked in the host; it ends failed");
             let error =
                 CallError { code: "internal_error".into(), message: "the host failed while running the call".into() };
-            self.abandon(Abandoned { session, id, usage: Usage::default(), notes: Vec::new(), error });
+            self.abandon(Abandoned::without_outcome(session, id, error));
             Err(ServiceError::Unavailable("a call task panicked".into()))
         })
     }
@@ -233,14 +233,7 @@ impl Service {
                 Ok(Some(session)) => Arc::new(session),
                 Ok(None) => return Err(ServiceError::not_found("session")),
                 Err(e) => {
-                    let (session, id) = (session.id.clone(), call.id.clone());
-                    self.abandon(Abandoned {
-                        session,
-                        id,
-                        usage: Usage::default(),
-                        notes: Vec::new(),
-                        error: unstored(),
-                    });
+                    self.abandon(Abandoned::without_outcome(session.id.clone(), call.id.clone(), unstored()));
                     return Err(e.into());
                 }
             }
@@ -588,6 +581,13 @@ struct Abandoned {
     usage: Usage,
     notes: Vec<crate::caps::AuditNote>,
     error: CallError,
+}
+
+impl Abandoned {
+    /// A call that ended before it had an outcome: no usage, no notes.
+    fn without_outcome(session: String, id: String, error: CallError) -> Abandoned {
+        Abandoned { session, id, usage: Usage::default(), notes: Vec::new(), error }
+    }
 }
 
 /// Why a call whose outcome could not be stored failed.
