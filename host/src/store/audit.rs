@@ -10,7 +10,7 @@
 //! INSERT. A head learned inside a transaction becomes trusted only when
 //! that transaction commits.
 
-use super::{Result, Tx};
+use super::{Result, Tx, filing};
 use crate::model::AuditEvent;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
@@ -71,18 +71,38 @@ fn hash_with_data(e: &AuditEvent, data: &str) -> String {
 /// Chain heads (last seq, hash) as the writer knows them: committed, and
 /// pending in the open transaction (per batch and per job, following the
 /// savepoints).
+///
+/// While `complete`, `committed` holds the head of every chain with an
+/// event not yet filed (`store::filing`), so a chain it does not know is
+/// found in `audit_by_session` alone; otherwise the unfiled tail of the
+/// log is scanned too. Heads are dropped only right after a filing that
+/// filed every event.
 #[derive(Default)]
 pub struct Heads {
     committed: HashMap<String, (i64, String)>,
     batch: HashMap<String, (i64, String)>,
     job: HashMap<String, (i64, String)>,
+    complete: bool,
 }
 
-/// Heads kept after commit; past this the cache starts over (it only saves
-/// a SELECT per append, so forgetting is always safe).
+/// Heads kept after a complete filing; past this the cache starts over (it
+/// only saves a SELECT per append).
 const MAX_HEADS: usize = 4096;
 
 impl Heads {
+    /// Knowing no head, with every event filed.
+    pub(super) fn all_filed() -> Heads {
+        Heads { complete: true, ..Heads::default() }
+    }
+
+    /// Every event is filed: any head can be found in the index again.
+    pub(super) fn filed_all(&mut self) {
+        if self.committed.len() > MAX_HEADS {
+            self.committed.clear();
+        }
+        self.complete = true;
+    }
+
     fn get(&self, session: &str) -> Option<&(i64, String)> {
         self.job.get(session).or_else(|| self.batch.get(session)).or_else(|| self.committed.get(session))
     }
@@ -99,9 +119,6 @@ impl Heads {
 
     /// The transaction committed: its heads are now the database's.
     pub(super) fn commit(&mut self) {
-        if self.committed.len() + self.batch.len() > MAX_HEADS {
-            self.committed.clear();
-        }
         self.committed.extend(self.batch.drain());
     }
 
@@ -121,6 +138,18 @@ impl From<Value> for Data {
     }
 }
 
+/// A chain's last event, from the index alone (all its events filed).
+const FILED_HEAD: &str = "SELECT a.seq, a.hash FROM audit_by_session f JOIN audit a ON a.rowid = f.row \
+     WHERE f.session = ?1 ORDER BY f.seq DESC LIMIT 1";
+/// A chain's last event, from the index and the unfiled tail.
+const HEAD: &str = concat!(
+    "SELECT seq, hash FROM (SELECT * FROM (SELECT a.seq, a.hash FROM audit_by_session f \
+     JOIN audit a ON a.rowid = f.row WHERE f.session = ?1 ORDER BY f.seq DESC LIMIT 1) \
+     UNION ALL SELECT seq, hash FROM audit WHERE ",
+    filing::unfiled!("audit"),
+    " AND session = ?1) ORDER BY seq DESC LIMIT 1"
+);
+
 /// Appends an event to its session's chain; returns its seq.
 pub fn append(
     tx: &Tx,
@@ -131,11 +160,14 @@ pub fn append(
     data: impl Into<Data>,
 ) -> Result<i64> {
     let Data(data) = data.into();
-    let known = tx.chains.borrow().get(session).cloned();
+    let (known, complete) = {
+        let chains = tx.chains.borrow();
+        (chains.get(session).cloned(), chains.complete)
+    };
     let last = match known {
         Some(head) => Some(head),
         None => tx
-            .prepare_cached("SELECT seq, hash FROM audit WHERE session = ?1 ORDER BY seq DESC LIMIT 1")?
+            .prepare_cached(if complete { FILED_HEAD } else { HEAD })?
             .query_row([session], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?,
     };
@@ -170,11 +202,19 @@ pub fn append(
     Ok(seq)
 }
 
+/// A session's events after `after`, in chain order: the filed ones through
+/// the index, then the unfiled tail. Each event is listed as stored (the
+/// index's seq is only the order), so tampering shows in what is listed.
 pub fn list(conn: &Connection, session: &str, after: i64, limit: u32) -> Result<Vec<AuditEvent>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT session, seq, at, kind, actor, call, data, prev_hash, hash FROM audit \
-         WHERE session = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-    )?;
+    const LIST: &str = concat!(
+        "SELECT a.session, a.seq, a.at, a.kind, a.actor, a.call, a.data, a.prev_hash, a.hash, f.seq \
+         FROM audit_by_session f JOIN audit a ON a.rowid = f.row WHERE f.session = ?1 AND f.seq > ?2 \
+         UNION ALL SELECT session, seq, at, kind, actor, call, data, prev_hash, hash, seq FROM audit \
+         WHERE ",
+        filing::unfiled!("audit"),
+        " AND session = ?1 AND seq > ?2 ORDER BY 10 LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(LIST)?;
     let rows = stmt.query_map(params![session, after, limit], from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

@@ -1,6 +1,6 @@
 //! The `calls` table: every tool call, from request to outcome.
 
-use super::Result;
+use super::{Result, filing};
 use crate::model::{Approval, Call, CallError, CallStatus, LogLine, Usage};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -121,7 +121,8 @@ pub fn by_idempotency_key(conn: &Connection, session: &str, key: &str) -> Result
         .optional()?)
 }
 
-/// Calls of a session, oldest first, optionally of one status.
+/// Calls of a session, oldest first, optionally of one status: the filed
+/// ones through the index, then the unfiled tail (`store::filing`).
 pub fn list(
     conn: &Connection,
     session: &str,
@@ -129,11 +130,32 @@ pub fn list(
     after: &str,
     limit: u32,
 ) -> Result<Vec<Call>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM calls WHERE session = ?1 AND (?2 IS NULL OR status = ?2) AND id > ?3 ORDER BY id LIMIT ?4"
-    ))?;
+    // The index's id only orders (column 15); `NOT INDEXED`: the tail is
+    // found by rowid, never by scanning the id index.
+    const LIST: &str = concat!(
+        "SELECT c.id, c.session, c.tool, c.status, c.input, c.output, c.error, c.created_at, c.started_at, \
+         c.finished_at, c.usage, c.approval, c.idempotency_key, c.logs, f.id \
+         FROM calls_by_session f JOIN calls c ON c.rowid = f.row \
+         WHERE f.session = ?1 AND f.id > ?3 AND (?2 IS NULL OR c.status = ?2) \
+         UNION ALL SELECT id, session, tool, status, input, output, error, created_at, started_at, \
+         finished_at, usage, approval, idempotency_key, logs, id FROM calls NOT INDEXED WHERE ",
+        filing::unfiled!("calls"),
+        " AND session = ?1 AND id > ?3 AND (?2 IS NULL OR status = ?2) ORDER BY 15 LIMIT ?4"
+    );
+    let mut stmt = conn.prepare_cached(LIST)?;
     let rows = stmt.query_map(params![session, status.map(CallStatus::as_str), after, limit], from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Deletes every call of a session (with its session: nothing cascades).
+pub fn delete_all(conn: &Connection, session: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM calls WHERE rowid IN (SELECT row FROM calls_by_session WHERE session = ?1)")?
+        .execute([session])?;
+    conn.prepare_cached(concat!("DELETE FROM calls WHERE ", filing::unfiled!("calls"), " AND session = ?1"))?
+        .execute([session])?;
+    conn.prepare_cached("DELETE FROM calls_by_session WHERE session = ?1")?.execute([session])?;
+    filing::calls_deleted(conn)?;
+    Ok(())
 }
 
 /// Calls left `running` by a host that stopped: (session, call id, tool).

@@ -12,11 +12,15 @@
 //! run on their own thread; the writer only copies the few frames committed
 //! since each one, so the WAL can start over.
 //!
+//! Each session's calls and audit events are indexed by the writer in bulk,
+//! between transactions (see [`filing`]).
+//!
 //! The submodules are plain functions over a `&Connection`, one per table,
 //! so the service composes several of them inside one write job.
 
 pub mod audit;
 pub mod calls;
+pub mod filing;
 pub mod messages;
 pub mod schema;
 pub mod sessions;
@@ -29,7 +33,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub const DB_FILE: &str = "bulkhead.sqlite3";
@@ -137,6 +141,9 @@ impl Db {
              PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
         ))?;
         schema::migrate(&conn)?;
+        // Rows a stopped host left unfiled are filed before any job runs, so
+        // the writer starts knowing every chain's head is in the index.
+        while !in_transaction(&conn, filing::file)? {}
         let checkpointer = Connection::open(&path)?;
         checkpointer.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
         checkpointer
@@ -264,9 +271,25 @@ impl Db {
 }
 
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, committed: mpsc::SyncSender<()>, top_up: Arc<AtomicBool>) {
-    let chains = RefCell::new(audit::Heads::default());
+    let chains = RefCell::new(audit::Heads::all_filed());
     let tx = Tx { conn: &conn, chains: &chains };
+    let mut filed_at = Instant::now();
     while let Ok(first) = rx.recv() {
+        if filed_at.elapsed() >= filing::EVERY {
+            match in_transaction(&conn, filing::file) {
+                // A backlog is filed a slice per batch until it is gone.
+                Ok(caught_up) => {
+                    if caught_up {
+                        filed_at = Instant::now();
+                        chains.borrow_mut().filed_all();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("cannot index calls and audit events by session (retried): {e}");
+                    filed_at = Instant::now();
+                }
+            }
+        }
         // The checkpointer copied most of the WAL; copying the few frames
         // committed since, here between transactions, lets the next
         // transaction start the WAL over from its beginning. Without this
@@ -300,6 +323,20 @@ fn checkpoint_loop(conn: Connection, wake: mpsc::Receiver<()>, top_up: Arc<Atomi
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             Ok(()) => top_up.store(true, Ordering::Relaxed),
             Err(e) => tracing::warn!("checkpoint failed (retried after the next commit): {e}"),
+        }
+    }
+}
+
+/// Runs `f` in a transaction of its own on the writer's connection.
+fn in_transaction<T>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+    control(conn, "BEGIN IMMEDIATE")?;
+    match f(conn).and_then(|value| control(conn, "COMMIT").map(|_| value)) {
+        Ok(value) => Ok(value),
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = control(conn, "ROLLBACK");
+            }
+            Err(e.into())
         }
     }
 }

@@ -98,6 +98,61 @@ DROP TABLE audit;
 ALTER TABLE audit_log RENAME TO audit;
 CREATE UNIQUE INDEX audit_chain ON audit(session, seq);
 "#,
+    // Each session's calls and audit events indexed in bulk by the writer
+    // (store::filing) instead of by SQLite on every insert: a commit no
+    // longer dirties one index leaf per session in it. `calls` is rebuilt
+    // without its foreign key: a cascade would scan the table for a
+    // session's calls without an index on `calls(session)`; deleting a
+    // session deletes them through `calls_by_session`.
+    r#"
+CREATE TABLE filed (
+    log         TEXT PRIMARY KEY,
+    up_to       INTEGER NOT NULL        -- the highest rowid indexed
+) WITHOUT ROWID;
+CREATE TABLE calls_by_session (
+    session     TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    row         INTEGER NOT NULL,       -- rowid in calls
+    PRIMARY KEY (session, id)
+) WITHOUT ROWID;
+CREATE TABLE audit_by_session (
+    session     TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    row         INTEGER NOT NULL,       -- rowid in audit
+    PRIMARY KEY (session, seq)
+) WITHOUT ROWID;
+CREATE TABLE calls_v3 (
+    id              TEXT PRIMARY KEY,
+    session         TEXT NOT NULL,
+    principal       TEXT NOT NULL,
+    tool            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    input           TEXT NOT NULL,
+    output          TEXT,
+    error           TEXT,
+    created_at      TEXT NOT NULL,
+    started_at      TEXT,
+    finished_at     TEXT,
+    usage           TEXT NOT NULL,
+    approval        TEXT,
+    idempotency_key TEXT,
+    logs            TEXT
+);
+INSERT INTO calls_v3 (rowid, id, session, principal, tool, status, input, output, error, created_at, started_at,
+                      finished_at, usage, approval, idempotency_key, logs)
+    SELECT rowid, id, session, principal, tool, status, input, output, error, created_at, started_at,
+           finished_at, usage, approval, idempotency_key, logs FROM calls ORDER BY rowid;
+DROP TABLE calls;
+ALTER TABLE calls_v3 RENAME TO calls;
+CREATE UNIQUE INDEX calls_idempotency ON calls(session, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX calls_open ON calls(status) WHERE status IN ('running', 'pending_approval');
+DROP INDEX audit_chain;
+INSERT INTO calls_by_session (session, id, row) SELECT session, id, rowid FROM calls ORDER BY session, id;
+INSERT INTO audit_by_session (session, seq, row) SELECT session, seq, rowid FROM audit ORDER BY session, seq;
+INSERT INTO filed (log, up_to) VALUES
+    ('calls', (SELECT COALESCE(MAX(rowid), 0) FROM calls)),
+    ('audit', (SELECT COALESCE(MAX(rowid), 0) FROM audit));
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -118,8 +173,10 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
 
+    /// A database written by the first schema, upgraded: every chain and
+    /// call is still listed by session, through the new indexes.
     #[test]
-    fn a_first_version_database_keeps_its_audit_chains_through_the_upgrade() {
+    fn a_first_version_database_keeps_its_chains_and_calls_through_the_upgrades() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(&format!("{}; PRAGMA user_version = 1;", MIGRATIONS[0])).unwrap();
         let insert = "INSERT INTO audit (session, seq, at, kind, actor, call, data, prev_hash, hash) \
@@ -128,23 +185,42 @@ mod tests {
             let (prev, hash) = (format!("{session}{}", seq - 1), format!("{session}{seq}"));
             conn.execute(insert, rusqlite::params![session, seq, prev, hash]).unwrap();
         }
+        conn.execute_batch(
+            "INSERT INTO sessions (id, principal, created_at, boundary, env, labels) VALUES \
+             ('a', 'p', 'at', '{}', '{}', '{}'), ('b', 'p', 'at', '{}', '{}', '{}')",
+        )
+        .unwrap();
+        for (id, session) in [("c1", "a"), ("c2", "b"), ("c3", "a")] {
+            conn.execute(
+                "INSERT INTO calls (id, session, principal, tool, status, input, created_at, usage) \
+                 VALUES (?1, ?2, 'p', 't', 'succeeded', '{}', 'at', '{}')",
+                [id, session],
+            )
+            .unwrap();
+        }
         migrate(&conn).unwrap();
         let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version, MIGRATIONS.len());
-        let rows: Vec<(String, i64, String, String)> = conn
-            .prepare("SELECT session, seq, prev_hash, hash FROM audit ORDER BY session, seq")
+        for session in ["a", "b"] {
+            let events = super::super::audit::list(&conn, session, 0, 10).unwrap();
+            let chain: Vec<(i64, String, String)> = events.into_iter().map(|e| (e.seq, e.prev_hash, e.hash)).collect();
+            let expected: Vec<(i64, String, String)> =
+                (1..=2).map(|n| (n, format!("{session}{}", n - 1), format!("{session}{n}"))).collect();
+            assert_eq!(chain, expected, "session {session}");
+        }
+        let listed = |session| -> Vec<String> {
+            super::super::calls::list(&conn, session, None, "", 10).unwrap().into_iter().map(|c| c.id).collect()
+        };
+        assert_eq!(listed("a"), ["c1", "c3"]);
+        assert_eq!(listed("b"), ["c2"]);
+        let marks: Vec<(String, i64)> = conn
+            .prepare("SELECT log, up_to FROM filed ORDER BY log")
             .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        let expected: Vec<(String, i64, String, String)> = [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
-            .iter()
-            .map(|(s, n)| (s.to_string(), *n, format!("{s}{}", n - 1), format!("{s}{n}")))
-            .collect();
-        assert_eq!(rows, expected);
-        let duplicate = conn.execute(insert, rusqlite::params!["a", 2, "x", "y"]);
-        assert!(duplicate.is_err(), "a chain still cannot hold two events with one seq");
+        assert_eq!(marks, [("audit".to_string(), 4), ("calls".to_string(), 3)], "everything is filed");
         migrate(&conn).unwrap();
     }
 }

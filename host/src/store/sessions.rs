@@ -118,7 +118,11 @@ pub fn update_boundary(conn: &Connection, id: &str, tools: &BTreeMap<String, Too
 
 /// Deletes the session with its messages, state and calls (the audit stays).
 pub fn delete(conn: &Connection, id: &str) -> Result<bool> {
-    Ok(conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?.execute([id])? > 0)
+    if conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?.execute([id])? == 0 {
+        return Ok(false);
+    }
+    super::calls::delete_all(conn, id)?;
+    Ok(true)
 }
 
 pub fn exists(conn: &Connection, id: &str) -> Result<bool> {
