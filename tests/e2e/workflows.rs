@@ -265,6 +265,22 @@ async fn sigkill_under_load_loses_no_answered_call() -> anyhow::Result<()> {
         }
         let value: usize = agent.state(sid, "counter").await?.get("count/default").map_or(0, |v| v.parse().unwrap());
         assert_eq!(value, succeeded, "every committed call, and only those, moved the counter");
+        // The audit chain, paged (through the per-session index and the
+        // tail the crash left unfiled): no gap, no fork, every call in it.
+        let (mut seq, mut prev) = (0u64, "0".repeat(64));
+        loop {
+            let (_, page) = agent.get(&format!("/v1/sessions/{sid}/audit?after={seq}&limit=200")).await?;
+            let events = page["events"].as_array().unwrap();
+            if events.is_empty() {
+                break;
+            }
+            for e in events {
+                assert_eq!(e["seq"].as_u64(), Some(seq + 1), "{e}");
+                assert_eq!(e["prev_hash"].as_str(), Some(prev.as_str()), "{e}");
+                (seq, prev) = (seq + 1, e["hash"].as_str().unwrap().to_string());
+            }
+        }
+        assert!(seq as usize > 3 * succeeded, "{seq} events for {succeeded} calls");
     }
     Ok(())
 }
