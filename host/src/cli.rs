@@ -6,7 +6,7 @@ use crate::runtime::Runtime;
 use crate::service::calls::NewCall;
 use crate::service::sessions::CreateSession;
 use crate::service::{Credentials, Service, StartReport, ToolSource};
-use crate::store::{Db, Durability, audit};
+use crate::store::audit;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -295,8 +295,14 @@ async fn audit_verify(config_path: Option<&Path>) -> Result<ExitCode> {
     if !config.data_dir.join(crate::store::DB_FILE).exists() {
         bail!("no database in {}", config.data_dir.display());
     }
-    let db = Db::open(&config.data_dir, Durability::Normal)?;
-    match db.read(audit::verify_all)? {
+    // Read-only: verifying writes nothing (no migration, no filing), so it
+    // can run beside a live host.
+    let conn = rusqlite::Connection::open_with_flags(
+        config.data_dir.join(crate::store::DB_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    match audit::verify_all(&conn)? {
         Ok(n) => {
             println!("audit trail intact: {n} events verified");
             Ok(ExitCode::SUCCESS)

@@ -139,12 +139,12 @@ impl From<Value> for Data {
 }
 
 /// A chain's last event, from the index alone (all its events filed).
-const FILED_HEAD: &str = "SELECT a.seq, a.hash FROM audit_by_session f JOIN audit a ON a.rowid = f.row \
+const FILED_HEAD: &str = "SELECT a.seq, a.hash FROM audit_by_session f JOIN audit a ON a.rowid = f.row AND a.session = f.session \
      WHERE f.session = ?1 ORDER BY f.seq DESC LIMIT 1";
 /// A chain's last event, from the index and the unfiled tail.
 const HEAD: &str = concat!(
     "SELECT seq, hash FROM (SELECT * FROM (SELECT a.seq, a.hash FROM audit_by_session f \
-     JOIN audit a ON a.rowid = f.row WHERE f.session = ?1 ORDER BY f.seq DESC LIMIT 1) \
+     JOIN audit a ON a.rowid = f.row AND a.session = f.session WHERE f.session = ?1 ORDER BY f.seq DESC LIMIT 1) \
      UNION ALL SELECT seq, hash FROM audit WHERE ",
     filing::unfiled!("audit"),
     " AND session = ?1) ORDER BY seq DESC LIMIT 1"
@@ -208,7 +208,7 @@ pub fn append(
 pub fn list(conn: &Connection, session: &str, after: i64, limit: u32) -> Result<Vec<AuditEvent>> {
     const LIST: &str = concat!(
         "SELECT a.session, a.seq, a.at, a.kind, a.actor, a.call, a.data, a.prev_hash, a.hash, f.seq \
-         FROM audit_by_session f JOIN audit a ON a.rowid = f.row WHERE f.session = ?1 AND f.seq > ?2 \
+         FROM audit_by_session f JOIN audit a ON a.rowid = f.row AND a.session = f.session WHERE f.session = ?1 AND f.seq > ?2 \
          UNION ALL SELECT session, seq, at, kind, actor, call, data, prev_hash, hash, seq FROM audit \
          WHERE ",
         filing::unfiled!("audit"),

@@ -135,7 +135,7 @@ pub fn list(
     const LIST: &str = concat!(
         "SELECT c.id, c.session, c.tool, c.status, c.input, c.output, c.error, c.created_at, c.started_at, \
          c.finished_at, c.usage, c.approval, c.idempotency_key, c.logs, f.id \
-         FROM calls_by_session f JOIN calls c ON c.rowid = f.row \
+         FROM calls_by_session f JOIN calls c ON c.rowid = f.row AND c.session = f.session \
          WHERE f.session = ?1 AND f.id > ?3 AND (?2 IS NULL OR c.status = ?2) \
          UNION ALL SELECT id, session, tool, status, input, output, error, created_at, started_at, \
          finished_at, usage, approval, idempotency_key, logs, id FROM calls NOT INDEXED WHERE ",
@@ -154,7 +154,7 @@ pub fn delete_all(conn: &Connection, session: &str) -> Result<()> {
     conn.prepare_cached(concat!("DELETE FROM calls WHERE ", filing::unfiled!("calls"), " AND session = ?1"))?
         .execute([session])?;
     conn.prepare_cached("DELETE FROM calls_by_session WHERE session = ?1")?.execute([session])?;
-    filing::calls_deleted(conn)?;
+    filing::lower_marks(conn)?;
     Ok(())
 }
 

@@ -35,6 +35,8 @@ struct Log {
     name: &'static str,
     /// `INSERT` of rowid range (?1, ?2] into the index, sorted.
     file: &'static str,
+    /// Rows in rowid range (?1, ?2].
+    count: &'static str,
     last_row: &'static str,
 }
 
@@ -43,20 +45,25 @@ const LOGS: [Log; 2] = [
         name: "calls",
         file: "INSERT OR IGNORE INTO calls_by_session (session, id, row) \
                SELECT session, id, rowid FROM calls WHERE rowid > ?1 AND rowid <= ?2 ORDER BY session, id",
+        count: "SELECT COUNT(*) FROM calls WHERE rowid > ?1 AND rowid <= ?2",
         last_row: "SELECT COALESCE(MAX(rowid), 0) FROM calls",
     },
     Log {
         name: "audit",
-        // OR IGNORE: a duplicate (session, seq), which only tampering or a
-        // bug can make, must not stop filing for good; verification names it.
         file: "INSERT OR IGNORE INTO audit_by_session (session, seq, row) \
                SELECT session, seq, rowid FROM audit WHERE rowid > ?1 AND rowid <= ?2 ORDER BY session, seq",
+        count: "SELECT COUNT(*) FROM audit WHERE rowid > ?1 AND rowid <= ?2",
         last_row: "SELECT COALESCE(MAX(rowid), 0) FROM audit",
     },
 ];
 
 /// Files up to `MAX_ROWS` rows of each log past its mark, in the caller's
 /// transaction; returns whether every row of both logs is now filed.
+///
+/// A row whose key is already filed (a second audit event with one seq,
+/// which only tampering or a bug can make) is left out of the index with a
+/// warning rather than stopping filing for good; `bulkhead audit verify`
+/// names it.
 pub fn file(conn: &Connection) -> rusqlite::Result<bool> {
     let mut caught_up = true;
     for log in &LOGS {
@@ -65,7 +72,15 @@ pub fn file(conn: &Connection) -> rusqlite::Result<bool> {
         let last: i64 = conn.prepare_cached(log.last_row)?.query_row([], |r| r.get(0))?;
         let to = last.min(mark + MAX_ROWS);
         if to > mark {
-            conn.prepare_cached(log.file)?.execute(params![mark, to])?;
+            let filed = conn.prepare_cached(log.file)?.execute(params![mark, to])?;
+            let rows: usize = conn.prepare_cached(log.count)?.query_row(params![mark, to], |r| r.get(0))?;
+            if filed != rows {
+                tracing::warn!(
+                    "{} rows of `{}` repeat a key already indexed and are not listed",
+                    rows - filed,
+                    log.name
+                );
+            }
             conn.prepare_cached("UPDATE filed SET up_to = ?2 WHERE log = ?1")?.execute(params![log.name, to])?;
         }
         caught_up &= to >= last;
@@ -73,14 +88,16 @@ pub fn file(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(caught_up)
 }
 
-/// After rows of `calls` were deleted: a new row takes the rowid after the
-/// highest one left, which may be at or below the mark; lowering the mark
-/// to the highest row left keeps new rows in the tail.
-pub fn calls_deleted(conn: &Connection) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "UPDATE filed SET up_to = MIN(up_to, (SELECT COALESCE(MAX(rowid), 0) FROM calls)) WHERE log = 'calls'",
-    )?
-    .execute([])?;
+/// Lowers each log's mark to its highest row. A new row takes the rowid
+/// after the highest one left, so once rows above the mark's rows were
+/// deleted (a session's calls; audit rows only by tampering) a new row
+/// could fall at or below the mark, never filed and never in the tail.
+pub fn lower_marks(conn: &Connection) -> rusqlite::Result<()> {
+    for log in &LOGS {
+        let last: i64 = conn.prepare_cached(log.last_row)?.query_row([], |r| r.get(0))?;
+        conn.prepare_cached("UPDATE filed SET up_to = MIN(up_to, ?2) WHERE log = ?1")?
+            .execute(params![log.name, last])?;
+    }
     Ok(())
 }
 

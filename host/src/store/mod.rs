@@ -141,9 +141,7 @@ impl Db {
              PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
         ))?;
         schema::migrate(&conn)?;
-        // Rows a stopped host left unfiled are filed before any job runs, so
-        // the writer starts knowing every chain's head is in the index.
-        while !in_transaction(&conn, filing::file)? {}
+        let chains = catch_up_filing(&conn);
         let checkpointer = Connection::open(&path)?;
         checkpointer.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
         checkpointer
@@ -155,7 +153,7 @@ impl Db {
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(name.into()).spawn(f).map(|_| ())
         };
-        spawn("bulkhead-db-writer", Box::new(move || writer_loop(conn, rx, committed, top_up_writer)))
+        spawn("bulkhead-db-writer", Box::new(move || writer_loop(conn, chains, rx, committed, top_up_writer)))
             .and_then(|_| {
                 spawn("bulkhead-db-checkpoint", Box::new(move || checkpoint_loop(checkpointer, wake, top_up)))
             })
@@ -270,23 +268,54 @@ impl Db {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, committed: mpsc::SyncSender<()>, top_up: Arc<AtomicBool>) {
-    let chains = RefCell::new(audit::Heads::all_filed());
+/// Files what a stopped host left unfiled before any job runs, so the
+/// writer starts knowing every chain's head is in the index. If that fails
+/// (a read-only or full disk), the host still starts: the writer then looks
+/// for heads in the tail too, and files later.
+fn catch_up_filing(conn: &Connection) -> audit::Heads {
+    let caught_up = in_transaction(conn, filing::lower_marks).and_then(|()| {
+        loop {
+            if in_transaction(conn, filing::file)? {
+                break Ok(());
+            }
+        }
+    });
+    match caught_up {
+        Ok(()) => audit::Heads::all_filed(),
+        Err(e) => {
+            tracing::warn!("cannot index calls and audit events by session yet (retried after the next write): {e}");
+            audit::Heads::default()
+        }
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    chains: audit::Heads,
+    rx: mpsc::Receiver<Job>,
+    committed: mpsc::SyncSender<()>,
+    top_up: Arc<AtomicBool>,
+) {
+    let chains = RefCell::new(chains);
     let tx = Tx { conn: &conn, chains: &chains };
-    let mut filed_at = Instant::now();
+    // When filing is next due; it backs off while it fails (at the size cap
+    // it needs pages that jobs need too).
+    let (mut file_at, mut backoff) = (Instant::now(), filing::EVERY);
     while let Ok(first) = rx.recv() {
-        if filed_at.elapsed() >= filing::EVERY {
+        if Instant::now() >= file_at {
             match in_transaction(&conn, filing::file) {
-                // A backlog is filed a slice per batch until it is gone.
                 Ok(caught_up) => {
+                    backoff = filing::EVERY;
+                    // A backlog is filed a slice per batch until it is gone.
                     if caught_up {
-                        filed_at = Instant::now();
+                        file_at = Instant::now() + filing::EVERY;
                         chains.borrow_mut().filed_all();
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("cannot index calls and audit events by session (retried): {e}");
-                    filed_at = Instant::now();
+                    tracing::warn!("cannot index calls and audit events by session (retried in {backoff:?}): {e}");
+                    file_at = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

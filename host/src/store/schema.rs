@@ -100,10 +100,12 @@ CREATE UNIQUE INDEX audit_chain ON audit(session, seq);
 "#,
     // Each session's calls and audit events indexed in bulk by the writer
     // (store::filing) instead of by SQLite on every insert: a commit no
-    // longer dirties one index leaf per session in it. `calls` is rebuilt
-    // without its foreign key: a cascade would scan the table for a
-    // session's calls without an index on `calls(session)`; deleting a
-    // session deletes them through `calls_by_session`.
+    // longer dirties one index leaf per session in it. Both logs are rebuilt
+    // with an explicit INTEGER PRIMARY KEY (`n`, the rowid), which the index
+    // tables point at and which VACUUM keeps; `calls` without its foreign
+    // key: a cascade would scan the table for a session's calls without an
+    // index on `calls(session)`; deleting a session deletes them through
+    // `calls_by_session`.
     r#"
 CREATE TABLE filed (
     log         TEXT PRIMARY KEY,
@@ -122,7 +124,8 @@ CREATE TABLE audit_by_session (
     PRIMARY KEY (session, seq)
 ) WITHOUT ROWID;
 CREATE TABLE calls_v3 (
-    id              TEXT PRIMARY KEY,
+    n               INTEGER PRIMARY KEY,    -- commit order
+    id              TEXT NOT NULL UNIQUE,
     session         TEXT NOT NULL,
     principal       TEXT NOT NULL,
     tool            TEXT NOT NULL,
@@ -138,7 +141,7 @@ CREATE TABLE calls_v3 (
     idempotency_key TEXT,
     logs            TEXT
 );
-INSERT INTO calls_v3 (rowid, id, session, principal, tool, status, input, output, error, created_at, started_at,
+INSERT INTO calls_v3 (n, id, session, principal, tool, status, input, output, error, created_at, started_at,
                       finished_at, usage, approval, idempotency_key, logs)
     SELECT rowid, id, session, principal, tool, status, input, output, error, created_at, started_at,
            finished_at, usage, approval, idempotency_key, logs FROM calls ORDER BY rowid;
@@ -146,7 +149,22 @@ DROP TABLE calls;
 ALTER TABLE calls_v3 RENAME TO calls;
 CREATE UNIQUE INDEX calls_idempotency ON calls(session, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX calls_open ON calls(status) WHERE status IN ('running', 'pending_approval');
-DROP INDEX audit_chain;
+CREATE TABLE audit_v3 (
+    n           INTEGER PRIMARY KEY,        -- commit order
+    session     TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    at          TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    call        TEXT,
+    data        TEXT NOT NULL,
+    prev_hash   TEXT NOT NULL,
+    hash        TEXT NOT NULL
+);
+INSERT INTO audit_v3 (n, session, seq, at, kind, actor, call, data, prev_hash, hash)
+    SELECT rowid, session, seq, at, kind, actor, call, data, prev_hash, hash FROM audit ORDER BY rowid;
+DROP TABLE audit;
+ALTER TABLE audit_v3 RENAME TO audit;
 INSERT INTO calls_by_session (session, id, row) SELECT session, id, rowid FROM calls ORDER BY session, id;
 INSERT INTO audit_by_session (session, seq, row) SELECT session, seq, rowid FROM audit ORDER BY session, seq;
 INSERT INTO filed (log, up_to) VALUES
@@ -221,6 +239,19 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert_eq!(marks, [("audit".to_string(), 4), ("calls".to_string(), 3)], "everything is filed");
+
+        // The index tables point at rowids: VACUUM renumbers the rows of a
+        // table without an INTEGER PRIMARY KEY once some are gone (here a's
+        // first call and first event, before b's rows), and must not.
+        conn.execute_batch(
+            "DELETE FROM calls WHERE id = 'c1'; DELETE FROM calls_by_session WHERE id = 'c1'; \
+             DELETE FROM audit WHERE session = 'a' AND seq = 1; \
+             DELETE FROM audit_by_session WHERE session = 'a' AND seq = 1; VACUUM;",
+        )
+        .unwrap();
+        assert_eq!(listed("b"), ["c2"], "after VACUUM");
+        let seqs: Vec<i64> = super::super::audit::list(&conn, "b", 0, 10).unwrap().into_iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2], "after VACUUM");
         migrate(&conn).unwrap();
     }
 }
