@@ -138,14 +138,20 @@ impl From<Value> for Data {
     }
 }
 
-/// A chain's last event, from the index alone (all its events filed).
-const FILED_HEAD: &str = "SELECT a.seq, a.hash FROM audit_by_session f JOIN audit a ON a.rowid = f.row AND a.session = f.session \
-     WHERE f.session = ?1 ORDER BY f.seq DESC LIMIT 1";
+/// A chain's last event, from the index alone (all its events filed); a
+/// macro so that `HEAD` can include it.
+macro_rules! filed_head {
+    () => {
+        "SELECT a.seq, a.hash FROM audit_by_session f JOIN audit a ON a.rowid = f.row AND a.session = f.session \
+         WHERE f.session = ?1 ORDER BY f.seq DESC LIMIT 1"
+    };
+}
+const FILED_HEAD: &str = filed_head!();
 /// A chain's last event, from the index and the unfiled tail.
 const HEAD: &str = concat!(
-    "SELECT seq, hash FROM (SELECT * FROM (SELECT a.seq, a.hash FROM audit_by_session f \
-     JOIN audit a ON a.rowid = f.row AND a.session = f.session WHERE f.session = ?1 ORDER BY f.seq DESC LIMIT 1) \
-     UNION ALL SELECT seq, hash FROM audit WHERE ",
+    "SELECT seq, hash FROM (SELECT * FROM (",
+    filed_head!(),
+    ") UNION ALL SELECT seq, hash FROM audit WHERE ",
     filing::unfiled!("audit"),
     " AND session = ?1) ORDER BY seq DESC LIMIT 1"
 );
@@ -298,6 +304,23 @@ mod tests {
             h.update(serde_json::to_vec(&map).unwrap());
             assert_eq!(hash_of(&e), hex::encode(h.finalize()), "{e:?}");
         }
+    }
+
+    /// The head lookup used when the writer cannot trust its cache (after an
+    /// error) finds a chain's last event in the unfiled tail; the one used
+    /// otherwise reads the index alone.
+    #[test]
+    fn head_lookups_read_the_tail_only_when_they_must() {
+        let conn = Connection::open_in_memory().unwrap();
+        crate::store::schema::migrate(&conn).unwrap();
+        let insert = "INSERT INTO audit (session, seq, at, kind, actor, data, prev_hash, hash) \
+                      VALUES ('s', ?1, 'at', 'k', 'a', '{}', 'p', ?2)";
+        conn.execute(insert, params![1, "h1"]).unwrap();
+        filing::file(&conn).unwrap();
+        conn.execute(insert, params![2, "h2"]).unwrap();
+        let head = |sql| -> (i64, String) { conn.query_row(sql, ["s"], |r| Ok((r.get(0)?, r.get(1)?))).unwrap() };
+        assert_eq!(head(HEAD), (2, "h2".to_string()));
+        assert_eq!(head(FILED_HEAD), (1, "h1".to_string()));
     }
 
     /// Appends through the writer's head cache, with a job that appends and

@@ -40,22 +40,31 @@ struct Log {
     last_row: &'static str,
 }
 
-const LOGS: [Log; 2] = [
-    Log {
-        name: "calls",
-        file: "INSERT OR IGNORE INTO calls_by_session (session, id, row) \
-               SELECT session, id, rowid FROM calls WHERE rowid > ?1 AND rowid <= ?2 ORDER BY session, id",
-        count: "SELECT COUNT(*) FROM calls WHERE rowid > ?1 AND rowid <= ?2",
-        last_row: "SELECT COALESCE(MAX(rowid), 0) FROM calls",
-    },
-    Log {
-        name: "audit",
-        file: "INSERT OR IGNORE INTO audit_by_session (session, seq, row) \
-               SELECT session, seq, rowid FROM audit WHERE rowid > ?1 AND rowid <= ?2 ORDER BY session, seq",
-        count: "SELECT COUNT(*) FROM audit WHERE rowid > ?1 AND rowid <= ?2",
-        last_row: "SELECT COALESCE(MAX(rowid), 0) FROM audit",
-    },
-];
+/// The `Log` of `$table`, whose index `${table}_by_session` is keyed by
+/// `(session, $key)`.
+macro_rules! log {
+    ($table:literal, $key:literal) => {
+        Log {
+            name: $table,
+            file: concat!(
+                "INSERT OR IGNORE INTO ",
+                $table,
+                "_by_session (session, ",
+                $key,
+                ", row) SELECT session, ",
+                $key,
+                ", rowid FROM ",
+                $table,
+                " WHERE rowid > ?1 AND rowid <= ?2 ORDER BY session, ",
+                $key
+            ),
+            count: concat!("SELECT COUNT(*) FROM ", $table, " WHERE rowid > ?1 AND rowid <= ?2"),
+            last_row: concat!("SELECT COALESCE(MAX(rowid), 0) FROM ", $table),
+        }
+    };
+}
+
+const LOGS: [Log; 2] = [log!("calls", "id"), log!("audit", "seq")];
 
 /// Files up to `MAX_ROWS` rows of each log past its mark, in the caller's
 /// transaction; returns whether every row of both logs is now filed.
@@ -150,7 +159,7 @@ mod tests {
         add("c01", "a", false);
         add("c02", "b", false);
         add("c03", "a", false);
-        assert_eq!(listed(&db, "a", ""), ["c01", "c03"], "all in the tail");
+        assert_eq!(listed(&db, "a", ""), ["c01", "c03"], "before the first filing this test makes");
         add("c04", "a", true);
         add("c05", "b", false);
         assert_eq!(listed(&db, "a", ""), ["c01", "c03", "c04"], "filed and tail");
