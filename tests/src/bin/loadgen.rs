@@ -8,7 +8,7 @@
 //! Usage: `cargo run --release -p bulkhead-tests --bin loadgen -- [SECONDS] [CONNECTIONS]`
 //! (after `scripts/build-guests` and `cargo build --release`).
 
-use bulkhead_tests::load::{Request, clients, counter_host, drive};
+use bulkhead_tests::load::{Request, clients, counter_host, cpu_used, drive};
 use std::time::Duration;
 
 #[tokio::main]
@@ -24,8 +24,19 @@ async fn main() -> anyhow::Result<()> {
     println!("| {connections} connections, {seconds} s | req/s | p50 ms | p99 ms | p99.9 ms | errors |");
     println!("|---|---|---|---|---|---|");
     let health = drive(&apis, Duration::from_secs(seconds), Request::Healthz).await.report("GET /healthz");
-    let calls =
-        drive(&apis, Duration::from_secs(seconds), Request::CounterCall).await.report("POST calls (counter, durable)");
+    let pid = host.pid().expect("host running");
+    let before = cpu_used(pid, "bulkhead-db-wri");
+    let run = drive(&apis, Duration::from_secs(seconds), Request::CounterCall).await;
+    let after = cpu_used(pid, "bulkhead-db-wri");
+    let calls = run.report("POST calls (counter, durable)");
+    // Host CPU per call: unlike throughput, barely moved by other load on
+    // the machine, so small changes show in an A/B.
+    let per_call = |d: Duration| d.as_secs_f64() * 1e6 / run.requests.max(1) as f64;
+    let cpu = format!(
+        "host CPU per call: {:.0} µs, of which the database writer thread {:.0} µs",
+        per_call(after.0 - before.0),
+        per_call(after.1 - before.1)
+    );
     let peer = drive(&apis, Duration::from_secs(seconds), Request::ProcessPerCall)
         .await
         .report("peer: a process per call, state in a JSON file");
@@ -34,5 +45,6 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("\ncalls / healthz throughput: {:.1}%", calls / health * 100.0);
     println!("calls / process-per-call peer throughput: {:.1}x", calls / peer);
+    println!("{cpu}");
     Ok(())
 }
