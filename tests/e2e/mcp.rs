@@ -339,7 +339,7 @@ async fn the_stdio_bridge_survives_a_host_restart() -> Result<()> {
         }
         let mut line = String::new();
         stdout.read_line(&mut line)?;
-        Ok(serde_json::from_str(&line).with_context(|| format!("bridge wrote {line:?}"))?)
+        serde_json::from_str(&line).with_context(|| format!("bridge wrote {line:?}"))
     };
     let init = exchange(initialize())?;
     assert_eq!(init["result"]["_meta"]["bulkhead/session"], sid.as_str(), "{init}");

@@ -17,7 +17,7 @@ use crate::auth::Principal;
 use crate::caps::CallEnv;
 use crate::model::{Approval, AuditEvent, Call, CallError, CallStatus, Session, Usage};
 use crate::runtime::invoke::Outcome;
-use crate::store::{Rejection, StoreError, Tx, audit, calls, sessions, tool_state};
+use crate::store::{Rejection, StoreError, audit, calls, sessions, tool_state};
 use crate::util;
 use base64::Engine as _;
 use serde::Deserialize;
@@ -25,7 +25,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit};
@@ -155,23 +154,10 @@ impl Service {
             && boundary.grants.changes_only_state()
             && boundary.grants.secrets.is_empty();
         if pipelined {
-            let request = Arc::new(Request::new(&call, &p.name));
-            let recorded = self.submit_request(request.clone(), opts.if_match)?;
-            let read = (session, Some(epoch));
-            let task = tokio::spawn(self.clone().execute(
-                call.clone(),
-                read,
-                p.name.clone(),
-                slot,
-                turn,
-                Some(request.clone()),
-            ));
-            // A failed request job fails the call, unless the outcome took
-            // the record over (the job then wrote nothing); if the job never
-            // ran, nothing may write the record now.
-            if let Err(e) = recorded.await
-                && (request.take(Writer::Nobody) || !request.written_with_outcome())
-            {
+            let recorded = self.submit_request(&call, p, opts.if_match)?;
+            let task =
+                tokio::spawn(self.clone().execute(call.clone(), (session, Some(epoch)), p.name.clone(), slot, turn));
+            if let Err(e) = recorded.await {
                 task.abort();
                 return Err(e.into());
             }
@@ -189,8 +175,7 @@ impl Service {
         }
         // The call runs in its own task: a client that disconnects does not
         // cancel it half-way, and an async caller gets its answer at once.
-        let task =
-            tokio::spawn(self.clone().execute(call.clone(), (session, Some(epoch)), p.name.clone(), slot, turn, None));
+        let task = tokio::spawn(self.clone().execute(call.clone(), (session, Some(epoch)), p.name.clone(), slot, turn));
         if opts.respond_async {
             return Ok(CallReply { call, replayed: false });
         }
@@ -200,9 +185,7 @@ impl Service {
 
     /// Runs a recorded call under the session's boundary: waits its turn
     /// for the tool's state, runs the tool, commits the outcome. `read` is
-    /// the session with the boundary epoch read before it, if known;
-    /// `request` is the call's record when its write is still queued (see
-    /// [`Request`]).
+    /// the session with the boundary epoch read before it, if known.
     ///
     /// Whatever ends it early, the call does not stay `running`: a panic
     /// in the host (a bug) is caught here and the call finished `failed`.
@@ -213,10 +196,9 @@ impl Service {
         actor: String,
         slot: OwnedSemaphorePermit,
         turn: Option<Turn>,
-        request: Option<Arc<Request>>,
     ) -> Result<Call> {
         let (session, id) = (call.session.clone(), call.id.clone());
-        let run = self.clone().execute_recorded(call, read, actor, (slot, turn), request);
+        let run = self.clone().execute_recorded(call, read, actor, slot, turn);
         let caught = util::catch_panic(run).await;
         caught.unwrap_or_else(|_| {
             tracing::error!("call {id} panicked in the host; it ends failed");
@@ -232,8 +214,8 @@ impl Service {
         call: Call,
         read: (Arc<Session>, Option<u64>),
         actor: String,
-        (_slot, turn): (OwnedSemaphorePermit, Option<Turn>),
-        request: Option<Arc<Request>>,
+        _slot: OwnedSemaphorePermit,
+        turn: Option<Turn>,
     ) -> Result<Call> {
         let (session, epoch) = read;
         // New calls queued when they arrived; approved calls queue now.
@@ -278,10 +260,7 @@ impl Service {
         // the audit notes (secrets read, egress), without the state writes.
         // (Notes are usually none: cloning them allocates nothing.)
         let (id, usage, notes) = (call.id.clone(), outcome.usage, outcome.notes.clone());
-        // When the writer has not reached the call's record yet (it is
-        // busy), the record is written with the outcome instead, as one row.
-        let request = request.filter(|r| r.take(Writer::Outcome));
-        let result = self.record_outcome(call, outcome, &actor, request.clone()).await;
+        let result = self.record_outcome(call, outcome, &actor).await;
         match &result {
             Ok(call) => {
                 self.count_call(call, denials);
@@ -292,8 +271,7 @@ impl Service {
             Err(e) => {
                 tracing::error!("cannot record a call's outcome: {e}");
                 let usage = Usage { state_bytes_written: 0, ..usage };
-                let error = unstored();
-                self.abandon(Abandoned { session: session.id.clone(), id, usage, notes, error, request });
+                self.abandon(Abandoned { session: session.id.clone(), id, usage, notes, error: unstored() });
             }
         }
         result
@@ -336,22 +314,21 @@ impl Service {
     /// Step 3: the `running` (or `pending_approval`) record, atomically with
     /// the version and idempotency checks.
     async fn record_request(&self, call: &Call, p: &Principal, if_match: Option<i64>) -> Result<Started> {
-        Ok(self.submit_request(Arc::new(Request::new(call, &p.name)), if_match)?.await?)
+        Ok(self.submit_request(call, p, if_match)?.await?)
     }
 
-    /// Queues the `running` record now; the future resolves on its commit
-    /// (or on the commit of an earlier job, when the outcome took the
-    /// record over: see [`Request`]).
+    /// Queues the `running` record now; the future resolves on its commit.
     fn submit_request(
         &self,
-        request: Arc<Request>,
+        call: &Call,
+        p: &Principal,
         if_match: Option<i64>,
     ) -> Result<impl Future<Output = std::result::Result<Started, StoreError>> + use<>> {
+        let call = call.clone();
+        let actor = p.name.clone();
+        let encoded = calls::Encoded::of(&call);
+        let data: audit::Data = json!({ "tool": call.tool, "input_sha256": util::sha256_hex(encoded.input.as_bytes()), "status": call.status, "idempotency_key": call.idempotency_key }).into();
         Ok(self.db.submit(move |c| {
-            if !request.take(Writer::Request) {
-                return Ok(Started::New);
-            }
-            let call = &request.call;
             if !sessions::exists(c, &call.session)? {
                 return Err(Rejection::NotFound.into());
             }
@@ -361,7 +338,8 @@ impl Service {
                 return Ok(Started::Existing(Box::new(first)));
             }
             sessions::check_version(c, &call.session, if_match)?;
-            request.write(c)?;
+            calls::insert(c, &call, &encoded, &actor)?;
+            audit::append(c, &call.session, "call_requested", &actor, Some(&call.id), data)?;
             Ok(Started::New)
         })?)
     }
@@ -369,14 +347,7 @@ impl Service {
     /// Step 5: one transaction with everything the call changed. Its JSON
     /// (columns and audit data) is built here, off the writer thread, which
     /// every call shares.
-    /// `request` is the call's record when it is to be written here too.
-    async fn record_outcome(
-        &self,
-        mut call: Call,
-        outcome: Outcome,
-        actor: &str,
-        request: Option<Arc<Request>>,
-    ) -> Result<Call> {
+    async fn record_outcome(&self, mut call: Call, outcome: Outcome, actor: &str) -> Result<Call> {
         call.status = outcome.status;
         call.output = outcome.output;
         call.error = outcome.error;
@@ -406,13 +377,7 @@ impl Service {
                 // First, so a session deleted while the call ran is a clean
                 // NotFound before anything else is touched.
                 sessions::finish_call(c, &call.session, &call.usage)?;
-                match &request {
-                    Some(request) => {
-                        calls::insert(c, &call, &encoded, &actor)?;
-                        request.append_requested(c)?;
-                    }
-                    None => calls::finish(c, &call, &encoded)?,
-                }
+                calls::finish(c, &call, &encoded)?;
                 for (kind, data) in notes {
                     audit::append(c, &call.session, kind, &actor, Some(&call.id), data)?;
                 }
@@ -484,18 +449,7 @@ impl Service {
             .write(move |c| {
                 let mut failed = Vec::new();
                 for a in batch.iter() {
-                    let found = calls::get(c, &a.session, &a.id)?;
-                    let Some(mut call) = (match (found, &a.request) {
-                        (Some(call), _) => Some(call),
-                        // Its record was to be written with its outcome.
-                        (None, Some(r)) if sessions::exists(c, &a.session)? => {
-                            r.write(c)?;
-                            Some(r.call.clone())
-                        }
-                        _ => None,
-                    }) else {
-                        continue;
-                    };
+                    let Some(mut call) = calls::get(c, &a.session, &a.id)? else { continue };
                     if call.status != CallStatus::Running {
                         continue;
                     }
@@ -627,70 +581,12 @@ struct Abandoned {
     usage: Usage,
     notes: Vec<crate::caps::AuditNote>,
     error: CallError,
-    /// The call's record, when it was to be written with the outcome.
-    request: Option<Arc<Request>>,
 }
 
 impl Abandoned {
     /// A call that ended before it had an outcome: no usage, no notes.
     fn without_outcome(session: String, id: String, error: CallError) -> Abandoned {
-        Abandoned { session, id, usage: Usage::default(), notes: Vec::new(), error, request: None }
-    }
-}
-
-/// A call's `running` record and its `call_requested` event (step 3),
-/// encoded off the writer thread. Whichever job [`take`](Request::take)s
-/// it first writes it (it is written once, or never): the request's own
-/// job, or, when the tool finished
-/// while that job still waited in the writer's queue (the writer is busy:
-/// a pipelined call, see `call`), the outcome's job, which then writes the
-/// call once, finished, and its events in order. That saves the writer an
-/// insert and an update of the same row, a check and a savepoint per call
-/// under load; nothing else changes, as both jobs would have committed in
-/// the same or adjacent transactions.
-pub(super) struct Request {
-    call: Call,
-    actor: String,
-    encoded: calls::Encoded,
-    requested: audit::Data,
-    /// A `Writer`, once taken.
-    taken: AtomicU8,
-}
-
-/// Who writes a [`Request`].
-#[derive(Clone, Copy, PartialEq)]
-#[repr(u8)]
-enum Writer {
-    Request = 1,
-    Outcome = 2,
-    /// The request failed before its job ran: no one.
-    Nobody = 3,
-}
-
-impl Request {
-    fn new(call: &Call, actor: &str) -> Request {
-        let encoded = calls::Encoded::of(call);
-        let requested = json!({ "tool": call.tool, "input_sha256": util::sha256_hex(encoded.input.as_bytes()), "status": call.status, "idempotency_key": call.idempotency_key }).into();
-        Request { call: call.clone(), actor: actor.to_string(), encoded, requested, taken: AtomicU8::new(0) }
-    }
-
-    /// True for the first taker only: `by` writes the record.
-    fn take(&self, by: Writer) -> bool {
-        self.taken.compare_exchange(0, by as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
-    }
-
-    fn written_with_outcome(&self) -> bool {
-        self.taken.load(Ordering::Acquire) == Writer::Outcome as u8
-    }
-
-    fn write(&self, c: &Tx) -> crate::store::Result<()> {
-        calls::insert(c, &self.call, &self.encoded, &self.actor)?;
-        self.append_requested(c)
-    }
-
-    fn append_requested(&self, c: &Tx) -> crate::store::Result<()> {
-        audit::append(c, &self.call.session, "call_requested", &self.actor, Some(&self.call.id), self.requested.clone())
-            .map(|_| ())
+        Abandoned { session, id, usage: Usage::default(), notes: Vec::new(), error }
     }
 }
 

@@ -264,6 +264,3 @@ impl Service {
         self.boundary_epoch.fetch_add(1, Ordering::SeqCst);
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -130,7 +130,6 @@ impl Heads {
 
 /// An event's data as compact JSON: built where the event is prepared, so
 /// the writer thread only stores and hashes it.
-#[derive(Clone)]
 pub struct Data(String);
 
 impl From<Value> for Data {

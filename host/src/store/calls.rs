@@ -60,14 +60,10 @@ impl Encoded {
     }
 }
 
-/// Writes a call as it stands: a new `running` or `pending_approval`
-/// record, or a call already finished (its request written with its
-/// outcome, see `service::calls`).
 pub fn insert(conn: &Connection, call: &Call, json: &Encoded, principal: &str) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO calls (id, session, principal, tool, status, input, output, error, created_at, started_at, \
-         finished_at, usage, approval, idempotency_key, logs) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        "INSERT INTO calls (id, session, principal, tool, status, input, created_at, started_at, usage, approval, idempotency_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         call.id,
@@ -76,15 +72,11 @@ pub fn insert(conn: &Connection, call: &Call, json: &Encoded, principal: &str) -
         call.tool,
         call.status.as_str(),
         json.input,
-        json.output,
-        json.error,
         call.created_at,
         call.started_at,
-        call.finished_at,
         json.usage,
         json.approval,
         call.idempotency_key,
-        json.logs,
     ])?;
     Ok(())
 }

@@ -29,8 +29,9 @@ async fn main() -> anyhow::Result<()> {
     let run = drive(&apis, Duration::from_secs(seconds), Request::CounterCall).await;
     let after = cpu_used(pid, "bulkhead-db-wri");
     let calls = run.report("POST calls (counter, durable)");
-    // Host CPU per call: unlike throughput, barely moved by other load on
-    // the machine, so small changes show in an A/B.
+    // Host CPU per call and the writer thread's share. Not a fixed cost:
+    // a writer with time to spare commits smaller batches, so both rise
+    // as throughput falls (docs/benchmarks.md, eighth session).
     let per_call = |d: Duration| d.as_secs_f64() * 1e6 / run.requests.max(1) as f64;
     let cpu = format!(
         "host CPU per call: {:.0} µs, of which the database writer thread {:.0} µs",
