@@ -62,27 +62,34 @@ impl Run {
     }
 }
 
-/// CPU time a process has used so far, in total and on its threads whose
-/// name starts with `thread` (from `/proc`, in 10 ms ticks; zero where
-/// `/proc` is missing).
+/// CPU time a process has used so far, in total (threads that ended
+/// included) and on its live threads whose name starts with `thread`
+/// (from `/proc`, in 10 ms ticks; zero where `/proc` is missing).
 pub fn cpu_used(pid: u32, thread: &str) -> (Duration, Duration) {
-    let tick = Duration::from_millis(10); // USER_HZ is 100 on Linux
-    let (mut total, mut named) = (Duration::ZERO, Duration::ZERO);
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return (total, named) };
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-        // `pid (comm) state ...`: comm may hold spaces, so split at the last ')'.
-        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
-        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after comm.
-        let ticks: u32 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u32>().ok()).sum());
-        total += tick * ticks;
-        if comm.starts_with(thread) {
-            named += tick * ticks;
+    let total = stat_cpu(&format!("/proc/{pid}/stat")).map_or(Duration::ZERO, |(_, t)| t);
+    let mut named = Duration::ZERO;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Some((comm, t)) = stat_cpu(&task.path().join("stat").to_string_lossy())
+                && comm.starts_with(thread)
+            {
+                named += t;
+            }
         }
     }
     (total, named)
+}
+
+/// The name and user + system CPU time in a `/proc` `stat` file.
+fn stat_cpu(path: &str) -> Option<(String, Duration)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // `pid (comm) state ...`: comm may hold spaces, so split at the last ')'.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(').map_or("", |(_, c)| c).to_string();
+    // utime and stime: fields 14 and 15 of the line, so 12th and 13th after comm.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13)?.iter().filter_map(|v| v.parse::<u64>().ok()).sum();
+    Some((comm, Duration::from_millis(10) * ticks as u32)) // USER_HZ is 100 on Linux
 }
 
 /// What each client sends.

@@ -25,6 +25,7 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
     let health = drive(&apis, Duration::from_secs(seconds), Request::Healthz).await.report("GET /healthz");
     let pid = host.pid().expect("host running");
+    // The writer thread is `bulkhead-db-writer`, cut to 15 bytes in `/proc`.
     let before = cpu_used(pid, "bulkhead-db-wri");
     let run = drive(&apis, Duration::from_secs(seconds), Request::CounterCall).await;
     let after = cpu_used(pid, "bulkhead-db-wri");
@@ -35,8 +36,8 @@ async fn main() -> anyhow::Result<()> {
     let per_call = |d: Duration| d.as_secs_f64() * 1e6 / run.requests.max(1) as f64;
     let cpu = format!(
         "host CPU per call: {:.0} µs, of which the database writer thread {:.0} µs",
-        per_call(after.0 - before.0),
-        per_call(after.1 - before.1)
+        per_call(after.0.saturating_sub(before.0)),
+        per_call(after.1.saturating_sub(before.1))
     );
     let peer = drive(&apis, Duration::from_secs(seconds), Request::ProcessPerCall)
         .await
