@@ -27,6 +27,17 @@ pub async fn clients(host: &TestHost, n: usize) -> anyhow::Result<Vec<(Api, Stri
     Ok(clients)
 }
 
+/// The database writer's commits and write jobs so far, from `/metrics`.
+pub async fn writer_counters(api: &Api) -> anyhow::Result<(u64, u64)> {
+    let text = api.request(reqwest::Method::GET, "/metrics").send().await?.text().await?;
+    let value = |name: &str| -> anyhow::Result<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {name} in /metrics"))
+    };
+    Ok((value("bulkhead_db_commits_total")?, value("bulkhead_db_write_jobs_total")?))
+}
+
 /// What one load run saw.
 pub struct Run {
     pub requests: usize,

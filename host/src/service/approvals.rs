@@ -13,7 +13,7 @@ use super::{Result, Service, ServiceError};
 use crate::auth::Principal;
 use crate::config::Role;
 use crate::model::{Approval, Call, CallError, CallStatus};
-use crate::store::{Rejection, StoreError, audit, calls, sessions};
+use crate::store::{Link, Rejection, StoreError, audit, calls, sessions};
 use crate::util;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -105,7 +105,12 @@ impl Service {
             self.record_decision(&call, &p.name, false).await?;
             // Its own task, as in `call`: an approver who disconnects does not
             // cancel the call half-way.
-            let task = tokio::spawn(self.clone().execute(call, (Arc::new(session), None), requester, slot, None));
+            let task = tokio::spawn(self.clone().execute(
+                call,
+                (Arc::new(session), None),
+                requester,
+                (slot, None, Link::Alone),
+            ));
             return task.await.map_err(|e| ServiceError::Unavailable(format!("call task failed: {e}")))?;
         }
         call.status = CallStatus::Rejected;

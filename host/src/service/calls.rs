@@ -6,7 +6,8 @@
 //! 3. Record the call `running` (with `call_requested`), checking
 //!    `If-Match` and the idempotency key in the same transaction. A tool
 //!    that can change nothing outside its state starts without waiting for
-//!    this commit (the fast path, see `call`).
+//!    this commit, and a short run's outcome commits with it (the fast
+//!    path, see `call`).
 //! 4. Run the tool in its sandbox.
 //! 5. Commit the outcome, the state writes (only on success), usage and
 //!    audit events in one transaction; answer only after that commit.
@@ -17,7 +18,7 @@ use crate::auth::Principal;
 use crate::caps::CallEnv;
 use crate::model::{Approval, AuditEvent, Call, CallError, CallStatus, Session, Usage};
 use crate::runtime::invoke::Outcome;
-use crate::store::{Rejection, StoreError, audit, calls, sessions, tool_state};
+use crate::store::{Link, Rejection, StoreError, audit, calls, sessions, tool_state};
 use crate::util;
 use base64::Engine as _;
 use serde::Deserialize;
@@ -146,7 +147,9 @@ impl Service {
         // only refusal left for such a record is a session deleted meanwhile;
         // then the outcome finds no record and nothing of the run is
         // written. Calls with an idempotency key or If-Match, async calls
-        // and other tools wait for the record.
+        // and other tools wait for the record. The record and the outcome
+        // are linked: the writer holds the record's commit a moment for the
+        // outcome, so a short call commits once (`store::Link`).
         let pipelined = call.status == CallStatus::Running
             && call.idempotency_key.is_none()
             && opts.if_match.is_none()
@@ -154,9 +157,10 @@ impl Service {
             && boundary.grants.changes_only_state()
             && boundary.grants.secrets.is_empty();
         if pipelined {
-            let recorded = self.submit_request(&call, p, opts.if_match)?;
-            let task =
-                tokio::spawn(self.clone().execute(call.clone(), (session, Some(epoch)), p.name.clone(), slot, turn));
+            let link = self.db.new_link();
+            let recorded = self.submit_request(&call, p, opts.if_match, Link::Leads(link))?;
+            let run = (slot, turn, Link::Follows(link));
+            let task = tokio::spawn(self.clone().execute(call.clone(), (session, Some(epoch)), p.name.clone(), run));
             if let Err(e) = recorded.await {
                 task.abort();
                 return Err(e.into());
@@ -175,7 +179,8 @@ impl Service {
         }
         // The call runs in its own task: a client that disconnects does not
         // cancel it half-way, and an async caller gets its answer at once.
-        let task = tokio::spawn(self.clone().execute(call.clone(), (session, Some(epoch)), p.name.clone(), slot, turn));
+        let run = (slot, turn, Link::Alone);
+        let task = tokio::spawn(self.clone().execute(call.clone(), (session, Some(epoch)), p.name.clone(), run));
         if opts.respond_async {
             return Ok(CallReply { call, replayed: false });
         }
@@ -185,7 +190,9 @@ impl Service {
 
     /// Runs a recorded call under the session's boundary: waits its turn
     /// for the tool's state, runs the tool, commits the outcome. `read` is
-    /// the session with the boundary epoch read before it, if known.
+    /// the session with the boundary epoch read before it, if known; `run`
+    /// the call's concurrency slot, its place in the tool's queue if it
+    /// has one, and the outcome's link to the record.
     ///
     /// Whatever ends it early, the call does not stay `running`: a panic
     /// in the host (a bug) is caught here and the call finished `failed`.
@@ -194,11 +201,10 @@ impl Service {
         call: Call,
         read: (Arc<Session>, Option<u64>),
         actor: String,
-        slot: OwnedSemaphorePermit,
-        turn: Option<Turn>,
+        run: (OwnedSemaphorePermit, Option<Turn>, Link),
     ) -> Result<Call> {
         let (session, id) = (call.session.clone(), call.id.clone());
-        let run = self.clone().execute_recorded(call, read, actor, slot, turn);
+        let run = self.clone().execute_recorded(call, read, actor, run);
         let caught = util::catch_panic(run).await;
         caught.unwrap_or_else(|_| {
             tracing::error!("call {id} panicked in the host; it ends failed");
@@ -214,8 +220,7 @@ impl Service {
         call: Call,
         read: (Arc<Session>, Option<u64>),
         actor: String,
-        _slot: OwnedSemaphorePermit,
-        turn: Option<Turn>,
+        (_slot, turn, link): (OwnedSemaphorePermit, Option<Turn>, Link),
     ) -> Result<Call> {
         let (session, epoch) = read;
         // New calls queued when they arrived; approved calls queue now.
@@ -260,7 +265,7 @@ impl Service {
         // the audit notes (secrets read, egress), without the state writes.
         // (Notes are usually none: cloning them allocates nothing.)
         let (id, usage, notes) = (call.id.clone(), outcome.usage, outcome.notes.clone());
-        let result = self.record_outcome(call, outcome, &actor).await;
+        let result = self.record_outcome(call, outcome, &actor, link).await;
         match &result {
             Ok(call) => {
                 self.count_call(call, denials);
@@ -314,7 +319,7 @@ impl Service {
     /// Step 3: the `running` (or `pending_approval`) record, atomically with
     /// the version and idempotency checks.
     async fn record_request(&self, call: &Call, p: &Principal, if_match: Option<i64>) -> Result<Started> {
-        Ok(self.submit_request(call, p, if_match)?.await?)
+        Ok(self.submit_request(call, p, if_match, Link::Alone)?.await?)
     }
 
     /// Queues the `running` record now; the future resolves on its commit.
@@ -323,12 +328,13 @@ impl Service {
         call: &Call,
         p: &Principal,
         if_match: Option<i64>,
+        link: Link,
     ) -> Result<impl Future<Output = std::result::Result<Started, StoreError>> + use<>> {
         let call = call.clone();
         let actor = p.name.clone();
         let encoded = calls::Encoded::of(&call);
         let data: audit::Data = json!({ "tool": call.tool, "input_sha256": util::sha256_hex(encoded.input.as_bytes()), "status": call.status, "idempotency_key": call.idempotency_key }).into();
-        Ok(self.db.submit(move |c| {
+        Ok(self.db.submit_linked(link, move |c| {
             if !sessions::exists(c, &call.session)? {
                 return Err(Rejection::NotFound.into());
             }
@@ -347,7 +353,7 @@ impl Service {
     /// Step 5: one transaction with everything the call changed. Its JSON
     /// (columns and audit data) is built here, off the writer thread, which
     /// every call shares.
-    async fn record_outcome(&self, mut call: Call, outcome: Outcome, actor: &str) -> Result<Call> {
+    async fn record_outcome(&self, mut call: Call, outcome: Outcome, actor: &str, link: Link) -> Result<Call> {
         call.status = outcome.status;
         call.output = outcome.output;
         call.error = outcome.error;
@@ -373,7 +379,7 @@ impl Service {
         // The job hands the call and its writes back once committed.
         let (call, writes) = self
             .db
-            .write(move |c| {
+            .submit_linked(link, move |c| {
                 // First, so a session deleted while the call ran is a clean
                 // NotFound before anything else is touched.
                 sessions::finish_call(c, &call.session, &call.usage)?;
@@ -387,7 +393,7 @@ impl Service {
                 }
                 audit::append(c, &call.session, "call_finished", &actor, Some(&call.id), finished)?;
                 Ok((call, writes))
-            })
+            })?
             .await
             .map_err(|e| match e {
                 // The session was deleted while the call ran: its record went

@@ -35,6 +35,9 @@ pub struct Gauges {
     pub sessions: u64,
     pub pending_approvals: u64,
     pub storage_bytes: u64,
+    /// The database writer's counters (they only grow).
+    pub db_commits: u64,
+    pub db_write_jobs: u64,
 }
 
 impl Metrics {
@@ -96,6 +99,12 @@ impl Metrics {
             ),
             ("bulkhead_denials_total", "Capability uses refused by a grant.", self.denials.load(Ordering::Relaxed)),
             ("bulkhead_http_requests_total", "HTTP requests received.", self.http_requests.load(Ordering::Relaxed)),
+            ("bulkhead_db_commits_total", "Transactions the database writer committed.", g.db_commits),
+            (
+                "bulkhead_db_write_jobs_total",
+                "Write jobs the database writer ran (jobs per commit: how well group commit works).",
+                g.db_write_jobs,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");

@@ -199,6 +199,8 @@ impl Service {
             sessions,
             pending_approvals: pending,
             storage_bytes: files.iter().sum(),
+            db_commits: self.db.writer_stats().commits.load(Ordering::Relaxed),
+            db_write_jobs: self.db.writer_stats().jobs.load(Ordering::Relaxed),
         })
     }
 

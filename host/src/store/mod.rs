@@ -31,7 +31,7 @@ use rusqlite::{Connection, OpenFlags};
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -39,6 +39,10 @@ use tokio::sync::oneshot;
 pub const DB_FILE: &str = "bulkhead.sqlite3";
 /// Jobs per transaction: bounds the latency a large batch adds to its first job.
 const MAX_BATCH: usize = 256;
+/// The longest a transaction waits for the follow-up of a job that leads
+/// one (see [`Link`]). A floor tool call runs in tens of microseconds; a
+/// slower one's record commits alone after this, as if it had no link.
+const LINGER: Duration = Duration::from_micros(500);
 /// Read connections kept open when idle.
 const MAX_IDLE_READERS: usize = 16;
 /// Wait on a locked database (e.g. a checkpoint) instead of failing.
@@ -92,6 +96,20 @@ type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 /// A job runs in the writer's transaction (or is told it cannot run: `None`).
 type Job = Box<dyn FnOnce(Option<&Tx>) -> (bool, Completion) + Send>;
 
+/// How a write job relates to the one expected after it. A call that
+/// starts while its `running` record commits submits the record as
+/// `Leads(n)` and its outcome as `Follows(n)`: the writer holds the
+/// record's transaction open up to [`LINGER`] for the outcome, so a short
+/// call commits once instead of twice. Either job still runs in its own
+/// savepoint, in submission order; the link only decides when to commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Link {
+    #[default]
+    Alone,
+    Leads(u64),
+    Follows(u64),
+}
+
 /// The writer's open transaction, as a write job sees it: the connection
 /// (through `Deref`) and what the writer keeps in memory about committed
 /// data, such as the head of each audit chain.
@@ -119,13 +137,29 @@ pub enum Durability {
 
 pub struct Db {
     path: PathBuf,
-    writer: mpsc::Sender<Job>,
+    writer: mpsc::Sender<(Job, Link)>,
     readers: Mutex<Vec<Connection>>,
+    links: AtomicU64,
+    stats: Arc<WriterStats>,
+}
+
+/// What the writer has done since the database was opened (for metrics:
+/// jobs per transaction is how well group commit works).
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Write jobs in those transactions, committed or rolled back alone.
+    pub jobs: AtomicU64,
 }
 
 impl Db {
     /// Opens (creating if needed) the database in `dir` and starts the writer.
     pub fn open(dir: &Path, durability: Durability) -> Result<Db> {
+        Db::open_with_linger(dir, durability, LINGER)
+    }
+
+    fn open_with_linger(dir: &Path, durability: Durability, linger: Duration) -> Result<Db> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path)?;
@@ -149,20 +183,26 @@ impl Db {
         let (committed, wake) = mpsc::sync_channel::<()>(1);
         let top_up = Arc::new(AtomicBool::new(false));
         let top_up_writer = top_up.clone();
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<(Job, Link)>();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(name.into()).spawn(f).map(|_| ())
         };
-        spawn("bulkhead-db-writer", Box::new(move || writer_loop(conn, chains, rx, committed, top_up_writer)))
+        let stats = Arc::new(WriterStats::default());
+        let writer = Writer { conn, linger, stats: stats.clone() };
+        spawn("bulkhead-db-writer", Box::new(move || writer_loop(writer, chains, rx, committed, top_up_writer)))
             .and_then(|_| {
                 spawn("bulkhead-db-checkpoint", Box::new(move || checkpoint_loop(checkpointer, wake, top_up)))
             })
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Db { path, writer: tx, readers: Mutex::new(Vec::new()) })
+        Ok(Db { path, writer: tx, readers: Mutex::new(Vec::new()), links: AtomicU64::new(0), stats })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn writer_stats(&self) -> &WriterStats {
+        &self.stats
     }
 
     /// Caps the database file at `max_bytes`, rounded down to whole pages
@@ -197,6 +237,24 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Tx) -> Result<T> + Send + 'static,
     {
+        self.submit_linked(Link::Alone, f)
+    }
+
+    /// A fresh number for a pair of linked jobs.
+    pub fn new_link(&self) -> u64 {
+        self.links.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// [`Db::submit`], with the job's place in a linked pair.
+    pub fn submit_linked<T, F>(
+        &self,
+        link: Link,
+        f: F,
+    ) -> Result<impl std::future::Future<Output = Result<T>> + use<T, F>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx) -> Result<T> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let Some(conn) = conn else {
@@ -226,7 +284,7 @@ impl Db {
                 ),
             }
         });
-        self.writer.send(job).map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        self.writer.send((job, link)).map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
         Ok(async move { rx.await.map_err(|_| StoreError::Unavailable("writer dropped a job".into()))? })
     }
 
@@ -289,10 +347,17 @@ fn catch_up_filing(conn: &Connection) -> audit::Heads {
     }
 }
 
-fn writer_loop(
+/// The writer thread's own: its connection, and how it commits.
+struct Writer {
     conn: Connection,
+    linger: Duration,
+    stats: Arc<WriterStats>,
+}
+
+fn writer_loop(
+    Writer { conn, linger, stats }: Writer,
     chains: audit::Heads,
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<(Job, Link)>,
     committed: mpsc::SyncSender<()>,
     top_up: Arc<AtomicBool>,
 ) {
@@ -329,16 +394,59 @@ fn writer_loop(
         {
             tracing::warn!("checkpoint failed: {e}");
         }
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        run_batch(&tx, batch);
+        run_transaction(&tx, &mut Gather::new(first, &rx, linger), &stats);
         // Wakes the checkpointer; a wake already pending covers this one.
         let _ = committed.try_send(());
+    }
+}
+
+/// Where a transaction's jobs come from: the job that woke the writer,
+/// then every job already waiting; then, while a job in it leads one that
+/// has not come, the jobs that come within [`LINGER`] of its start, until
+/// it has. The jobs run as they come, so the transaction's work is done
+/// while it waits; only its commit waits.
+struct Gather<'a> {
+    rx: &'a mpsc::Receiver<(Job, Link)>,
+    first: Option<(Job, Link)>,
+    taken: usize,
+    awaited: Vec<u64>,
+    deadline: Instant,
+}
+
+impl<'a> Gather<'a> {
+    fn new(first: (Job, Link), rx: &'a mpsc::Receiver<(Job, Link)>, linger: Duration) -> Self {
+        Gather { rx, first: Some(first), taken: 0, awaited: Vec::new(), deadline: Instant::now() + linger }
+    }
+}
+
+impl Iterator for Gather<'_> {
+    type Item = Job;
+
+    fn next(&mut self) -> Option<Job> {
+        if self.taken == MAX_BATCH {
+            return None;
+        }
+        let (job, link) = match self.first.take() {
+            Some(first) => first,
+            None => match self.rx.try_recv() {
+                Ok(next) => next,
+                Err(mpsc::TryRecvError::Disconnected) => return None,
+                Err(mpsc::TryRecvError::Empty) => {
+                    let left = self.deadline.saturating_duration_since(Instant::now());
+                    if self.awaited.is_empty() || left.is_zero() {
+                        return None;
+                    }
+                    self.rx.recv_timeout(left).ok()?
+                }
+            },
+        };
+        match link {
+            Link::Alone => {}
+            Link::Leads(n) => self.awaited.push(n),
+            Link::Follows(n) => self.awaited.retain(|&a| a != n),
+        }
+        self.taken += 1;
+        Some(job)
     }
 }
 
@@ -376,22 +484,15 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-fn run_batch(tx: &Tx, batch: Vec<Job>) {
-    let mut jobs = batch.into_iter().peekable();
-    while jobs.peek().is_some() {
-        run_transaction(tx, &mut jobs);
-    }
-}
-
 /// Runs jobs from `jobs` in one transaction, each in its own savepoint, and
-/// answers them after the commit. Stops early, leaving the rest for a new
-/// transaction, when SQLite ended the transaction by itself: an `SQLITE_FULL`
-/// or I/O error in a statement without a statement journal (most single-row
-/// writes) rolls back the whole transaction, not just the statement or the
-/// savepoint. Every job that ran in it is then answered with an error, and
-/// no later job may run outside a transaction (each statement would commit
-/// on its own while its caller is told it failed).
-fn run_transaction(tx: &Tx, jobs: &mut std::iter::Peekable<std::vec::IntoIter<Job>>) {
+/// answers them after the commit. Stops early, leaving the rest for the
+/// next transaction, when SQLite ended the transaction by itself: an
+/// `SQLITE_FULL` or I/O error in a statement without a statement journal
+/// (most single-row writes) rolls back the whole transaction, not just the
+/// statement or the savepoint. Every job that ran in it is then answered
+/// with an error, and no later job may run outside a transaction (each
+/// statement would commit on its own while its caller is told it failed).
+fn run_transaction(tx: &Tx, jobs: &mut impl Iterator<Item = Job>, stats: &WriterStats) {
     if let Err(e) = control(tx, "BEGIN IMMEDIATE") {
         tracing::error!("cannot begin a transaction: {e}");
         for job in jobs {
@@ -456,6 +557,11 @@ fn run_transaction(tx: &Tx, jobs: &mut std::iter::Peekable<std::vec::IntoIter<Jo
             tx.chains.borrow_mut().forget();
         }
     }
+    // Counted before the answers, so a caller reads what its job did.
+    stats.jobs.fetch_add(completions.len() as u64, Ordering::Relaxed);
+    if commit.is_ok() {
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+    }
     for done in completions {
         done(match &commit {
             Ok(()) => Ok(()),
@@ -467,6 +573,76 @@ fn run_transaction(tx: &Tx, jobs: &mut std::iter::Peekable<std::vec::IntoIter<Jo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn open_test_db(name: &str, linger: Duration) -> (Db, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("bulkhead-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = Db::open_with_linger(&dir, Durability::Normal, linger).unwrap();
+        (db, dir)
+    }
+
+    fn counts(db: &Db) -> (u64, u64) {
+        let stats = db.writer_stats();
+        (stats.commits.load(Ordering::Relaxed), stats.jobs.load(Ordering::Relaxed))
+    }
+
+    /// Submits a job inserting `name` into `t`, and waits until the writer
+    /// is running it: what is submitted next reaches the writer after it.
+    fn insert_and_wait_until_run(
+        db: &Db,
+        link: Link,
+        name: &'static str,
+    ) -> impl std::future::Future<Output = Result<()>> + use<> {
+        let (ran, running) = mpsc::channel();
+        let job = db
+            .submit_linked(link, move |c| {
+                c.execute("INSERT INTO t VALUES (?1)", [name])?;
+                let _ = ran.send(());
+                Ok(())
+            })
+            .unwrap();
+        running.recv().unwrap();
+        job
+    }
+
+    /// A call's record and its outcome, linked, commit in one transaction
+    /// when the outcome comes while the writer waits for it.
+    #[test]
+    fn a_follow_up_that_comes_in_time_commits_with_its_lead() {
+        let (db, dir) = open_test_db("linked", Duration::from_secs(60));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(db.write(|c| Ok(c.execute_batch("CREATE TABLE t (name TEXT)")?))).unwrap();
+        let before = counts(&db);
+        let link = db.new_link();
+        let lead = insert_and_wait_until_run(&db, Link::Leads(link), "record");
+        let follow = db.submit_linked(Link::Follows(link), |c| Ok(c.execute("INSERT INTO t VALUES ('outcome')", [])?));
+        rt.block_on(async { (lead.await.unwrap(), follow.unwrap().await.unwrap()) });
+        assert_eq!(counts(&db), (before.0 + 1, before.1 + 2), "one commit for both jobs");
+        let rows: i64 = db.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(rows, 2);
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A lead whose follow-up does not come (a long call) still commits,
+    /// with the jobs that came while it waited; the link wants nothing more.
+    #[test]
+    fn a_lead_whose_follow_up_does_not_come_commits_after_the_linger() {
+        let (db, dir) = open_test_db("unlinked", Duration::from_secs(1));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(db.write(|c| Ok(c.execute_batch("CREATE TABLE t (name TEXT)")?))).unwrap();
+        let before = counts(&db);
+        let lead = insert_and_wait_until_run(&db, Link::Leads(db.new_link()), "record");
+        let other = db.submit(|c| Ok(c.execute("INSERT INTO t VALUES ('message')", [])?)).unwrap();
+        rt.block_on(async { (lead.await.unwrap(), other.await.unwrap()) });
+        assert_eq!(counts(&db), (before.0 + 1, before.1 + 2), "the job that came meanwhile joined the lead's commit");
+        // A follow-up after its lead committed commits on its own.
+        let late = db.submit_linked(Link::Follows(0), |c| Ok(c.execute("INSERT INTO t VALUES ('outcome')", [])?));
+        rt.block_on(late.unwrap()).unwrap();
+        assert_eq!(counts(&db), (before.0 + 2, before.1 + 3));
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// At the size cap SQLite rolls back the whole transaction of a write
     /// that does not fit, not just its savepoint: the jobs batched with it

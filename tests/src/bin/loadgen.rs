@@ -8,7 +8,7 @@
 //! Usage: `cargo run --release -p bulkhead-tests --bin loadgen -- [SECONDS] [CONNECTIONS]`
 //! (after `scripts/build-guests` and `cargo build --release`).
 
-use bulkhead_tests::load::{Request, clients, counter_host, cpu_used, drive};
+use bulkhead_tests::load::{Request, clients, counter_host, cpu_used, drive, writer_counters};
 use std::time::Duration;
 
 #[tokio::main]
@@ -27,8 +27,10 @@ async fn main() -> anyhow::Result<()> {
     let pid = host.pid().expect("host running");
     // The writer thread is `bulkhead-db-writer`, cut to 15 bytes in `/proc`.
     let before = cpu_used(pid, "bulkhead-db-wri");
+    let writes_before = writer_counters(&apis[0].0).await;
     let run = drive(&apis, Duration::from_secs(seconds), Request::CounterCall).await;
     let after = cpu_used(pid, "bulkhead-db-wri");
+    let writes_after = writer_counters(&apis[0].0).await;
     let calls = run.report("POST calls (counter, durable)");
     // Host CPU per call and the writer thread's share. Not a fixed cost:
     // a writer with time to spare commits smaller batches, so both rise
@@ -48,5 +50,15 @@ async fn main() -> anyhow::Result<()> {
     println!("\ncalls / healthz throughput: {:.1}%", calls / health * 100.0);
     println!("calls / process-per-call peer throughput: {:.1}x", calls / peer);
     println!("{cpu}");
+    // Group commit at work: a call is two write jobs (its record, its
+    // outcome). (A host from before these counters has none.)
+    if let (Ok(before), Ok(after)) = (writes_before, writes_after) {
+        let (commits, jobs) = (after.0 - before.0, after.1 - before.1);
+        println!(
+            "database commits per call: {:.2} ({:.1} write jobs per commit)",
+            commits as f64 / run.requests.max(1) as f64,
+            jobs as f64 / commits.max(1) as f64
+        );
+    }
     Ok(())
 }
