@@ -64,14 +64,19 @@ pub fn quiet_library_backtraces() {
 
 /// Runs `fut` to its end, returning a panic inside it as an error instead
 /// of unwinding out of the caller (the task that awaits it can still clean
-/// up). The future is dropped, with what it holds, when this returns.
-pub async fn catch_panic<F: std::future::Future>(fut: F) -> std::thread::Result<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| {
+/// up). The future is dropped, with what it holds, when the one returned is.
+///
+/// Not an async fn, and `fut` boxed: an async fn would hold `fut` twice
+/// (as its argument and pinned), and a caller's future holds the result
+/// inline; a call's future was kilobytes, copied whole at each move.
+pub fn catch_panic<F: std::future::Future>(
+    fut: F,
+) -> impl std::future::Future<Output = std::thread::Result<F::Output>> {
+    let mut fut = Box::pin(fut);
+    std::future::poll_fn(move |cx| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx)))
             .map_or_else(|panic| std::task::Poll::Ready(Err(panic)), |poll| poll.map(Ok))
     })
-    .await
 }
 
 #[cfg(test)]

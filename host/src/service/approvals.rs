@@ -105,12 +105,7 @@ impl Service {
             self.record_decision(&call, &p.name, false).await?;
             // Its own task, as in `call`: an approver who disconnects does not
             // cancel the call half-way.
-            let task = tokio::spawn(self.clone().execute(
-                call,
-                (Arc::new(session), None),
-                requester,
-                (slot, None, Link::Alone),
-            ));
+            let task = self.spawn_execute(call, (Arc::new(session), None), requester, (slot, None, Link::Alone));
             return task.await.map_err(|e| ServiceError::Unavailable(format!("call task failed: {e}")))?;
         }
         call.status = CallStatus::Rejected;

@@ -104,7 +104,7 @@ impl Service {
         if let Some(key) = req.idempotency_key.clone() {
             let sid = session.id.clone();
             if let Some(first) = self.db.read_async(move |c| calls::by_idempotency_key(c, &sid, &key)).await? {
-                return self.replay(p, first, &req, opts).await;
+                return Box::pin(self.replay(p, first, &req, opts)).await;
             }
         }
         let slot = self.call_slots.clone().try_acquire_owned().map_err(|_| ServiceError::Busy)?;
@@ -160,7 +160,7 @@ impl Service {
             let link = self.db.new_link();
             let recorded = self.submit_request(&call, p, opts.if_match, Link::Leads(link))?;
             let run = (slot, turn, Link::Follows(link));
-            let task = tokio::spawn(self.clone().execute(call.clone(), (session, Some(epoch)), p.name.clone(), run));
+            let task = self.spawn_execute(call.clone(), (session, Some(epoch)), p.name.clone(), run);
             if let Err(e) = recorded.await {
                 task.abort();
                 return Err(e.into());
@@ -171,7 +171,7 @@ impl Service {
         }
         if let Started::Existing(first) = self.record_request(&call, p, opts.if_match).await? {
             drop(turn);
-            return self.replay(p, *first, &req, opts).await;
+            return Box::pin(self.replay(p, *first, &req, opts)).await;
         }
         self.count_call(&call, 0);
         if call.status == CallStatus::PendingApproval {
@@ -180,12 +180,25 @@ impl Service {
         // The call runs in its own task: a client that disconnects does not
         // cancel it half-way, and an async caller gets its answer at once.
         let run = (slot, turn, Link::Alone);
-        let task = tokio::spawn(self.clone().execute(call.clone(), (session, Some(epoch)), p.name.clone(), run));
+        let task = self.spawn_execute(call.clone(), (session, Some(epoch)), p.name.clone(), run);
         if opts.respond_async {
             return Ok(CallReply { call, replayed: false });
         }
         let call = task.await.map_err(|e| ServiceError::Unavailable(format!("call task failed: {e}")))??;
         Ok(CallReply { call, replayed: false })
+    }
+
+    /// Starts `execute` in a task of its own. Not async, and boxed: the
+    /// future is kilobytes, and built inside an async fn it would be part
+    /// of the caller's future too, copied whole at every move.
+    pub(super) fn spawn_execute(
+        self: &Arc<Self>,
+        call: Call,
+        read: (Arc<Session>, Option<u64>),
+        actor: String,
+        run: (OwnedSemaphorePermit, Option<Turn>, Link),
+    ) -> tokio::task::JoinHandle<Result<Call>> {
+        tokio::spawn(Box::pin(self.clone().execute(call, read, actor, run)))
     }
 
     /// Runs a recorded call under the session's boundary: waits its turn
@@ -196,7 +209,7 @@ impl Service {
     ///
     /// Whatever ends it early, the call does not stay `running`: a panic
     /// in the host (a bug) is caught here and the call finished `failed`.
-    pub(super) async fn execute(
+    async fn execute(
         self: Arc<Self>,
         call: Call,
         read: (Arc<Session>, Option<u64>),
@@ -204,8 +217,7 @@ impl Service {
         run: (OwnedSemaphorePermit, Option<Turn>, Link),
     ) -> Result<Call> {
         let (session, id) = (call.session.clone(), call.id.clone());
-        let run = self.clone().execute_recorded(call, read, actor, run);
-        let caught = util::catch_panic(run).await;
+        let caught = util::catch_panic(self.clone().execute_recorded(call, read, actor, run)).await;
         caught.unwrap_or_else(|_| {
             tracing::error!("call {id} panicked in the host; it ends failed");
             let error =
