@@ -1,11 +1,13 @@
 //! Persistence in one SQLite file (WAL), behind a single writer thread.
 //!
-//! Every write goes through [`Db::write`]: the writer thread takes all jobs
-//! waiting at that moment, runs each inside its own savepoint of one
-//! transaction and commits once (group commit), then answers each job. A job
-//! is answered only after its commit, so an answered write survives a crash
-//! of the process; a job that fails rolls back its savepoint alone. One
-//! writer means `SQLITE_BUSY` never reaches a client.
+//! Every write goes through [`Db::write`] (or [`Db::submit`]): the writer
+//! thread runs the jobs waiting, and those that come while it does, each
+//! inside its own savepoint of one transaction, commits once (group
+//! commit), then answers each job. A job linked to one that follows it (a
+//! call's record and outcome, see [`Link`]) may hold the commit a moment.
+//! A job is answered only after its commit, so an answered write survives a
+//! crash of the process; a job that fails rolls back its savepoint alone.
+//! One writer means `SQLITE_BUSY` never reaches a client.
 //!
 //! Reads use a small pool of read-only connections; WAL lets them run beside
 //! the writer. Checkpoints (copying the WAL back into the database file)
