@@ -82,10 +82,7 @@ impl Runtime {
             let instance = tool.pre.instantiate_async(&mut store).await?;
             instance.call_invoke(&mut store, input).await
         };
-        // Boxed: wasmtime's instantiate and call futures are kilobytes, and
-        // every future holding them inline is copied whole when moved (on
-        // spawn, into a task); `memmove` was a tenth of the workers' time.
-        let result = tokio::time::timeout(timeout, Box::pin(run)).await;
+        let result = tokio::time::timeout(timeout, run).await;
         let wall = started.elapsed();
 
         let (status, output, error) = match result {

@@ -576,11 +576,29 @@ fn run_transaction(tx: &Tx, jobs: &mut impl Iterator<Item = Job>, stats: &Writer
 mod tests {
     use super::*;
 
-    fn open_test_db(name: &str, linger: Duration) -> (Db, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("bulkhead-store-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let db = Db::open_with_linger(&dir, Durability::Normal, linger).unwrap();
-        (db, dir)
+    /// A database with one table `t (name)`, its writer waiting up to
+    /// `linger` for follow-ups; its folder goes when it is dropped.
+    struct TestDb {
+        db: Db,
+        dir: PathBuf,
+        rt: tokio::runtime::Runtime,
+    }
+
+    impl TestDb {
+        fn open(name: &str, linger: Duration) -> TestDb {
+            let dir = std::env::temp_dir().join(format!("bulkhead-store-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let db = Db::open_with_linger(&dir, Durability::Normal, linger).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(db.write(|c| Ok(c.execute_batch("CREATE TABLE t (name TEXT)")?))).unwrap();
+            TestDb { db, dir, rt }
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 
     fn counts(db: &Db) -> (u64, u64) {
@@ -611,39 +629,32 @@ mod tests {
     /// when the outcome comes while the writer waits for it.
     #[test]
     fn a_follow_up_that_comes_in_time_commits_with_its_lead() {
-        let (db, dir) = open_test_db("linked", Duration::from_secs(60));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(db.write(|c| Ok(c.execute_batch("CREATE TABLE t (name TEXT)")?))).unwrap();
-        let before = counts(&db);
+        let TestDb { db, rt, .. } = &TestDb::open("linked", Duration::from_secs(60));
+        let before = counts(db);
         let link = db.new_link();
-        let lead = insert_and_wait_until_run(&db, Link::Leads(link), "record");
+        let lead = insert_and_wait_until_run(db, Link::Leads(link), "record");
         let follow = db.submit_linked(Link::Follows(link), |c| Ok(c.execute("INSERT INTO t VALUES ('outcome')", [])?));
         rt.block_on(async { (lead.await.unwrap(), follow.unwrap().await.unwrap()) });
-        assert_eq!(counts(&db), (before.0 + 1, before.1 + 2), "one commit for both jobs");
+        assert_eq!(counts(db), (before.0 + 1, before.1 + 2), "one commit for both jobs");
         let rows: i64 = db.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)).unwrap();
         assert_eq!(rows, 2);
-        drop(db);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A lead whose follow-up does not come (a long call) still commits,
     /// with the jobs that came while it waited; the link wants nothing more.
     #[test]
     fn a_lead_whose_follow_up_does_not_come_commits_after_the_linger() {
-        let (db, dir) = open_test_db("unlinked", Duration::from_secs(1));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(db.write(|c| Ok(c.execute_batch("CREATE TABLE t (name TEXT)")?))).unwrap();
-        let before = counts(&db);
-        let lead = insert_and_wait_until_run(&db, Link::Leads(db.new_link()), "record");
+        let TestDb { db, rt, .. } = &TestDb::open("unlinked", Duration::from_secs(3));
+        let before = counts(db);
+        let link = db.new_link();
+        let lead = insert_and_wait_until_run(db, Link::Leads(link), "record");
         let other = db.submit(|c| Ok(c.execute("INSERT INTO t VALUES ('message')", [])?)).unwrap();
         rt.block_on(async { (lead.await.unwrap(), other.await.unwrap()) });
-        assert_eq!(counts(&db), (before.0 + 1, before.1 + 2), "the job that came meanwhile joined the lead's commit");
+        assert_eq!(counts(db), (before.0 + 1, before.1 + 2), "the job that came meanwhile joined the lead's commit");
         // A follow-up after its lead committed commits on its own.
-        let late = db.submit_linked(Link::Follows(0), |c| Ok(c.execute("INSERT INTO t VALUES ('outcome')", [])?));
+        let late = db.submit_linked(Link::Follows(link), |c| Ok(c.execute("INSERT INTO t VALUES ('outcome')", [])?));
         rt.block_on(late.unwrap()).unwrap();
-        assert_eq!(counts(&db), (before.0 + 2, before.1 + 3));
-        drop(db);
-        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(counts(db), (before.0 + 2, before.1 + 3));
     }
 
     /// At the size cap SQLite rolls back the whole transaction of a write
