@@ -21,6 +21,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Service>, PathBuf) {
@@ -81,6 +82,9 @@ fn benches(c: &mut Criterion) {
 
     let sessions: Vec<String> =
         (0..64).map(|_| rt.block_on(service.create_session(&me, CreateSession::default())).unwrap().id).collect();
+    let stats = service.db.writer_stats();
+    let before = (stats.commits.load(Ordering::Relaxed), stats.jobs.load(Ordering::Relaxed));
+    let calls = Arc::new(AtomicU64::new(0));
     let mut group = c.benchmark_group("throughput");
     group.sample_size(10).measurement_time(Duration::from_secs(10));
     group.bench_function("64_sessions_x_100_calls", |b| {
@@ -93,11 +97,13 @@ fn benches(c: &mut Criterion) {
                         .iter()
                         .map(|sid| {
                             let (service, sid, me) = (service.clone(), sid.clone(), me.clone());
+                            let calls = calls.clone();
                             tokio::spawn(async move {
                                 for _ in 0..100 {
                                     let req =
                                         NewCall { tool: "counter".into(), input: json!({}), idempotency_key: None };
                                     service.call(&me, &sid, req, Default::default()).await.unwrap();
+                                    calls.fetch_add(1, Ordering::Relaxed);
                                 }
                             })
                         })
@@ -112,6 +118,15 @@ fn benches(c: &mut Criterion) {
         })
     });
     group.finish();
+    // How the writer grouped the throughput run's calls.
+    let (commits, jobs) =
+        (stats.commits.load(Ordering::Relaxed) - before.0, stats.jobs.load(Ordering::Relaxed) - before.1);
+    let calls = calls.load(Ordering::Relaxed).max(1) as f64;
+    eprintln!(
+        "throughput: {:.3} database commits and {:.2} write jobs per call",
+        commits as f64 / calls,
+        jobs as f64 / calls
+    );
     drop(service);
     let _ = std::fs::remove_dir_all(dir);
 }
