@@ -5,6 +5,11 @@
 //! - `durable_call`: `Service::call` end to end: boundary and input checks,
 //!   the `running` record, the same instantiate + call, then the outcome,
 //!   state write, usage and audit events committed (WAL, synchronous=NORMAL).
+//!   Called from the bench's thread, as a blocking caller would: the call's
+//!   task starts on a runtime worker and its answer comes back across.
+//! - `durable_call_in_task`: the same calls made one after another from a
+//!   task on the runtime, as the HTTP handlers make them (no hand-off from
+//!   the bench's thread and back).
 //! - `throughput_64_sessions`: 64 concurrent callers on 64 sessions; the
 //!   time per iteration is for 6,400 durable calls.
 //!
@@ -76,6 +81,22 @@ fn benches(c: &mut Criterion) {
             let req = NewCall { tool: "counter".into(), input: json!({}), idempotency_key: None };
             let reply = rt.block_on(service.call(&me, &session.id, req, Default::default())).unwrap();
             assert_eq!(reply.call.status, bulkhead::model::CallStatus::Succeeded);
+        })
+    });
+    // The same calls made from a task on the runtime, as the HTTP handlers
+    // make them: no hand-off from the bench's thread to a worker and back.
+    group.bench_function("durable_call_in_task", |b| {
+        b.iter_custom(|iters| {
+            let (service, sid, me) = (service.clone(), session.id.clone(), me.clone());
+            rt.block_on(rt.spawn(async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let req = NewCall { tool: "counter".into(), input: json!({}), idempotency_key: None };
+                    service.call(&me, &sid, req, Default::default()).await.unwrap();
+                }
+                start.elapsed()
+            }))
+            .unwrap()
         })
     });
     group.finish();
