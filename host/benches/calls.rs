@@ -7,9 +7,9 @@
 //!   state write, usage and audit events committed (WAL, synchronous=NORMAL).
 //!   Called from the bench's thread, as a blocking caller would: the call's
 //!   task starts on a runtime worker and its answer comes back across.
-//! - `durable_call_in_task`: the same calls made one after another from a
-//!   task on the runtime, as the HTTP handlers make them (no hand-off from
-//!   the bench's thread and back).
+//! - `floor_in_task`, `durable_call_in_task`: the same, made one after
+//!   another from a task on the runtime, as the HTTP handlers make them
+//!   (no hand-off from the bench's thread to a worker and back).
 //! - `throughput_64_sessions`: 64 concurrent callers on 64 sessions; the
 //!   time per iteration is for 6,400 durable calls.
 //!
@@ -47,6 +47,23 @@ fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Service>, PathBuf) {
     (service, dir)
 }
 
+/// What the floor's call gets: the session, no grants, the state quota.
+fn floor_env(service: &Service, session: &str) -> CallEnv {
+    CallEnv {
+        session: session.to_string(),
+        principal: "bench".into(),
+        tool: "counter".into(),
+        grant: Default::default(),
+        session_env: Default::default(),
+        db: service.db.clone(),
+        state_cache: service.state_cache.clone(),
+        secrets: service.secrets.clone(),
+        state_quota_bytes: 1 << 20,
+        mounts: Vec::new(),
+        allow_private: Arc::new(Vec::new()),
+    }
+}
+
 fn benches(c: &mut Criterion) {
     // As the binary does (before any thread starts).
     bulkhead::util::quiet_library_backtraces();
@@ -59,22 +76,7 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("call");
     group.measurement_time(Duration::from_secs(5));
     group.bench_function("floor", |b| {
-        b.iter(|| {
-            let env = CallEnv {
-                session: session.id.clone(),
-                principal: "bench".into(),
-                tool: "counter".into(),
-                grant: Default::default(),
-                session_env: Default::default(),
-                db: service.db.clone(),
-                state_cache: service.state_cache.clone(),
-                secrets: service.secrets.clone(),
-                state_quota_bytes: 1 << 20,
-                mounts: Vec::new(),
-                allow_private: Arc::new(Vec::new()),
-            };
-            rt.block_on(service.runtime.invoke(&tool, "{}", env))
-        })
+        b.iter(|| rt.block_on(service.runtime.invoke(&tool, "{}", floor_env(&service, &session.id))))
     });
     group.bench_function("durable_call", |b| {
         b.iter(|| {
@@ -83,8 +85,22 @@ fn benches(c: &mut Criterion) {
             assert_eq!(reply.call.status, bulkhead::model::CallStatus::Succeeded);
         })
     });
-    // The same calls made from a task on the runtime, as the HTTP handlers
-    // make them: no hand-off from the bench's thread to a worker and back.
+    // The floor and the durable call made from a task on the runtime, as
+    // the HTTP handlers make them: no hand-off from the bench's thread to a
+    // worker and back.
+    group.bench_function("floor_in_task", |b| {
+        b.iter_custom(|iters| {
+            let (service, sid, tool) = (service.clone(), session.id.clone(), tool.clone());
+            rt.block_on(rt.spawn(async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    service.runtime.invoke(&tool, "{}", floor_env(&service, &sid)).await;
+                }
+                start.elapsed()
+            }))
+            .unwrap()
+        })
+    });
     group.bench_function("durable_call_in_task", |b| {
         b.iter_custom(|iters| {
             let (service, sid, me) = (service.clone(), session.id.clone(), me.clone());
