@@ -95,6 +95,11 @@ fn benches(c: &mut Criterion) {
     group.bench_function("floor", |b| {
         b.iter(|| rt.block_on(service.runtime.invoke(&tool, "{}", floor_env(&service, &session.id))))
     });
+    let stats = service.db.writer_stats();
+    let by_callers = |stats: &bulkhead::store::WriterStats| {
+        (stats.jobs.load(Ordering::Relaxed), stats.jobs_run_by_callers.load(Ordering::Relaxed))
+    };
+    let lone = by_callers(stats);
     group.bench_function("durable_call", |b| {
         b.iter(|| {
             let req = NewCall { tool: "counter".into(), input: json!({}), idempotency_key: None };
@@ -129,10 +134,14 @@ fn benches(c: &mut Criterion) {
         })
     });
     group.finish();
+    let after = by_callers(stats);
+    eprintln!(
+        "lone calls: {:.0}% of write jobs run on the caller's thread",
+        100.0 * (after.1 - lone.1) as f64 / (after.0 - lone.0).max(1) as f64
+    );
 
     let sessions: Vec<String> =
         (0..64).map(|_| rt.block_on(service.create_session(&me, CreateSession::default())).unwrap().id).collect();
-    let stats = service.db.writer_stats();
     let before = (stats.commits.load(Ordering::Relaxed), stats.jobs.load(Ordering::Relaxed));
     // Every call unwraps its answer, so each iteration made them all.
     let mut calls = 0u64;

@@ -18,7 +18,7 @@ use crate::auth::Principal;
 use crate::caps::CallEnv;
 use crate::model::{Approval, AuditEvent, Call, CallError, CallStatus, Session, Usage};
 use crate::runtime::invoke::Outcome;
-use crate::store::{Link, Rejection, StoreError, audit, calls, sessions, tool_state};
+use crate::store::{Answer, Link, Rejection, StoreError, Tx, audit, calls, sessions, tool_state};
 use crate::util;
 use base64::Engine as _;
 use serde::Deserialize;
@@ -335,18 +335,12 @@ impl Service {
     }
 
     /// Queues the `running` record now; the future resolves on its commit.
-    fn submit_request(
-        &self,
-        call: &Call,
-        p: &Principal,
-        if_match: Option<i64>,
-        link: Link,
-    ) -> Result<impl Future<Output = std::result::Result<Started, StoreError>> + use<>> {
+    fn submit_request(&self, call: &Call, p: &Principal, if_match: Option<i64>, link: Link) -> Result<Answer<Started>> {
         let call = call.clone();
         let actor = p.name.clone();
         let encoded = calls::Encoded::of(&call);
         let data: audit::Data = json!({ "tool": call.tool, "input_sha256": util::sha256_hex(encoded.input.as_bytes()), "status": call.status, "idempotency_key": call.idempotency_key }).into();
-        Ok(self.db.submit_linked(link, move |c| {
+        Ok(self.submit_call_write(link, move |c| {
             if !sessions::exists(c, &call.session)? {
                 return Err(Rejection::NotFound.into());
             }
@@ -360,6 +354,22 @@ impl Service {
             audit::append(c, &call.session, "call_requested", &actor, Some(&call.id), data)?;
             Ok(Started::New)
         })?)
+    }
+
+    /// Submits a call's write job. A lone call's job runs on its own thread
+    /// when the writer is idle: nothing would join its commit, and handing
+    /// it to the writer thread costs two thread wakes. While other calls are
+    /// in flight their jobs are about to come, so it queues for the writer
+    /// to share one commit with them.
+    fn submit_call_write<T, F>(&self, link: Link, f: F) -> std::result::Result<Answer<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx) -> std::result::Result<T, StoreError> + Send + 'static,
+    {
+        match self.calls_in_flight() {
+            0 | 1 => self.db.submit_linked(link, f),
+            _ => self.db.submit_queued(link, f),
+        }
     }
 
     /// Step 5: one transaction with everything the call changed. Its JSON
@@ -390,8 +400,7 @@ impl Service {
         };
         // The job hands the call and its writes back once committed.
         let (call, writes) = self
-            .db
-            .submit_linked(link, move |c| {
+            .submit_call_write(link, move |c| {
                 // First, so a session deleted while the call ran is a clean
                 // NotFound before anything else is touched.
                 sessions::finish_call(c, &call.session, &call.usage)?;

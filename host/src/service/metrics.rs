@@ -38,6 +38,7 @@ pub struct Gauges {
     /// The database writer's counters (they only grow).
     pub db_commits: u64,
     pub db_write_jobs: u64,
+    pub db_write_jobs_run_by_callers: u64,
 }
 
 impl Metrics {
@@ -104,6 +105,11 @@ impl Metrics {
                 "bulkhead_db_write_jobs_total",
                 "Write jobs the database writer ran (jobs per commit: how well group commit works).",
                 g.db_write_jobs,
+            ),
+            (
+                "bulkhead_db_write_jobs_run_by_callers_total",
+                "Of those jobs, the ones run on their caller's thread (the writer was idle: no hand-off).",
+                g.db_write_jobs_run_by_callers,
             ),
         ];
         for (name, help, value) in counters {

@@ -201,6 +201,7 @@ impl Service {
             storage_bytes: files.iter().sum(),
             db_commits: self.db.writer_stats().commits.load(Ordering::Relaxed),
             db_write_jobs: self.db.writer_stats().jobs.load(Ordering::Relaxed),
+            db_write_jobs_run_by_callers: self.db.writer_stats().jobs_run_by_callers.load(Ordering::Relaxed),
         })
     }
 

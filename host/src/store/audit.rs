@@ -265,7 +265,7 @@ pub fn verify_all(conn: &Connection) -> Result<std::result::Result<u64, Break>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Db, Durability, Rejection, StoreError};
+    use crate::store::{Db, Durability, Link, Rejection, StoreError};
     use serde_json::json;
 
     fn event(call: Option<&str>, actor: &str, data: Value) -> AuditEvent {
@@ -332,10 +332,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let db = Db::open(&dir, Durability::Normal).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let append_ok = |kind: &'static str| db.submit(move |tx| append(tx, "s1", kind, "a", None, json!({}))).unwrap();
+        // Queued, so that they run on the writer's thread, mostly in one batch.
+        let append_ok = |kind: &'static str| {
+            db.submit_queued(Link::Alone, move |tx| append(tx, "s1", kind, "a", None, json!({}))).unwrap()
+        };
         let first = append_ok("one");
         let failed = db
-            .submit(|tx| {
+            .submit_queued(Link::Alone, |tx| {
                 append(tx, "s1", "undone", "a", None, json!({}))?;
                 Err::<(), _>(Rejection::NotFound.into())
             })
@@ -346,7 +349,8 @@ mod tests {
         assert!(matches!(failed, Err(StoreError::Rejected(Rejection::NotFound))));
         assert_eq!(second.unwrap(), 2, "the rolled-back append left no gap");
         // A later batch continues from the committed head.
-        assert_eq!(rt.block_on(append_ok("three")).unwrap(), 3);
+        let three = db.submit(move |tx| append(tx, "s1", "three", "a", None, json!({}))).unwrap();
+        assert_eq!(rt.block_on(three).unwrap(), 3);
         let events = db.read(|c| list(c, "s1", 0, 10)).unwrap();
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["one", "two", "three"]);

@@ -1,13 +1,18 @@
-//! Persistence in one SQLite file (WAL), behind a single writer thread.
+//! Persistence in one SQLite file (WAL), through a single write connection.
 //!
-//! Every write goes through [`Db::write`] (or [`Db::submit`]): the writer
-//! thread runs the jobs waiting, and those that come while it does, each
-//! inside its own savepoint of one transaction, commits once (group
-//! commit), then answers each job. A job linked to one that follows it (a
-//! call's record and outcome, see [`Link`]) may hold the commit a moment.
-//! A job is answered only after its commit, so an answered write survives a
-//! crash of the process; a job that fails rolls back its savepoint alone.
-//! One writer means `SQLITE_BUSY` never reaches a client.
+//! Every write goes through [`Db::write`] (or [`Db::submit`]). When no
+//! transaction is open and none is queued, the job runs and commits right
+//! away on the caller's thread: a lone call pays no hand-off to another
+//! thread (on this VM each wake of a parked thread costs tens of
+//! microseconds). Otherwise it queues for the writer thread, which runs the
+//! jobs waiting, and those that come while it does, each inside its own
+//! savepoint of one transaction, commits once (group commit), then answers
+//! each job. A job linked to one that follows it (a call's record and
+//! outcome, see [`Link`]) may hold the commit a moment. Jobs run in the
+//! order they are submitted either way. A job is answered only after its
+//! commit, so an answered write survives a crash of the process; a job that
+//! fails rolls back its savepoint alone. One write connection means
+//! `SQLITE_BUSY` never reaches a client.
 //!
 //! Reads use a small pool of read-only connections; WAL lets them run beside
 //! the writer. Checkpoints (copying the WAL back into the database file)
@@ -33,7 +38,7 @@ use rusqlite::{Connection, OpenFlags};
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -45,6 +50,9 @@ const MAX_BATCH: usize = 256;
 /// one (see [`Link`]). A floor tool call runs in tens of microseconds; a
 /// slower one's record commits alone after this, as if it had no link.
 const LINGER: Duration = Duration::from_micros(500);
+/// A caller runs its write job itself only once the writer thread has
+/// committed no group of jobs for this long.
+const QUIET: Duration = Duration::from_millis(5);
 /// Read connections kept open when idle.
 const MAX_IDLE_READERS: usize = 16;
 /// Wait on a locked database (e.g. a checkpoint) instead of failing.
@@ -139,7 +147,15 @@ pub enum Durability {
 
 pub struct Db {
     path: PathBuf,
-    writer: mpsc::Sender<(Job, Link)>,
+    /// The write connection and what goes with it, held by whoever runs a
+    /// transaction: the writer thread, or a caller that found it idle.
+    writer: Arc<Mutex<Writer>>,
+    /// The writer thread's queue.
+    queue: mpsc::Sender<(Job, Link)>,
+    /// Jobs sent to the queue that the writer has not yet taken while
+    /// holding `writer`. A caller runs its job itself only when this is 0:
+    /// no earlier job is still to run.
+    queued: Arc<AtomicUsize>,
     readers: Mutex<Vec<Connection>>,
     links: AtomicU64,
     stats: Arc<WriterStats>,
@@ -153,6 +169,8 @@ pub struct WriterStats {
     pub commits: AtomicU64,
     /// Write jobs in those transactions, committed or rolled back alone.
     pub jobs: AtomicU64,
+    /// Of those jobs, the ones their callers ran (the writer was idle).
+    pub jobs_run_by_callers: AtomicU64,
 }
 
 impl Db {
@@ -184,19 +202,31 @@ impl Db {
             .execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"))?;
         let (committed, wake) = mpsc::sync_channel::<()>(1);
         let top_up = Arc::new(AtomicBool::new(false));
-        let top_up_writer = top_up.clone();
         let (tx, rx) = mpsc::channel::<(Job, Link)>();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(name.into()).spawn(f).map(|_| ())
         };
         let stats = Arc::new(WriterStats::default());
-        let writer = Writer { conn, linger, stats: stats.clone() };
-        spawn("bulkhead-db-writer", Box::new(move || writer_loop(writer, chains, rx, committed, top_up_writer)))
+        let writer = Arc::new(Mutex::new(Writer {
+            conn,
+            chains: RefCell::new(chains),
+            linger,
+            stats: stats.clone(),
+            file_at: Instant::now(),
+            backoff: filing::EVERY,
+            unfiled: true,
+            grouped_at: None,
+            top_up: top_up.clone(),
+            committed,
+        }));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (thread_writer, thread_queued) = (writer.clone(), queued.clone());
+        spawn("bulkhead-db-writer", Box::new(move || writer_loop(&thread_writer, &rx, &thread_queued)))
             .and_then(|_| {
                 spawn("bulkhead-db-checkpoint", Box::new(move || checkpoint_loop(checkpointer, wake, top_up)))
             })
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Db { path, writer: tx, readers: Mutex::new(Vec::new()), links: AtomicU64::new(0), stats })
+        Ok(Db { path, writer, queue: tx, queued, readers: Mutex::new(Vec::new()), links: AtomicU64::new(0), stats })
     }
 
     pub fn path(&self) -> &Path {
@@ -234,7 +264,7 @@ impl Db {
     /// Queues `f` for the writer now; the returned future resolves after its
     /// commit. Jobs run in the order they are submitted, so a later job can
     /// rely on an earlier one without waiting for it.
-    pub fn submit<T, F>(&self, f: F) -> Result<impl std::future::Future<Output = Result<T>> + use<T, F>>
+    pub fn submit<T, F>(&self, f: F) -> Result<Answer<T>>
     where
         T: Send + 'static,
         F: FnOnce(&Tx) -> Result<T> + Send + 'static,
@@ -248,46 +278,58 @@ impl Db {
     }
 
     /// [`Db::submit`], with the job's place in a linked pair.
-    pub fn submit_linked<T, F>(
-        &self,
-        link: Link,
-        f: F,
-    ) -> Result<impl std::future::Future<Output = Result<T>> + use<T, F>>
+    pub fn submit_linked<T, F>(&self, link: Link, f: F) -> Result<Answer<T>>
     where
         T: Send + 'static,
         F: FnOnce(&Tx) -> Result<T> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let Some(conn) = conn else {
-                let done: Completion = Box::new(move |r| {
-                    let _ = tx.send(r.map(|_| unreachable!("a job that did not run cannot commit")));
-                });
-                return (false, done);
-            };
-            match std::panic::catch_unwind(AssertUnwindSafe(|| f(conn))) {
-                Ok(Ok(value)) => (
-                    true,
-                    Box::new(move |r: Result<()>| {
-                        let _ = tx.send(r.map(|_| value));
-                    }),
-                ),
-                Ok(Err(e)) => (
-                    false,
-                    Box::new(move |_| {
-                        let _ = tx.send(Err(e));
-                    }),
-                ),
-                Err(_) => (
-                    false,
-                    Box::new(move |_| {
-                        let _ = tx.send(Err(StoreError::Unavailable("a write job panicked".into())));
-                    }),
-                ),
-            }
-        });
-        self.writer.send((job, link)).map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
-        Ok(async move { rx.await.map_err(|_| StoreError::Unavailable("writer dropped a job".into()))? })
+        let (job, answer) = job(f);
+        if let Err(job) = self.run_here(job) {
+            self.enqueue(job, link)?;
+        }
+        Ok(answer)
+    }
+
+    /// Runs `job` in a transaction of its own on this thread if the writer
+    /// is idle: no transaction open, no job queued, and no commit of several
+    /// calls' jobs in the last [`QUIET`] (under load, a job that commits
+    /// alone costs more than a share of the writer's next commit). Else
+    /// gives it back.
+    /// (The upkeep is left to the writer thread, off the callers' path.)
+    fn run_here(&self, job: Job) -> std::result::Result<(), Job> {
+        let Ok(mut writer) = self.writer.try_lock() else {
+            return Err(job);
+        };
+        let batching = writer.grouped_at.is_some_and(|at| at.elapsed() < QUIET);
+        if self.queued.load(Ordering::SeqCst) != 0 || batching {
+            return Err(job);
+        }
+        writer.run(&mut std::iter::once(job));
+        self.stats.jobs_run_by_callers.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// [`Db::submit_linked`], but queued for the writer thread even when it
+    /// is idle: for a job that others are about to join (other calls are in
+    /// flight), so that they share its commit.
+    pub fn submit_queued<T, F>(&self, link: Link, f: F) -> Result<Answer<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx) -> Result<T> + Send + 'static,
+    {
+        let (job, answer) = job(f);
+        self.enqueue(job, link)?;
+        Ok(answer)
+    }
+
+    /// Queues `job` for the writer thread.
+    fn enqueue(&self, job: Job, link: Link) -> Result<()> {
+        // Counted before it is sent, so no caller runs a later job first.
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        self.queue.send((job, link)).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            StoreError::Unavailable("writer stopped".into())
+        })
     }
 
     /// Runs `f` on a read connection on this thread. For point lookups
@@ -328,6 +370,58 @@ impl Db {
     }
 }
 
+/// Wraps `f` as a write job, with the future of its answer.
+fn job<T, F>(f: F) -> (Job, Answer<T>)
+where
+    T: Send + 'static,
+    F: FnOnce(&Tx) -> Result<T> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move |conn| {
+        let Some(conn) = conn else {
+            let done: Completion = Box::new(move |r| {
+                let _ = tx.send(r.map(|_| unreachable!("a job that did not run cannot commit")));
+            });
+            return (false, done);
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(conn))) {
+            Ok(Ok(value)) => (
+                true,
+                Box::new(move |r: Result<()>| {
+                    let _ = tx.send(r.map(|_| value));
+                }),
+            ),
+            Ok(Err(e)) => (
+                false,
+                Box::new(move |_| {
+                    let _ = tx.send(Err(e));
+                }),
+            ),
+            Err(_) => (
+                false,
+                Box::new(move |_| {
+                    let _ = tx.send(Err(StoreError::Unavailable("a write job panicked".into())));
+                }),
+            ),
+        }
+    });
+    (job, Answer(rx))
+}
+
+/// A write job's answer: resolves once its transaction's fate is known.
+pub struct Answer<T>(oneshot::Receiver<Result<T>>);
+
+impl<T> std::future::Future for Answer<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<T>> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|answer| match answer {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Unavailable("writer dropped a job".into())),
+        })
+    }
+}
+
 /// Files what a stopped host left unfiled before any job runs, so the
 /// writer starts knowing every chain's head is in the index. If that fails
 /// (a read-only or full disk), the host still starts: the writer then looks
@@ -349,40 +443,48 @@ fn catch_up_filing(conn: &Connection) -> audit::Heads {
     }
 }
 
-/// The writer thread's own: its connection, and how it commits.
+/// The write connection, and what the writer keeps beside it.
 struct Writer {
     conn: Connection,
+    /// The head of each audit chain, as committed (see [`Tx`]).
+    chains: RefCell<audit::Heads>,
     linger: Duration,
     stats: Arc<WriterStats>,
+    /// When filing is next due; it backs off while it fails (at the size
+    /// cap it needs pages that jobs need too).
+    file_at: Instant,
+    backoff: Duration,
+    /// Rows may wait to be filed: something committed since the last
+    /// complete filing.
+    unfiled: bool,
+    /// When the writer thread last committed jobs of several calls.
+    grouped_at: Option<Instant>,
+    /// Set by the checkpointer: the few frames committed since its run are
+    /// to be copied too.
+    top_up: Arc<AtomicBool>,
+    /// Wakes the checkpointer after a commit.
+    committed: mpsc::SyncSender<()>,
 }
 
-fn writer_loop(
-    Writer { conn, linger, stats }: Writer,
-    chains: audit::Heads,
-    rx: mpsc::Receiver<(Job, Link)>,
-    committed: mpsc::SyncSender<()>,
-    top_up: Arc<AtomicBool>,
-) {
-    let chains = RefCell::new(chains);
-    let tx = Tx { conn: &conn, chains: &chains };
-    // When filing is next due; it backs off while it fails (at the size cap
-    // it needs pages that jobs need too).
-    let (mut file_at, mut backoff) = (Instant::now(), filing::EVERY);
-    while let Ok(first) = rx.recv() {
-        if Instant::now() >= file_at {
-            match in_transaction(&conn, filing::file) {
+impl Writer {
+    /// Filing and the checkpoint top-up, between transactions.
+    fn upkeep(&mut self) {
+        if self.unfiled && Instant::now() >= self.file_at {
+            match in_transaction(&self.conn, filing::file) {
                 Ok(caught_up) => {
-                    backoff = filing::EVERY;
+                    self.backoff = filing::EVERY;
                     // A backlog is filed a slice per batch until it is gone.
                     if caught_up {
-                        file_at = Instant::now() + filing::EVERY;
-                        chains.borrow_mut().filed_all();
+                        self.file_at = Instant::now() + filing::EVERY;
+                        self.chains.get_mut().filed_all();
+                        self.unfiled = false;
                     }
                 }
                 Err(e) => {
+                    let backoff = self.backoff;
                     tracing::warn!("cannot index calls and audit events by session (retried in {backoff:?}): {e}");
-                    file_at = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    self.file_at = Instant::now() + backoff;
+                    self.backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -391,14 +493,50 @@ fn writer_loop(
         // transaction start the WAL over from its beginning. Without this
         // the WAL grew past 1 GB under sustained load (every transaction
         // began while frames were still to copy).
-        if top_up.swap(false, Ordering::Relaxed)
-            && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        if self.top_up.swap(false, Ordering::Relaxed)
+            && let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
         {
             tracing::warn!("checkpoint failed: {e}");
         }
-        run_transaction(&tx, &mut Gather::new(first, &rx, linger), &stats);
-        // Wakes the checkpointer; a wake already pending covers this one.
-        let _ = committed.try_send(());
+    }
+
+    /// Runs `jobs` in one transaction, then wakes the checkpointer.
+    fn run(&mut self, jobs: &mut impl Iterator<Item = Job>) {
+        let tx = Tx { conn: &self.conn, chains: &self.chains };
+        run_transaction(&tx, jobs, &self.stats);
+        self.unfiled = true;
+        // A wake already pending covers this one.
+        let _ = self.committed.try_send(());
+    }
+}
+
+/// The writer thread: runs what callers queued, in transactions of many
+/// jobs, and the upkeep between transactions, also when callers ran their
+/// jobs themselves. Ends when the database is dropped (or a transaction
+/// panicked).
+fn writer_loop(writer: &Mutex<Writer>, rx: &mpsc::Receiver<(Job, Link)>, queued: &AtomicUsize) {
+    loop {
+        let first = match rx.recv_timeout(filing::EVERY) {
+            Ok(first) => Some(first),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let Ok(mut writer) = writer.lock() else {
+            tracing::error!("the database writer stopped after a panic");
+            return;
+        };
+        writer.upkeep();
+        if let Some(first) = first {
+            // Taken off the count only now that no caller can run a job first.
+            queued.fetch_sub(1, Ordering::SeqCst);
+            let linger = writer.linger;
+            let mut jobs = Gather::new(first, rx, linger, queued);
+            writer.run(&mut jobs);
+            // More than a linked pair: callers are many, more will come.
+            if jobs.taken > 2 {
+                writer.grouped_at = Some(Instant::now());
+            }
+        }
     }
 }
 
@@ -409,6 +547,7 @@ fn writer_loop(
 /// while it waits; only its commit waits.
 struct Gather<'a> {
     rx: &'a mpsc::Receiver<(Job, Link)>,
+    queued: &'a AtomicUsize,
     first: Option<(Job, Link)>,
     taken: usize,
     awaited: Vec<u64>,
@@ -416,8 +555,8 @@ struct Gather<'a> {
 }
 
 impl<'a> Gather<'a> {
-    fn new(first: (Job, Link), rx: &'a mpsc::Receiver<(Job, Link)>, linger: Duration) -> Self {
-        Gather { rx, first: Some(first), taken: 0, awaited: Vec::new(), deadline: Instant::now() + linger }
+    fn new(first: (Job, Link), rx: &'a mpsc::Receiver<(Job, Link)>, linger: Duration, queued: &'a AtomicUsize) -> Self {
+        Gather { rx, queued, first: Some(first), taken: 0, awaited: Vec::new(), deadline: Instant::now() + linger }
     }
 }
 
@@ -430,17 +569,21 @@ impl Iterator for Gather<'_> {
         }
         let (job, link) = match self.first.take() {
             Some(first) => first,
-            None => match self.rx.try_recv() {
-                Ok(next) => next,
-                Err(mpsc::TryRecvError::Disconnected) => return None,
-                Err(mpsc::TryRecvError::Empty) => {
-                    let left = self.deadline.saturating_duration_since(Instant::now());
-                    if self.awaited.is_empty() || left.is_zero() {
-                        return None;
+            None => {
+                let next = match self.rx.try_recv() {
+                    Ok(next) => next,
+                    Err(mpsc::TryRecvError::Disconnected) => return None,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        let left = self.deadline.saturating_duration_since(Instant::now());
+                        if self.awaited.is_empty() || left.is_zero() {
+                            return None;
+                        }
+                        self.rx.recv_timeout(left).ok()?
                     }
-                    self.rx.recv_timeout(left).ok()?
-                }
-            },
+                };
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                next
+            }
         };
         match link {
             Link::Alone => {}
@@ -614,15 +757,61 @@ mod tests {
         name: &'static str,
     ) -> impl std::future::Future<Output = Result<()>> + use<> {
         let (ran, running) = mpsc::channel();
-        let job = db
-            .submit_linked(link, move |c| {
+        let answer = db
+            .submit_queued(link, move |c| {
                 c.execute("INSERT INTO t VALUES (?1)", [name])?;
                 let _ = ran.send(());
                 Ok(())
             })
             .unwrap();
         running.recv().unwrap();
-        job
+        answer
+    }
+
+    /// With the writer idle, a job runs on the caller's thread and is
+    /// answered as soon as `submit` returns; while a transaction is open,
+    /// a job queues behind it, and runs after it.
+    #[test]
+    fn a_job_runs_on_the_callers_thread_only_when_the_writer_is_idle() {
+        let TestDb { db, rt, .. } = &TestDb::open("here", Duration::from_secs(60));
+        let caller = std::thread::current().id();
+        let ran_on = |tx: mpsc::Sender<std::thread::ThreadId>| {
+            move |_: &Tx| {
+                let _ = tx.send(std::thread::current().id());
+                Ok(())
+            }
+        };
+        let (tx, on) = mpsc::channel();
+        // The writer thread's timer may hold the connection for its upkeep
+        // at any moment; then a job queues. It is rare: a few tries do.
+        let ran_here = (0..10).any(|_| {
+            let mut idle = Box::pin(db.submit(ran_on(tx.clone())).unwrap());
+            if on.try_recv() != Ok(caller) {
+                rt.block_on(idle).unwrap();
+                return false;
+            }
+            let done = std::future::poll_fn(|cx| std::task::Poll::Ready(idle.as_mut().poll(cx)));
+            assert!(matches!(rt.block_on(done), std::task::Poll::Ready(Ok(()))), "answered at once");
+            true
+        });
+        assert!(ran_here, "ran before submit returned");
+        while on.try_recv().is_ok() {}
+        // A lead holds its transaction open for its follow-up.
+        let link = db.new_link();
+        let lead = insert_and_wait_until_run(db, Link::Leads(link), "record");
+        let busy = db.submit(ran_on(tx)).unwrap();
+        assert!(on.try_recv().is_err(), "did not run beside the open transaction");
+        let follow = db.submit_linked(Link::Follows(link), |c| Ok(c.execute("INSERT INTO t VALUES ('outcome')", [])?));
+        rt.block_on(async { (lead.await.unwrap(), busy.await.unwrap(), follow.unwrap().await.unwrap()) });
+        assert_ne!(on.try_recv(), Ok(caller), "ran on the writer's thread");
+        let rows: Vec<String> = db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT name FROM t ORDER BY rowid")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .unwrap();
+        assert_eq!(rows, ["record", "outcome"]);
     }
 
     /// A call's record and its outcome, linked, commit in one transaction
@@ -680,7 +869,7 @@ mod tests {
         // The writer is busy with this one while the next three queue up,
         // so they run as one batch (this one may be in it too).
         let hold = db
-            .submit(|_| {
+            .submit_queued(Link::Alone, |_| {
                 std::thread::sleep(Duration::from_millis(100));
                 Ok(())
             })
