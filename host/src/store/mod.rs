@@ -216,6 +216,7 @@ impl Db {
             backoff: filing::EVERY,
             unfiled: true,
             grouped_at: None,
+            runs_here: durability == Durability::Normal,
             top_up: top_up.clone(),
             committed,
         }));
@@ -294,14 +295,16 @@ impl Db {
     /// is idle: no transaction open, no job queued, and no commit of several
     /// calls' jobs in the last [`QUIET`] (under load, a job that commits
     /// alone costs more than a share of the writer's next commit). Else
-    /// gives it back.
+    /// gives it back. Never with [`Durability::Full`]: there a commit waits
+    /// milliseconds for the disk, which would stall the caller's runtime
+    /// thread, and a hand-off costs little beside it.
     /// (The upkeep is left to the writer thread, off the callers' path.)
     fn run_here(&self, job: Job) -> std::result::Result<(), Job> {
         let Ok(mut writer) = self.writer.try_lock() else {
             return Err(job);
         };
         let batching = writer.grouped_at.is_some_and(|at| at.elapsed() < QUIET);
-        if self.queued.load(Ordering::SeqCst) != 0 || batching {
+        if !writer.runs_here || self.queued.load(Ordering::SeqCst) != 0 || batching {
             return Err(job);
         }
         writer.run(&mut std::iter::once(job));
@@ -459,6 +462,8 @@ struct Writer {
     unfiled: bool,
     /// When the writer thread last committed jobs of several calls.
     grouped_at: Option<Instant>,
+    /// Callers may run jobs themselves (see [`Db::run_here`]).
+    runs_here: bool,
     /// Set by the checkpointer: the few frames committed since its run are
     /// to be copied too.
     top_up: Arc<AtomicBool>,
@@ -844,6 +849,25 @@ mod tests {
         let late = db.submit_linked(Link::Follows(link), |c| Ok(c.execute("INSERT INTO t VALUES ('outcome')", [])?));
         rt.block_on(late.unwrap()).unwrap();
         assert_eq!(counts(db), (before.0 + 2, before.1 + 3));
+    }
+
+    /// With `synchronous = FULL` a commit waits for the disk: no caller
+    /// runs one on its own (runtime) thread, idle writer or not.
+    #[test]
+    fn with_full_durability_jobs_always_run_on_the_writers_thread() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-store-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = Db::open(&dir, Durability::Full).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let caller = std::thread::current().id();
+        for _ in 0..3 {
+            std::thread::sleep(QUIET);
+            let ran_on = rt.block_on(db.submit(|_| Ok(std::thread::current().id())).unwrap()).unwrap();
+            assert_ne!(ran_on, caller);
+        }
+        assert_eq!(db.writer_stats().jobs_run_by_callers.load(Ordering::Relaxed), 0);
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// At the size cap SQLite rolls back the whole transaction of a write
