@@ -388,6 +388,30 @@ async fn a_retry_during_the_first_call_waits_for_it_and_runs_nothing_twice() -> 
     Ok(())
 }
 
+/// A client that gives up on a call (a timeout, a dropped connection) does
+/// not stop it half-way: the call still ends, recorded, whichever path it
+/// took (pipelined, or after its record with an idempotency key).
+#[tokio::test]
+async fn a_call_whose_client_disconnects_still_finishes() -> anyhow::Result<()> {
+    let slow = "name = \"spin-forever\"\nversion = \"0.0.0\"\ncomponent = \"spin_forever.wasm\"\n[limits]\ntimeout_ms = 1000\n";
+    let host = TestHost::builder().bundle_with_manifest("spin", test_program("spin-forever"), slow).start().await?;
+    let agent = host.agent();
+    let sid = agent.session(json!({})).await?;
+    let path = format!("/v1/sessions/{sid}/calls");
+    for body in [json!({"tool": "spin-forever"}), json!({"tool": "spin-forever", "idempotency_key": "k"})] {
+        let gave_up = agent.request(Method::POST, &path).timeout(Duration::from_millis(300)).json(&body).send().await;
+        assert!(gave_up.is_err_and(|e| e.is_timeout()), "the client gave up before the call ended");
+    }
+    let (_, list) = agent.get(&path).await?;
+    let ids: Vec<&str> = list["calls"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    for id in ids {
+        let (_, call) = agent.get(&format!("{path}/{id}?wait=10")).await?;
+        assert_eq!(call["status"], "trapped", "ran to its timeout, not left running: {call}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_principal_policy_can_require_approval() -> anyhow::Result<()> {
     use sha2::Digest;

@@ -103,10 +103,9 @@ impl Service {
             call.status = CallStatus::Running;
             call.started_at = Some(now);
             self.record_decision(&call, &p.name, false).await?;
-            // Its own task, as in `call`: an approver who disconnects does not
-            // cancel the call half-way.
-            let task = self.spawn_execute(call, (Arc::new(session), None), requester, (slot, None, Link::Alone));
-            return task.await.map_err(|e| ServiceError::Unavailable(format!("call task failed: {e}")))?;
+            // As in `call`: an approver who disconnects does not cancel the
+            // call half-way.
+            return self.start_execute(call, (Arc::new(session), None), requester, (slot, None, Link::Alone)).await;
         }
         call.status = CallStatus::Rejected;
         call.finished_at = Some(now);

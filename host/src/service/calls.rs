@@ -160,13 +160,12 @@ impl Service {
             let link = self.db.new_link();
             let recorded = self.submit_request(&call, p, opts.if_match, Link::Leads(link))?;
             let run = (slot, turn, Link::Follows(link));
-            let task = self.spawn_execute(call.clone(), (session, Some(epoch)), p.name.clone(), run);
-            if let Err(e) = recorded.await {
-                task.abort();
-                return Err(e.into());
-            }
+            let execution = self.start_execute(call.clone(), (session, Some(epoch)), p.name.clone(), run);
+            // If the record is refused, the outcome finds no record and
+            // writes nothing.
+            let (recorded, finished) = tokio::join!(recorded, execution);
+            recorded?;
             self.count_call(&call, 0);
-            let finished = task.await.map_err(|e| ServiceError::Unavailable(format!("call task failed: {e}")))?;
             return Ok(CallReply { call: finished?, replayed: false });
         }
         if let Started::Existing(first) = self.record_request(&call, p, opts.if_match).await? {
@@ -177,28 +176,28 @@ impl Service {
         if call.status == CallStatus::PendingApproval {
             return Ok(CallReply { call, replayed: false });
         }
-        // The call runs in its own task: a client that disconnects does not
-        // cancel it half-way, and an async caller gets its answer at once.
+        // A client that disconnects does not cancel the call half-way (see
+        // `Execution`), and an async caller gets its answer at once.
         let run = (slot, turn, Link::Alone);
-        let task = self.spawn_execute(call.clone(), (session, Some(epoch)), p.name.clone(), run);
+        let execution = self.start_execute(call.clone(), (session, Some(epoch)), p.name.clone(), run);
         if opts.respond_async {
+            execution.detach();
             return Ok(CallReply { call, replayed: false });
         }
-        let call = task.await.map_err(|e| ServiceError::Unavailable(format!("call task failed: {e}")))??;
-        Ok(CallReply { call, replayed: false })
+        Ok(CallReply { call: execution.await?, replayed: false })
     }
 
-    /// Starts `execute` in a task of its own. Not async, and boxed: the
-    /// future is kilobytes, and built inside an async fn it would be part
-    /// of the caller's future too, copied whole at every move.
-    pub(super) fn spawn_execute(
+    /// `execute`, as an [`Execution`]. Not async, and boxed: the future is
+    /// kilobytes, and built inside an async fn it would be part of the
+    /// caller's future too, copied whole at every move.
+    pub(super) fn start_execute(
         self: &Arc<Self>,
         call: Call,
         read: (Arc<Session>, Option<u64>),
         actor: String,
         run: (OwnedSemaphorePermit, Option<Turn>, Link),
-    ) -> tokio::task::JoinHandle<Result<Call>> {
-        tokio::spawn(Box::pin(self.clone().execute(call, read, actor, run)))
+    ) -> Execution {
+        Execution(Some(Box::pin(self.clone().execute(call, read, actor, run))))
     }
 
     /// Runs a recorded call under the session's boundary: waits its turn
@@ -666,6 +665,46 @@ async fn reap(service: std::sync::Weak<Service>) {
         if pending.calls.is_empty() {
             pending.reaping = false;
             return;
+        }
+    }
+}
+
+/// A call's run, driven by the task that awaits it. Dropped before it ends
+/// (its client disconnected), it goes on in a task of its own: a call never
+/// stops half-way. It is not spawned up front because a spawn wakes a
+/// parked runtime thread (about 10 µs on a small VM) and may move the call
+/// to another core.
+pub(super) struct Execution(Option<Pin<Box<dyn Future<Output = Result<Call>> + Send>>>);
+
+impl Execution {
+    /// Runs it in a task of its own, not awaited.
+    pub(super) fn detach(mut self) {
+        if let Some(run) = self.0.take() {
+            tokio::spawn(run);
+        }
+    }
+}
+
+impl Future for Execution {
+    type Output = Result<Call>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Result<Call>> {
+        let Some(run) = self.0.as_mut() else {
+            return Poll::Ready(Err(ServiceError::Unavailable("a call's run was polled after it ended".into())));
+        };
+        let finished = std::task::ready!(run.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(finished)
+    }
+}
+
+impl Drop for Execution {
+    fn drop(&mut self) {
+        if let Some(run) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(run)),
+                Err(_) => tracing::error!("a call's run was dropped outside the runtime; it is left unfinished"),
+            }
         }
     }
 }
