@@ -16,7 +16,9 @@
 //! - [`review`]: the security review of bundles (`bulkhead review`).
 //! - [`runtime`]: the wasmtime engine, bundle loading, one call's sandbox.
 //! - [`caps`]: the host side of each `bulkhead:tool` interface, one per file.
-//! - [`store`]: SQLite persistence behind one writer thread (group commit).
+//! - [`store`]: SQLite persistence through one write connection: a lone
+//!   caller commits on its own thread, concurrent ones share a writer
+//!   thread's commits (group commit).
 //! - [`service`]: the operations the API and the CLI share (sessions, calls).
 //! - [`api`]: the axum HTTP API; maps errors to the contract's error body.
 //! - [`mcp`]: the same sessions over the Model Context Protocol (`/mcp`, stdio bridge).
