@@ -160,13 +160,22 @@ impl Service {
             let link = self.db.new_link();
             let recorded = self.submit_request(&call, p, opts.if_match, Link::Leads(link))?;
             let run = (slot, turn, Link::Follows(link));
-            let execution = self.start_execute(call.clone(), (session, Some(epoch)), p.name.clone(), run);
-            // If the record is refused, the outcome finds no record and
-            // writes nothing.
-            let (recorded, finished) = tokio::join!(recorded, execution);
-            recorded?;
+            let mut execution = self.start_execute(call.clone(), (session, Some(epoch)), p.name.clone(), run);
+            // The tool runs while its record commits. The run cannot end
+            // first (its outcome commits after the record) unless it found
+            // no record.
+            let recorded = tokio::select! {
+                biased;
+                recorded = recorded => recorded,
+                finished = &mut execution => return Ok(CallReply { call: finished?, replayed: false }),
+            };
+            if let Err(e) = recorded {
+                // Nothing of the run is written without its record.
+                execution.cancel();
+                return Err(e.into());
+            }
             self.count_call(&call, 0);
-            return Ok(CallReply { call: finished?, replayed: false });
+            return Ok(CallReply { call: execution.await?, replayed: false });
         }
         if let Started::Existing(first) = self.record_request(&call, p, opts.if_match).await? {
             drop(turn);
@@ -682,6 +691,11 @@ impl Execution {
         if let Some(run) = self.0.take() {
             tokio::spawn(run);
         }
+    }
+
+    /// Stops it where it is, for a call whose record was refused.
+    pub(super) fn cancel(mut self) {
+        self.0 = None;
     }
 }
 
