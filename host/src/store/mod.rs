@@ -1,10 +1,11 @@
 //! Persistence in one SQLite file (WAL), through a single write connection.
 //!
-//! Every write goes through [`Db::write`] (or [`Db::submit`]). When no
-//! transaction is open and none is queued, the job runs and commits right
-//! away on the caller's thread: a lone call pays no hand-off to another
-//! thread (on this VM each wake of a parked thread costs tens of
-//! microseconds). Otherwise it queues for the writer thread, which runs the
+//! Every write goes through [`Db::write`] (or [`Db::submit`]). When the
+//! writer is idle (no transaction open, none queued, no recent group
+//! commit: see [`Db::run_here`]), the job runs and commits right away on
+//! the caller's thread: a lone call pays no hand-off to another thread (on
+//! this VM each wake of a parked thread costs tens of microseconds).
+//! Otherwise it queues for the writer thread, which runs the
 //! jobs waiting, and those that come while it does, each inside its own
 //! savepoint of one transaction, commits once (group commit), then answers
 //! each job. A job linked to one that follows it (a call's record and
@@ -262,9 +263,10 @@ impl Db {
         self.submit(f)?.await
     }
 
-    /// Queues `f` for the writer now; the returned future resolves after its
-    /// commit. Jobs run in the order they are submitted, so a later job can
-    /// rely on an earlier one without waiting for it.
+    /// Runs `f` now if the writer is idle (see [`Db::run_here`]), else
+    /// queues it; the returned future resolves after its commit. Jobs run
+    /// in the order they are submitted, so a later job can rely on an
+    /// earlier one without waiting for it.
     pub fn submit<T, F>(&self, f: F) -> Result<Answer<T>>
     where
         T: Send + 'static,
