@@ -5,10 +5,6 @@ use bulkhead_tests::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn manifest(name: &str, wasm: &str, extra: &str) -> String {
-    format!("name = \"{name}\"\nversion = \"0.0.0\"\ncomponent = \"{wasm}\"\n{extra}\n")
-}
-
 #[tokio::test]
 async fn a_tool_without_grants_reaches_nothing() -> anyhow::Result<()> {
     let host = TestHost::builder()

@@ -367,7 +367,7 @@ async fn metrics_and_usage_account_for_every_call() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_retry_during_the_first_call_waits_for_it_and_runs_nothing_twice() -> anyhow::Result<()> {
-    let slow = "name = \"spin-forever\"\nversion = \"0.0.0\"\ncomponent = \"spin_forever.wasm\"\n[limits]\ntimeout_ms = 1500\n";
+    let slow = &manifest("spin-forever", "spin_forever.wasm", "[limits]\ntimeout_ms = 1500");
     let host = TestHost::builder().bundle_with_manifest("spin", test_program("spin-forever"), slow).start().await?;
     let agent = host.agent();
     let sid = agent.session(json!({})).await?;
@@ -393,7 +393,7 @@ async fn a_retry_during_the_first_call_waits_for_it_and_runs_nothing_twice() -> 
 /// took (pipelined, or after its record with an idempotency key).
 #[tokio::test]
 async fn a_call_whose_client_disconnects_still_finishes() -> anyhow::Result<()> {
-    let slow = "name = \"spin-forever\"\nversion = \"0.0.0\"\ncomponent = \"spin_forever.wasm\"\n[limits]\ntimeout_ms = 1000\n";
+    let slow = &manifest("spin-forever", "spin_forever.wasm", "[limits]\ntimeout_ms = 1000");
     let host = TestHost::builder().bundle_with_manifest("spin", test_program("spin-forever"), slow).start().await?;
     let agent = host.agent();
     let sid = agent.session(json!({})).await?;
@@ -434,9 +434,9 @@ async fn a_principal_policy_can_require_approval() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_queued_call_whose_tool_leaves_the_boundary_ends_failed() -> anyhow::Result<()> {
-    let manifest = "name = \"spin-forever\"\nversion = \"0.0.0\"\ncomponent = \"spin_forever.wasm\"\n[limits]\ntimeout_ms = 1500\n";
+    let slow = &manifest("spin-forever", "spin_forever.wasm", "[limits]\ntimeout_ms = 1500");
     let host = TestHost::builder()
-        .bundle_with_manifest("spin", test_program("spin-forever"), manifest)
+        .bundle_with_manifest("spin", test_program("spin-forever"), slow)
         .bundle("counter", example_tool("counter"))
         .start()
         .await?;

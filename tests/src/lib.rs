@@ -60,6 +60,12 @@ pub fn test_program(name: &str) -> PathBuf {
     repo_root().join("tests/guests").join(name)
 }
 
+/// A bundle manifest for tool `name` in component `wasm`, with `extra`
+/// TOML (limits, grants) after it.
+pub fn manifest(name: &str, wasm: &str, extra: &str) -> String {
+    format!("name = \"{name}\"\nversion = \"0.0.0\"\ncomponent = \"{wasm}\"\n{extra}\n")
+}
+
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }

@@ -157,6 +157,8 @@ pub struct Db {
     /// holding `writer`. A caller runs its job itself only when this is 0:
     /// no earlier job is still to run.
     queued: Arc<AtomicUsize>,
+    /// Callers may run jobs themselves (see [`Db::run_here`]).
+    runs_here: bool,
     readers: Mutex<Vec<Connection>>,
     links: AtomicU64,
     stats: Arc<WriterStats>,
@@ -217,7 +219,6 @@ impl Db {
             backoff: filing::EVERY,
             unfiled: true,
             grouped_at: None,
-            runs_here: durability == Durability::Normal,
             top_up: top_up.clone(),
             committed,
         }));
@@ -228,7 +229,16 @@ impl Db {
                 spawn("bulkhead-db-checkpoint", Box::new(move || checkpoint_loop(checkpointer, wake, top_up)))
             })
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Db { path, writer, queue: tx, queued, readers: Mutex::new(Vec::new()), links: AtomicU64::new(0), stats })
+        Ok(Db {
+            path,
+            writer,
+            queue: tx,
+            queued,
+            runs_here: durability == Durability::Normal,
+            readers: Mutex::new(Vec::new()),
+            links: AtomicU64::new(0),
+            stats,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -302,11 +312,14 @@ impl Db {
     /// thread, and a hand-off costs little beside it.
     /// (The upkeep is left to the writer thread, off the callers' path.)
     fn run_here(&self, job: Job) -> std::result::Result<(), Job> {
+        if !self.runs_here {
+            return Err(job);
+        }
         let Ok(mut writer) = self.writer.try_lock() else {
             return Err(job);
         };
         let batching = writer.grouped_at.is_some_and(|at| at.elapsed() < QUIET);
-        if !writer.runs_here || self.queued.load(Ordering::SeqCst) != 0 || batching {
+        if self.queued.load(Ordering::SeqCst) != 0 || batching {
             return Err(job);
         }
         writer.run(&mut std::iter::once(job));
@@ -464,8 +477,6 @@ struct Writer {
     unfiled: bool,
     /// When the writer thread last committed jobs of several calls.
     grouped_at: Option<Instant>,
-    /// Callers may run jobs themselves (see [`Db::run_here`]).
-    runs_here: bool,
     /// Set by the checkpointer: the few frames committed since its run are
     /// to be copied too.
     top_up: Arc<AtomicBool>,
@@ -736,9 +747,13 @@ mod tests {
 
     impl TestDb {
         fn open(name: &str, linger: Duration) -> TestDb {
+            TestDb::open_with(name, Durability::Normal, linger)
+        }
+
+        fn open_with(name: &str, durability: Durability, linger: Duration) -> TestDb {
             let dir = std::env::temp_dir().join(format!("bulkhead-store-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
-            let db = Db::open_with_linger(&dir, Durability::Normal, linger).unwrap();
+            let db = Db::open_with_linger(&dir, durability, linger).unwrap();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(db.write(|c| Ok(c.execute_batch("CREATE TABLE t (name TEXT)")?))).unwrap();
             TestDb { db, dir, rt }
@@ -749,6 +764,16 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+
+    /// The `name` column of table `t`, in insertion order.
+    fn names(db: &Db) -> Vec<String> {
+        db.read(|c| {
+            let mut stmt = c.prepare("SELECT name FROM t ORDER BY rowid")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .unwrap()
     }
 
     fn counts(db: &Db) -> (u64, u64) {
@@ -811,14 +836,7 @@ mod tests {
         rt.block_on(async { (lead.await.unwrap(), busy.await.unwrap(), follow.unwrap().await.unwrap()) });
         let busy_ran_on = on.try_recv().expect("the job ran");
         assert_ne!(busy_ran_on, caller, "queued behind the open transaction: ran on the writer's thread");
-        let rows: Vec<String> = db
-            .read(|c| {
-                let mut stmt = c.prepare("SELECT name FROM t ORDER BY rowid")?;
-                let rows = stmt.query_map([], |r| r.get(0))?;
-                Ok(rows.collect::<rusqlite::Result<_>>()?)
-            })
-            .unwrap();
-        assert_eq!(rows, ["record", "outcome"]);
+        assert_eq!(names(db), ["record", "outcome"]);
     }
 
     /// A call's record and its outcome, linked, commit in one transaction
@@ -857,10 +875,7 @@ mod tests {
     /// runs one on its own (runtime) thread, idle writer or not.
     #[test]
     fn with_full_durability_jobs_always_run_on_the_writers_thread() {
-        let dir = std::env::temp_dir().join(format!("bulkhead-store-full-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let db = Db::open(&dir, Durability::Full).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let TestDb { db, rt, .. } = &TestDb::open_with("full", Durability::Full, LINGER);
         let caller = std::thread::current().id();
         for _ in 0..3 {
             std::thread::sleep(QUIET);
@@ -868,8 +883,6 @@ mod tests {
             assert_ne!(ran_on, caller);
         }
         assert_eq!(db.writer_stats().jobs_run_by_callers.load(Ordering::Relaxed), 0);
-        drop(db);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// At the size cap SQLite rolls back the whole transaction of a write
@@ -903,13 +916,7 @@ mod tests {
         let (before, too_big, after) = (insert("before", 10), insert("too big", 1 << 20), insert("after", 10));
         let answers = rt.block_on(async { (hold.await, before.await, too_big.await, after.await) });
         assert!(matches!(answers.2, Err(StoreError::Unavailable(_))), "{:?}", answers.2);
-        let stored: Vec<String> = db
-            .read(|c| {
-                let mut stmt = c.prepare("SELECT name FROM t ORDER BY rowid")?;
-                let rows = stmt.query_map([], |r| r.get(0))?;
-                Ok(rows.collect::<rusqlite::Result<_>>()?)
-            })
-            .unwrap();
+        let stored = names(&db);
         for (name, answer) in [("before", &answers.1), ("after", &answers.3)] {
             assert_eq!(answer.is_ok(), stored.iter().any(|s| s == name), "{name}: {answer:?}, stored {stored:?}");
         }
