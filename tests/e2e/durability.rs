@@ -348,3 +348,65 @@ async fn a_full_database_refuses_writes_cleanly_and_recovers() -> anyhow::Result
     assert_eq!((status, replay["status"].as_str()), (StatusCode::OK, Some("failed")), "{replay}");
     Ok(())
 }
+
+/// One host per data folder: a second `serve`, or a `bulkhead run` with
+/// the folder as its state, is refused before it writes anything (it would
+/// fork the audit chains and mark the first host's running calls
+/// `interrupted`); the first host goes on as before; a read-only
+/// `audit verify` runs beside it; once the first host is killed, the
+/// folder is free again.
+#[tokio::test]
+async fn a_second_host_on_the_same_data_folder_is_refused() -> anyhow::Result<()> {
+    let mut host = TestHost::builder().bundle("counter", example_tool("counter")).start().await?;
+    let api = host.agent();
+    let sid = api.session(json!({})).await?;
+    let (_, call) = api.call(&sid, "counter", json!({})).await?;
+    assert_eq!(call["output"]["value"], 1, "{call}");
+    let pid = host.pid().expect("running");
+    let config = host.config_path();
+    let data = host.dir.join("data");
+
+    let second = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        // It must give up on its own; a second host that starts would run forever.
+        for _ in 0..600 {
+            if let Some(status) = child.try_wait()? {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().expect("piped"), &mut stderr)?;
+                return anyhow::Ok((status.code(), stderr));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        anyhow::bail!("a second host on the same data folder kept running")
+    })
+    .await??;
+    assert_ne!(second.0, Some(0), "refused: {}", second.1);
+    assert!(second.1.contains(&format!("in use by another bulkhead process (pid {pid})")), "{}", second.1);
+
+    let bundle = example_tool("counter");
+    let (code, _, stderr) =
+        run_cli(&["run", bundle.to_str().unwrap(), "--input", "{}", "--state-dir", data.to_str().unwrap()])?;
+    assert_ne!(code, 0, "bulkhead run on a live host's folder is refused: {stderr}");
+    assert!(stderr.contains("in use by another bulkhead process"), "{stderr}");
+
+    let (_, call) = api.call(&sid, "counter", json!({})).await?;
+    assert_eq!(call["output"]["value"], 2, "the first host's state is untouched: {call}");
+    let (_, calls) = api.get(&format!("/v1/sessions/{sid}/calls")).await?;
+    let statuses: Vec<&str> =
+        calls["calls"].as_array().unwrap().iter().map(|c| c["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["succeeded", "succeeded"], "nothing marked interrupted: {calls}");
+    let config = host.config_path();
+    let (code, out, err) = run_cli(&["audit", "verify", "--config", config.to_str().unwrap()])?;
+    assert_eq!(code, 0, "read-only verification runs beside the host: {out}{err}");
+
+    host.restart().await?;
+    let (_, call) = host.agent().call(&sid, "counter", json!({})).await?;
+    assert_eq!(call["output"]["value"], 3, "free again after kill -9: {call}");
+    Ok(())
+}

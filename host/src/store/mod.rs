@@ -23,12 +23,15 @@
 //! Each session's calls and audit events are indexed by the writer in bulk,
 //! between transactions (see [`filing`]).
 //!
+//! One process writes a data folder at a time (see [`lock`]).
+//!
 //! The submodules are plain functions over a `&Connection`, one per table,
 //! so the service composes several of them inside one write job.
 
 pub mod audit;
 pub mod calls;
 pub mod filing;
+pub mod lock;
 pub mod messages;
 pub mod schema;
 pub mod sessions;
@@ -153,6 +156,8 @@ pub struct Db {
     writer: Arc<Mutex<Writer>>,
     /// The writer thread's queue.
     queue: mpsc::Sender<(Job, Link)>,
+    /// Joined on drop, so the folder's lock is free once the `Db` is gone.
+    writer_thread: Option<std::thread::JoinHandle<()>>,
     /// Jobs sent to the queue that the writer has not yet taken while
     /// holding `writer`. A caller runs its job itself only when this is 0:
     /// no earlier job is still to run.
@@ -176,6 +181,22 @@ pub struct WriterStats {
     pub jobs_run_by_callers: AtomicU64,
 }
 
+/// Lets the writer finish the jobs already queued, then waits for it to
+/// close the write connection and release the folder's lock: a `Db`
+/// opened on the same folder right after this one is dropped (a restart
+/// in one process, as the tests do) finds it free.
+impl Drop for Db {
+    fn drop(&mut self) {
+        // The writer ends when its queue is disconnected and empty.
+        drop(std::mem::replace(&mut self.queue, mpsc::channel().0));
+        if let Some(thread) = self.writer_thread.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Db {
     /// Opens (creating if needed) the database in `dir` and starts the writer.
     pub fn open(dir: &Path, durability: Durability) -> Result<Db> {
@@ -185,6 +206,8 @@ impl Db {
     fn open_with_linger(dir: &Path, durability: Durability, linger: Duration) -> Result<Db> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
+        // Before anything is opened for writing (see `lock`).
+        let lock = lock::lock(dir)?;
         let conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
         let sync = match durability {
@@ -206,12 +229,11 @@ impl Db {
         let (committed, wake) = mpsc::sync_channel::<()>(1);
         let top_up = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<(Job, Link)>();
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new().name(name.into()).spawn(f).map(|_| ())
-        };
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| std::thread::Builder::new().name(name.into()).spawn(f);
         let stats = Arc::new(WriterStats::default());
         let writer = Arc::new(Mutex::new(Writer {
             conn,
+            _lock: lock,
             chains: RefCell::new(chains),
             linger,
             stats: stats.clone(),
@@ -224,15 +246,18 @@ impl Db {
         }));
         let queued = Arc::new(AtomicUsize::new(0));
         let (thread_writer, thread_queued) = (writer.clone(), queued.clone());
-        spawn("bulkhead-db-writer", Box::new(move || writer_loop(&thread_writer, &rx, &thread_queued)))
-            .and_then(|_| {
-                spawn("bulkhead-db-checkpoint", Box::new(move || checkpoint_loop(checkpointer, wake, top_up)))
-            })
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let writer_thread =
+            spawn("bulkhead-db-writer", Box::new(move || writer_loop(&thread_writer, &rx, &thread_queued)))
+                .and_then(|thread| {
+                    spawn("bulkhead-db-checkpoint", Box::new(move || checkpoint_loop(checkpointer, wake, top_up)))
+                        .map(|_| thread)
+                })
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Db {
             path,
             writer,
             queue: tx,
+            writer_thread: Some(writer_thread),
             queued,
             runs_here: durability == Durability::Normal,
             readers: Mutex::new(Vec::new()),
@@ -464,6 +489,8 @@ fn catch_up_filing(conn: &Connection) -> audit::Heads {
 /// The write connection, and what the writer keeps beside it.
 struct Writer {
     conn: Connection,
+    /// The data folder's lock, released with the write connection.
+    _lock: std::fs::File,
     /// The head of each audit chain, as committed (see [`Tx`]).
     chains: RefCell<audit::Heads>,
     linger: Duration,
