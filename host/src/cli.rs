@@ -239,7 +239,7 @@ async fn run(bundle: &Path, input: &str, state_dir: Option<&Path>) -> Result<Exi
     };
     let temp = match state_dir {
         Some(_) => None,
-        None => Some(std::env::temp_dir().join(format!("bulkhead-run-{}", crate::util::new_id()))),
+        None => Some(temporary_run_folder()?),
     };
     let data_dir = state_dir.map(Path::to_path_buf).or(temp.clone()).expect("one of the two is set");
     let mut config = Config::embedded();
@@ -250,6 +250,38 @@ async fn run(bundle: &Path, input: &str, state_dir: Option<&Path>) -> Result<Exi
         let _ = std::fs::remove_dir_all(dir);
     }
     result
+}
+
+/// Where `bulkhead run` without `--state-dir` keeps its state: a new
+/// folder in the system's temporary folder, marked as this command's, so
+/// that a run killed before it could remove it is cleaned up by a later
+/// run (and a user's `--state-dir`, never marked, never is).
+const RUN_FOLDER_PREFIX: &str = "bulkhead-run-";
+const RUN_FOLDER_MARK: &str = "temporary-bulkhead-run";
+
+fn temporary_run_folder() -> Result<PathBuf> {
+    let tmp = std::env::temp_dir();
+    remove_abandoned_run_folders(&tmp);
+    let dir = tmp.join(format!("{RUN_FOLDER_PREFIX}{}", crate::util::new_id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join(RUN_FOLDER_MARK), b"").with_context(|| format!("cannot write in {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Removes the marked folders of earlier runs whose process is gone
+/// (`store::lock::abandoned`). Symbolic links are never followed.
+fn remove_abandoned_run_folders(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let ours = entry.file_name().to_string_lossy().starts_with(RUN_FOLDER_PREFIX)
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+            && entry.path().join(RUN_FOLDER_MARK).is_file();
+        if ours && crate::store::lock::abandoned(&entry.path()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 async fn run_in(config: Config, bundle: &Path, input: serde_json::Value, data_dir: &Path) -> Result<ExitCode> {

@@ -115,3 +115,75 @@ async fn bulkhead_run_calls_a_bundle_without_a_server() -> anyhow::Result<()> {
     std::fs::remove_dir_all(state)?;
     Ok(())
 }
+
+/// A `bulkhead run` killed mid-way leaves its temporary folder behind; a
+/// later run removes it once no process holds the folder's lock. A folder
+/// whose run is alive, one whose lock is being taken right now (fresh),
+/// and one not marked as a run's (a user's `--state-dir`) stay.
+#[tokio::test]
+async fn bulkhead_run_removes_the_folders_of_killed_runs() -> anyhow::Result<()> {
+    use std::time::{Duration, SystemTime};
+    let tmp = std::env::temp_dir();
+    let runs = || -> std::io::Result<Vec<std::path::PathBuf>> {
+        Ok(std::fs::read_dir(&tmp)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("temporary-bulkhead-run").is_file() && p.join("bulkhead.lock").is_file())
+            .collect())
+    };
+    let spin = test_program("spin-forever");
+    let mut killed = std::process::Command::new(binary())
+        .args(["run", spin.to_str().unwrap(), "--input", "{}"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut left = None;
+    for _ in 0..300 {
+        // Its own: the lock file holds the holder's pid (other tests run too).
+        let pid = killed.id().to_string();
+        let own = |d: &std::path::PathBuf| std::fs::read_to_string(d.join("bulkhead.lock")).is_ok_and(|p| p == pid);
+        if let Some(dir) = runs()?.into_iter().find(own) {
+            left = Some(dir);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = left.expect("the run made its folder");
+    killed.kill()?;
+    killed.wait()?;
+    assert!(left.exists(), "kill -9 leaves the folder");
+
+    let ten_minutes_ago = SystemTime::now() - Duration::from_secs(600);
+    let lock_at = |dir: &std::path::Path| {
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("bulkhead.lock"))
+    };
+    lock_at(&left)?.set_modified(ten_minutes_ago)?;
+    let control = |name: &str, marked: bool| -> anyhow::Result<(std::path::PathBuf, std::fs::File)> {
+        let dir = tmp.join(format!("bulkhead-run-e2e-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        if marked {
+            std::fs::write(dir.join("temporary-bulkhead-run"), b"")?;
+        }
+        let lock = lock_at(&dir)?;
+        Ok((dir, lock))
+    };
+    let (alive, held) = control("alive", true)?;
+    held.set_modified(ten_minutes_ago)?;
+    held.lock()?;
+    let (fresh, _) = control("fresh", true)?;
+    let (unmarked, free) = control("users", false)?;
+    free.set_modified(ten_minutes_ago)?;
+
+    let counter = example_tool("counter");
+    let (code, out, err) = run_cli(&["run", counter.to_str().unwrap(), "--input", "{}"])?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!left.exists(), "the killed run's folder is removed");
+    for (dir, why) in [(&alive, "its run is alive"), (&fresh, "its lock is fresh"), (&unmarked, "not a run's")] {
+        assert!(dir.exists(), "kept: {why}");
+    }
+    drop(held);
+    for dir in [alive, fresh, unmarked] {
+        std::fs::remove_dir_all(dir)?;
+    }
+    Ok(())
+}

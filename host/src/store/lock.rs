@@ -51,6 +51,21 @@ pub fn lock(dir: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// Whether `dir` is a data folder whose host is gone: its lock file is
+/// older than a minute (not one being taken right now) and no process
+/// holds it.
+pub fn abandoned(dir: &Path) -> bool {
+    let Ok(file) = File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    let old = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(60)));
+    // Taken and released at once: a host that starts now opens a new folder.
+    old && file.try_lock().is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
