@@ -95,6 +95,8 @@ impl Service {
         use anyhow::Context;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
+        // Before anything is written in the folder (dev tokens, the cache).
+        let folder = crate::store::lock::lock(&config.data_dir)?;
         let (principals, credentials) = match &config.principals {
             Some(list) => (Principals::from_config(list).map_err(anyhow::Error::msg)?, Credentials::Configured),
             None => {
@@ -115,7 +117,7 @@ impl Service {
             crate::config::DurabilityMode::Normal => Durability::Normal,
             crate::config::DurabilityMode::Full => Durability::Full,
         };
-        let db = Arc::new(Db::open(&config.data_dir, durability)?);
+        let db = Arc::new(Db::open_locked(folder, durability)?);
         let runtime = Runtime::new(&config.limits, Some(&config.data_dir.join("cache")))?;
         let (loaded, mut refused) = match &source {
             ToolSource::Dir(dir) => runtime.load_dir(dir, &config.limits),

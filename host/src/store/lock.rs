@@ -12,14 +12,26 @@
 use super::{Result, StoreError};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const LOCK_FILE: &str = "bulkhead.lock";
 
-/// Takes the folder's lock, or says which process holds it. The lock is
-/// held while the returned file is open. The file holds the holder's pid,
-/// for that message only.
-pub fn lock(dir: &Path) -> Result<File> {
+/// A data folder's lock, held until dropped.
+#[derive(Debug)]
+pub struct Folder {
+    dir: PathBuf,
+    _file: File,
+}
+
+impl Folder {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Takes the folder's lock, or says which process holds it. The lock file
+/// holds the holder's pid, for that message only.
+pub fn lock(dir: &Path) -> Result<Folder> {
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -48,7 +60,7 @@ pub fn lock(dir: &Path) -> Result<File> {
     }
     // Best effort: the pid only improves the message above.
     let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| write!(file, "{}", std::process::id()));
-    Ok(file)
+    Ok(Folder { dir: dir.to_path_buf(), _file: file })
 }
 
 /// Whether `dir` is a data folder whose host is gone: its lock file is

@@ -203,11 +203,19 @@ impl Db {
         Db::open_with_linger(dir, durability, LINGER)
     }
 
+    /// [`Db::open`] in a folder whose lock the caller took first (before
+    /// writing anything else in it).
+    pub fn open_locked(lock: lock::Folder, durability: Durability) -> Result<Db> {
+        Db::open_in(lock, durability, LINGER)
+    }
+
     fn open_with_linger(dir: &Path, durability: Durability, linger: Duration) -> Result<Db> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
-        let path = dir.join(DB_FILE);
-        // Before anything is opened for writing (see `lock`).
-        let lock = lock::lock(dir)?;
+        Db::open_in(lock::lock(dir)?, durability, linger)
+    }
+
+    fn open_in(lock: lock::Folder, durability: Durability, linger: Duration) -> Result<Db> {
+        let path = lock.dir().join(DB_FILE);
         let conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))?;
         let sync = match durability {
@@ -490,7 +498,7 @@ fn catch_up_filing(conn: &Connection) -> audit::Heads {
 struct Writer {
     conn: Connection,
     /// The data folder's lock, released with the write connection.
-    _lock: std::fs::File,
+    _lock: lock::Folder,
     /// The head of each audit chain, as committed (see [`Tx`]).
     chains: RefCell<audit::Heads>,
     linger: Duration,
