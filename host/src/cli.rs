@@ -278,7 +278,7 @@ fn remove_abandoned_run_folders(tmp: &Path) {
         let ours = entry.file_name().to_string_lossy().starts_with(RUN_FOLDER_PREFIX)
             && entry.file_type().is_ok_and(|t| t.is_dir())
             && entry.path().join(RUN_FOLDER_MARK).is_file();
-        if ours && crate::store::lock::abandoned(&entry.path()) {
+        if ours && let Some(_held) = crate::store::lock::abandoned(&entry.path()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

@@ -139,9 +139,14 @@ async fn bulkhead_run_removes_the_folders_of_killed_runs() -> anyhow::Result<()>
         .spawn()?;
     let mut left = None;
     for _ in 0..300 {
-        // Its own: the lock file holds the holder's pid (other tests run too).
+        // Its own: the lock file holds the holder's pid (other tests run
+        // too), and the lock is held (not a folder left with a reused pid).
         let pid = killed.id().to_string();
-        let own = |d: &std::path::PathBuf| std::fs::read_to_string(d.join("bulkhead.lock")).is_ok_and(|p| p == pid);
+        let own = |d: &std::path::PathBuf| {
+            let lock = d.join("bulkhead.lock");
+            std::fs::read_to_string(&lock).is_ok_and(|p| p == pid)
+                && std::fs::File::open(&lock).is_ok_and(|f| f.try_lock().is_err())
+        };
         if let Some(dir) = runs()?.into_iter().find(own) {
             left = Some(dir);
             break;
@@ -168,8 +173,9 @@ async fn bulkhead_run_removes_the_folders_of_killed_runs() -> anyhow::Result<()>
         Ok((dir, lock))
     };
     let (alive, held) = control("alive", true)?;
-    held.set_modified(ten_minutes_ago)?;
+    // Locked before it looks old: other tests' runs sweep too.
     held.lock()?;
+    held.set_modified(ten_minutes_ago)?;
     let (fresh, _) = control("fresh", true)?;
     let (unmarked, free) = control("users", false)?;
     free.set_modified(ten_minutes_ago)?;

@@ -96,7 +96,11 @@ impl Service {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
         // Before anything is written in the folder (dev tokens, the cache).
-        let folder = crate::store::lock::lock(&config.data_dir)?;
+        let folder = crate::store::lock::lock(&config.data_dir).map_err(|e| match e {
+            // A plain message: this is not storage failing.
+            crate::store::StoreError::Unavailable(message) => anyhow::Error::msg(message),
+            other => other.into(),
+        })?;
         let (principals, credentials) = match &config.principals {
             Some(list) => (Principals::from_config(list).map_err(anyhow::Error::msg)?, Credentials::Configured),
             None => {

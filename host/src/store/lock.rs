@@ -63,19 +63,17 @@ pub fn lock(dir: &Path) -> Result<Folder> {
     Ok(Folder { dir: dir.to_path_buf(), _file: file })
 }
 
-/// Whether `dir` is a data folder whose host is gone: its lock file is
-/// older than a minute (not one being taken right now) and no process
-/// holds it.
-pub fn abandoned(dir: &Path) -> bool {
-    let Ok(file) = File::open(dir.join(LOCK_FILE)) else {
-        return false;
-    };
+/// The lock of `dir` if it is a data folder whose host is gone: its lock
+/// file is older than a minute (not one being taken right now) and no
+/// process holds it. Held by the caller while it removes the folder, so
+/// that no process can take the folder meanwhile.
+pub fn abandoned(dir: &Path) -> Option<File> {
+    let file = File::open(dir.join(LOCK_FILE)).ok()?;
     let old = file
         .metadata()
         .and_then(|m| m.modified())
         .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(60)));
-    // Taken and released at once: a host that starts now opens a new folder.
-    old && file.try_lock().is_ok()
+    (old && file.try_lock().is_ok()).then_some(file)
 }
 
 #[cfg(test)]
