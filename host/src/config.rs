@@ -38,6 +38,11 @@ pub struct Limits {
     pub max_request_kb: u64,
     /// Calls running at once in this host; beyond it callers get 429.
     pub max_concurrent_calls: u32,
+    /// Bytes in one session's workspace, so a tool with a read-write
+    /// workspace cannot fill the host's disk.
+    pub max_workspace_mb: u64,
+    /// Files, folders and links in one session's workspace.
+    pub max_workspace_files: u64,
 }
 
 impl Default for Limits {
@@ -49,6 +54,8 @@ impl Default for Limits {
             max_state_kb: 4096,
             max_request_kb: 1024,
             max_concurrent_calls: 64,
+            max_workspace_mb: 1024,
+            max_workspace_files: 10_000,
         }
     }
 }
@@ -57,13 +64,15 @@ impl Limits {
     /// Hard bounds on the ceilings themselves: past them the host would
     /// reserve absurd memory or hold calls for hours.
     fn validate(&self) -> Result<(), String> {
-        let checks: [(&str, u64, u64); 6] = [
+        let checks: [(&str, u64, u64); 8] = [
             ("limits.max_timeout_ms", self.max_timeout_ms, 3_600_000),
             ("limits.max_memory_mb", self.max_memory_mb, 4096),
             ("limits.max_output_kb", self.max_output_kb, 64 * 1024),
             ("limits.max_state_kb", self.max_state_kb, 1024 * 1024),
             ("limits.max_request_kb", self.max_request_kb, 64 * 1024),
             ("limits.max_concurrent_calls", self.max_concurrent_calls.into(), 4096),
+            ("limits.max_workspace_mb", self.max_workspace_mb, 1024 * 1024),
+            ("limits.max_workspace_files", self.max_workspace_files, 10_000_000),
         ];
         for (key, value, max) in checks {
             if value == 0 || value > max {
@@ -437,6 +446,8 @@ mod tests {
             ("[storage]\nmax_size_mb = 99999999999", "storage.max_size_mb"),
             ("[storage]\nmax_size_mb = -1", "max_size_mb"),
             ("[limits]\nmax_timeout_ms = 0", "limits.max_timeout_ms"),
+            ("[limits]\nmax_workspace_mb = 0", "limits.max_workspace_mb"),
+            ("[limits]\nmax_workspace_files = 99999999999", "limits.max_workspace_files"),
             ("[limits]\nmax_timeout_ms = -5", "max_timeout_ms"),
             ("listen = \"localhost\"", "listen"),
             ("[network]\nallow_private = [\"10.0.0.0/33\"]", "allow_private"),

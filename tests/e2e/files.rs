@@ -195,3 +195,116 @@ async fn file_search_finds_lines_in_its_read_only_mount_only() -> anyhow::Result
     assert_eq!(call["output"]["files_searched"], 2);
     Ok(())
 }
+
+/// A host whose workspaces hold 1 MiB and 8 entries, with `/ledger` a
+/// read-write volume (volumes have no quota).
+async fn quota_fixture() -> anyhow::Result<(TestHost, std::path::PathBuf, ScratchDir)> {
+    let root = ScratchDir::new("bulkhead-quota")?;
+    let ledger = root.path().join("ledger");
+    std::fs::create_dir_all(&ledger)?;
+    let config = format!(
+        "[limits]\nmax_workspace_mb = 1\nmax_workspace_files = 8\n[volumes]\nledger = {{ path = \"{}\", access = \"read-write\" }}",
+        ledger.display()
+    );
+    let host = TestHost::builder()
+        .bundle_with_manifest("fs-probe", test_program("fs-probe"), PROBE)
+        .config(&config)
+        .start()
+        .await?;
+    Ok((host, ledger, root))
+}
+
+/// Bytes of the regular files under `dir`.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| if e.file_type().unwrap().is_dir() { bytes_under(&e.path()) } else { e.metadata().unwrap().len() })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_workspace_cannot_grow_past_its_quota() -> anyhow::Result<()> {
+    let (host, _ledger, _root) = quota_fixture().await?;
+    let api = host.agent();
+    let sid = api.session(json!({})).await?;
+    let r = probe(&api, &sid, json!([{"op": "fill", "path": "/ws/a", "n": 600_000}])).await?;
+    assert_eq!(r, [(true, "600000".to_string())], "within the quota a write works");
+
+    // Every way to grow a file fails past the quota, as on a full disk.
+    let grow = json!([
+        {"op": "fill", "path": "/ws/b", "n": 2_000_000},
+        {"op": "pwrite", "path": "/ws/sparse", "data": "x", "n": 1u64 << 30},
+        {"op": "set_len", "path": "/ws/a", "n": 2u64 << 20},
+        {"op": "append", "path": "/ws/a", "data": "x".repeat(100_000)},
+        {"op": "mkdir", "path": "/ws/many"},
+        {"op": "files", "path": "/ws/many", "n": 10},
+    ]);
+    let (_, call) = api.call(&sid, "fs-probe", json!({ "ops": grow })).await?;
+    assert_eq!(call["status"], "succeeded", "the tool sees errors, the call goes on: {call}");
+    let r: Vec<(bool, String)> = call["output"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["ok"].as_bool().unwrap(), r["data"].as_str().or(r["error"].as_str()).unwrap_or("").to_string()))
+        .collect();
+    // Through a stream the guest's libc reports an I/O error.
+    let written: u64 = r[0].1.split(' ').next().unwrap().parse()?;
+    assert!(!r[0].0 && written <= (1 << 20) - 600_000, "{:?}", r[0]);
+    assert!(!r[1].0 && r[1].1.contains("insufficient-space"), "a write far past the end: {:?}", r[1]);
+    assert!(!r[2].0 && r[2].1.contains("No space left on device"), "set_len: {:?}", r[2]);
+    assert!(!r[3].0, "append: {:?}", r[3]);
+    assert!(r[4].0, "{:?}", r[4]);
+    // a, b, sparse and many are 4 of the 8 entries.
+    assert_eq!(r[5], (false, "4 files, then No space left on device (os error 51)".to_string()));
+    let warned =
+        call["logs"].as_array().unwrap().iter().any(|l| l["message"].as_str().unwrap().contains("workspace is full"));
+    assert!(warned, "the call's logs say why: {}", call["logs"]);
+    let workspace = host.dir.join("data/workspaces").join(&sid);
+    let used = bytes_under(&workspace);
+    assert_eq!(used, 600_000 + written, "nothing past the refusal reached the disk");
+    let (_, events) = api.get(&format!("/v1/sessions/{sid}/audit?limit=1000")).await?;
+    let denials: Vec<&Value> =
+        events["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "capability_denied").collect();
+    assert_eq!(denials.len(), 1, "one denial for the call that hit the quota: {denials:?}");
+    assert_eq!(denials[0]["data"]["capability"], "files");
+    assert_eq!(denials[0]["data"]["detail"]["reason"], "workspace quota");
+
+    // What a call deletes is free again for the next one.
+    probe(&api, &sid, json!([{"op": "remove", "path": "/ws/b"}, {"op": "remove", "path": "/ws/sparse"}])).await?;
+    let r = probe(&api, &sid, json!([{"op": "fill", "path": "/ws/c", "n": 400_000}])).await?;
+    assert_eq!(r, [(true, "400000".to_string())]);
+    // Another session has a quota of its own.
+    let other = api.session(json!({})).await?;
+    let r = probe(&api, &other, json!([{"op": "fill", "path": "/ws/a", "n": 1_000_000}])).await?;
+    assert_eq!(r, [(true, "1000000".to_string())]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn moving_files_into_a_workspace_from_a_volume_is_cross_device() -> anyhow::Result<()> {
+    let (host, ledger, _root) = quota_fixture().await?;
+    let api = host.agent();
+    let sid = api.session(json!({})).await?;
+    let r = probe(
+        &api,
+        &sid,
+        json!([
+            {"op": "fill", "path": "/ledger/big", "n": 3_000_000},
+            {"op": "rename", "path": "/ledger/big", "to": "/ws/big"},
+            {"op": "hardlink", "path": "/ledger/big", "to": "/ws/big"},
+            {"op": "write", "path": "/ws/x", "data": "x"},
+            {"op": "rename", "path": "/ws/x", "to": "/ws/y"},
+            {"op": "rename", "path": "/ws/y", "to": "/ledger/y"},
+        ]),
+    )
+    .await?;
+    assert_eq!(r[0], (true, "3000000".to_string()), "a volume is the operator's to size");
+    for (i, (ok, error)) in r[1..3].iter().enumerate() {
+        assert!(!ok && error.contains("Cross-device link"), "op {}: {error}", i + 1);
+    }
+    assert!(r[3..].iter().all(|(ok, _)| *ok), "moves within or out of a workspace work: {r:?}");
+    assert_eq!(std::fs::read_to_string(ledger.join("y"))?, "x");
+    assert!(!host.dir.join("data/workspaces").join(&sid).join("big").exists());
+    Ok(())
+}

@@ -7,6 +7,7 @@
 //! lookup off. The grant decides the rest; a denied use is an error the
 //! guest sees (never a trap) and an audit event.
 
+pub mod files;
 pub mod http;
 pub mod log;
 pub mod secrets;
@@ -72,6 +73,8 @@ pub struct Mount {
     pub host: PathBuf,
     pub guest: String,
     pub read_only: bool,
+    /// A read-write session workspace's quota, shared by the calls using it.
+    pub quota: Option<Arc<files::WorkspaceQuota>>,
 }
 
 /// An audit event raised inside a call (`secret_read`, `capability_denied`),
@@ -91,6 +94,8 @@ pub struct HostState {
     pub state: state::StateTxn,
     pub logs: log::LogBuffer,
     pub notes: Vec<AuditNote>,
+    /// Which descriptors are under a workspace quota.
+    pub files: files::Files,
     pub stdout: Captured,
     pub stderr: Captured,
     /// The call is stopped at the first epoch tick past this instant.
@@ -128,6 +133,7 @@ impl HostState {
                 });
             }
         }
+        let files = files::Files::new(&env.mounts);
         let state = state::StateTxn::new(env.state_quota_bytes);
         let egress = http::Egress {
             grant: env.grant.network.clone(),
@@ -147,6 +153,7 @@ impl HostState {
             state,
             logs: log::LogBuffer::default(),
             notes,
+            files,
             stdout,
             stderr,
             deadline,
@@ -195,12 +202,28 @@ impl HostState {
         }
     }
 
-    /// Egress records and network denials of the call, as audit notes, with
-    /// the request and byte totals.
+    /// Egress records, network denials and a workspace quota refusal of the
+    /// call, as audit notes, with the request and byte totals.
     pub fn take_egress(&mut self) -> (u64, u64) {
         let (notes, requests, bytes) = http::take_records(&self.egress.records);
         let denials = std::mem::take(&mut *self.egress.denials.lock().expect("denials lock"));
         self.notes.extend(denials);
+        if let Some((max_bytes, max_files)) = self.files.refused() {
+            // Through a stream the guest's libc may only see an I/O error.
+            let message = format!(
+                "the session's workspace is full ({} MiB, {max_files} files): writes past it failed with no space left on device",
+                max_bytes >> 20
+            );
+            self.logs.lines.push(LogLine { level: "warn".into(), message });
+            self.notes.push(AuditNote {
+                kind: "capability_denied",
+                data: serde_json::json!({
+                    "tool": self.env.tool,
+                    "capability": "files",
+                    "detail": { "reason": "workspace quota", "max_bytes": max_bytes, "max_files": max_files },
+                }),
+            });
+        }
         self.notes.extend(notes);
         (requests, bytes)
     }

@@ -41,6 +41,7 @@ impl Runtime {
         let engine = Engine::new(&engine::config(limits)).map_err(RuntimeError)?;
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(RuntimeError)?;
+        crate::caps::files::add_to_linker(&mut linker).map_err(RuntimeError)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(RuntimeError)?;
         Tool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(RuntimeError)?;
         // The epoch only moves forward; a weak handle lets the ticker end

@@ -81,6 +81,8 @@ pub struct Service {
     call_sessions: Mutex<HashMap<String, (u64, Arc<crate::model::Session>)>>,
     /// Calls the host failed mid-way, to be finished `failed` (see `calls::reap`).
     abandoned: Mutex<calls::AbandonedCalls>,
+    /// What the workspaces of sessions with calls in flight hold.
+    workspace_quotas: crate::caps::files::WorkspaceQuotas,
 }
 
 impl Service {
@@ -152,6 +154,7 @@ impl Service {
             boundary_epoch: AtomicU64::new(0),
             call_sessions: Mutex::new(HashMap::new()),
             abandoned: Mutex::default(),
+            workspace_quotas: Default::default(),
             allow_private: Arc::new(allow_private),
         });
         let interrupted = service.recover().await?;

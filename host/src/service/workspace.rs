@@ -5,7 +5,8 @@
 //! session. A `volume:NAME` source is an operator folder from the config;
 //! its access is the narrower of the grant's and the volume's. The host
 //! removes workspaces through cap-std, relative to the workspaces folder, so
-//! links a guest planted inside cannot redirect the deletion.
+//! links a guest planted inside cannot redirect the deletion. A read-write
+//! workspace has a quota (`caps::files`).
 
 use super::Service;
 use crate::caps::Mount;
@@ -57,19 +58,23 @@ impl Service {
     pub(super) fn mounts(&self, session: &str, grant: &Grant) -> Vec<Mount> {
         let mut mounts = Vec::new();
         for f in &grant.files {
-            let (host, access) = if f.source == "session" {
+            let (host, access, quota) = if f.source == "session" {
                 let dir = self.workspaces_root().join(session);
                 if let Err(e) = std::fs::create_dir_all(&dir) {
                     tracing::error!("cannot create workspace {}: {e}", dir.display());
                     continue;
                 }
-                (dir, f.access)
+                let limits = &self.config.limits;
+                let quota = (f.access == Access::ReadWrite).then(|| {
+                    self.workspace_quotas.get(session, &dir, limits.max_workspace_mb << 20, limits.max_workspace_files)
+                });
+                (dir, f.access, quota)
             } else if let Some(volume) = f.source.strip_prefix("volume:").and_then(|v| self.config.volumes.get(v)) {
-                (volume.path.clone(), f.access.min(volume.access))
+                (volume.path.clone(), f.access.min(volume.access), None)
             } else {
                 continue;
             };
-            mounts.push(Mount { host, guest: f.path.clone(), read_only: access == Access::ReadOnly });
+            mounts.push(Mount { host, guest: f.path.clone(), read_only: access == Access::ReadOnly, quota });
         }
         mounts
     }

@@ -4,10 +4,15 @@
 //! forms), and writes, truncation, hard links and renames through read-only
 //! mounts.
 //!
+//! It also tries to outgrow a workspace quota: `fill` writes `n` bytes
+//! through a stream, `pwrite` writes `data` at offset `n`, `set_len` sets a
+//! file's size to `n`, `files` creates `n` empty files in the folder `path`.
+//!
 //! Input: `{"ops": [{"op": "read" | "write" | "append" | "truncate" | "list" |
-//! "mkdir" | "remove" | "symlink" | "hardlink" | "rename", "path": "...",
-//! "to"?: "...", "data"?: "..."}]}`. Output: `{"results": [{"ok": bool,
-//! "data"?: "...", "error"?: "..."}]}`.
+//! "mkdir" | "remove" | "symlink" | "hardlink" | "rename" | "fill" | "pwrite" |
+//! "set_len" | "files", "path": "...", "to"?: "...", "data"?: "...", "n"?: N}]}`.
+//! Output: `{"results": [{"ok": bool, "data"?: "...", "error"?: "..."}]}`;
+//! `fill` and `files` report how far they got.
 
 use serde_json::{Value, json};
 use std::fs;
@@ -17,6 +22,7 @@ fn run(op: &Value) -> Result<Option<String>, String> {
     let path = op["path"].as_str().unwrap_or("");
     let to = op["to"].as_str().unwrap_or("");
     let data = op["data"].as_str().unwrap_or("");
+    let n = op["n"].as_u64().unwrap_or(0);
     let e = |err: std::io::Error| err.to_string();
     match op["op"].as_str().unwrap_or("") {
         "read" => fs::read_to_string(path).map(Some).map_err(e),
@@ -35,19 +41,52 @@ fn run(op: &Value) -> Result<Option<String>, String> {
         "symlink" => symlink(to, path).map(|_| None),
         "hardlink" => fs::hard_link(path, to).map(|_| None).map_err(e),
         "rename" => fs::rename(path, to).map(|_| None).map_err(e),
+        "fill" => fill(path, n),
+        "pwrite" => pwrite(path, data.as_bytes(), n),
+        "set_len" => fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).and_then(|f| f.set_len(n)).map(|_| None).map_err(e),
+        "files" => (0..n)
+            .try_for_each(|i| fs::File::create(format!("{path}/f{i}")).map(|_| ()).map_err(|err| format!("{i} files, then {err}")))
+            .map(|_| Some(n.to_string())),
         other => Err(format!("unknown op {other}")),
     }
 }
 
-/// `symlink_at` on the preopen holding `link` (std's is unstable on WASI).
-fn symlink(target: &str, link: &str) -> Result<(), String> {
+/// Writes `n` bytes in 64 KiB chunks; on an error, says how many went in.
+fn fill(path: &str, n: u64) -> Result<Option<String>, String> {
+    let mut file = fs::File::create(path).map_err(|e| e.to_string())?;
+    let chunk = vec![7u8; 64 * 1024];
+    let mut written = 0u64;
+    while written < n {
+        let len = chunk.len().min((n - written) as usize);
+        file.write_all(&chunk[..len]).map_err(|e| format!("{written} bytes, then {e}"))?;
+        written += len as u64;
+    }
+    Ok(Some(written.to_string()))
+}
+
+/// The preopen holding `path`, and the path relative to it.
+fn preopen(path: &str) -> Result<(wasip2::filesystem::types::Descriptor, String), String> {
     for (dir, guest) in wasip2::filesystem::preopens::get_directories() {
         let prefix = format!("{}/", guest.trim_end_matches('/'));
-        if let Some(rel) = link.strip_prefix(&prefix) {
-            return dir.symlink_at(target, rel).map_err(|e| format!("{e:?}"));
+        if let Some(rel) = path.strip_prefix(&prefix) {
+            return Ok((dir, rel.to_string()));
         }
     }
-    Err("no preopen holds the link".into())
+    Err("no preopen holds the path".into())
+}
+
+/// `symlink_at` on the preopen holding `link` (std's is unstable on WASI).
+fn symlink(target: &str, link: &str) -> Result<(), String> {
+    let (dir, rel) = preopen(link)?;
+    dir.symlink_at(target, &rel).map_err(|e| format!("{e:?}"))
+}
+
+/// `descriptor.write` at an offset (std's `write_at` is unstable on WASI).
+fn pwrite(path: &str, data: &[u8], offset: u64) -> Result<Option<String>, String> {
+    use wasip2::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
+    let (dir, rel) = preopen(path)?;
+    let file = dir.open_at(PathFlags::empty(), &rel, OpenFlags::CREATE, DescriptorFlags::WRITE).map_err(|e| format!("{e:?}"))?;
+    file.write(data, offset).map(|n| Some(n.to_string())).map_err(|e| format!("{e:?}"))
 }
 
 struct FsProbe;
