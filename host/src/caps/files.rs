@@ -450,22 +450,20 @@ pub struct WorkspaceQuotas {
 }
 
 impl WorkspaceQuotas {
-    pub fn get(&self, session: &str, dir: &Path, max_bytes: u64, max_entries: u64) -> Arc<WorkspaceQuota> {
-        let quota = {
-            let mut map = self.by_session.lock().unwrap_or_else(|e| e.into_inner());
-            match map.get(session).and_then(std::sync::Weak::upgrade) {
-                Some(q) => q,
-                None => {
-                    // Only sessions with calls in flight stay.
-                    map.retain(|_, q| q.strong_count() > 0);
-                    let q = Arc::new(WorkspaceQuota::new(max_bytes, max_entries));
-                    map.insert(session.to_string(), Arc::downgrade(&q));
-                    q
-                }
+    /// The session's shared count, or a new one to measure
+    /// ([`WorkspaceQuota::measure_once`]) before use.
+    pub fn get(&self, session: &str, max_bytes: u64, max_entries: u64) -> Arc<WorkspaceQuota> {
+        let mut map = self.by_session.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(session).and_then(std::sync::Weak::upgrade) {
+            Some(q) => q,
+            None => {
+                // Only sessions with calls in flight stay.
+                map.retain(|_, q| q.strong_count() > 0);
+                let q = Arc::new(WorkspaceQuota::new(max_bytes, max_entries));
+                map.insert(session.to_string(), Arc::downgrade(&q));
+                q
             }
-        };
-        quota.measure_once(dir);
-        quota
+        }
     }
 }
 

@@ -305,7 +305,7 @@ impl Service {
     /// Runs the tool in its sandbox under the session's effective grant.
     async fn run(&self, tool: &crate::runtime::loader::LoadedTool, call: &Call, session: &Session) -> Outcome {
         let grant = session.tools.get(&call.tool).map(|b| b.grants.clone()).unwrap_or_default();
-        let mounts = self.mounts(&session.id, &grant);
+        let mounts = self.mounts(&session.id, &grant).await;
         let env = CallEnv {
             session: session.id.clone(),
             principal: session.principal.clone(),

@@ -10,11 +10,13 @@
 
 use super::Service;
 use crate::caps::Mount;
+use crate::caps::files::WorkspaceQuota;
 use crate::config::VolumeConfig;
 use crate::grants::{Access, Grant};
 use crate::runtime::loader::{LoadError, LoadedTool};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const WORKSPACES_DIR: &str = "workspaces";
 
@@ -55,7 +57,7 @@ impl Service {
     }
 
     /// The folders a call of this grant sees.
-    pub(super) fn mounts(&self, session: &str, grant: &Grant) -> Vec<Mount> {
+    pub(super) async fn mounts(&self, session: &str, grant: &Grant) -> Vec<Mount> {
         let mut mounts = Vec::new();
         for f in &grant.files {
             let (host, access, quota) = if f.source == "session" {
@@ -64,10 +66,10 @@ impl Service {
                     tracing::error!("cannot create workspace {}: {e}", dir.display());
                     continue;
                 }
-                let limits = &self.config.limits;
-                let quota = (f.access == Access::ReadWrite).then(|| {
-                    self.workspace_quotas.get(session, &dir, limits.max_workspace_mb << 20, limits.max_workspace_files)
-                });
+                let quota = match f.access {
+                    Access::ReadWrite => Some(self.workspace_quota(session, &dir).await),
+                    Access::ReadOnly => None,
+                };
                 (dir, f.access, quota)
             } else if let Some(volume) = f.source.strip_prefix("volume:").and_then(|v| self.config.volumes.get(v)) {
                 (volume.path.clone(), f.access.min(volume.access), None)
@@ -77,6 +79,18 @@ impl Service {
             mounts.push(Mount { host, guest: f.path.clone(), read_only: access == Access::ReadOnly, quota });
         }
         mounts
+    }
+
+    /// The quota of a session's workspace, measured off the runtime's
+    /// threads: a walk of a large folder would stall other calls.
+    async fn workspace_quota(&self, session: &str, dir: &Path) -> Arc<WorkspaceQuota> {
+        let limits = &self.config.limits;
+        let quota = self.workspace_quotas.get(session, limits.max_workspace_mb << 20, limits.max_workspace_files);
+        let (q, dir) = (quota.clone(), dir.to_path_buf());
+        if let Err(e) = tokio::task::spawn_blocking(move || q.measure_once(&dir)).await {
+            tracing::error!("cannot measure the workspace of session {session}: {e}");
+        }
+        quota
     }
 
     /// Removes a session's workspace, if it has one.
