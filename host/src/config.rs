@@ -38,10 +38,11 @@ pub struct Limits {
     pub max_request_kb: u64,
     /// Calls running at once in this host; beyond it callers get 429.
     pub max_concurrent_calls: u32,
-    /// Bytes in one session's workspace, so a tool with a read-write
-    /// workspace cannot fill the host's disk.
+    /// MiB in one session's workspace (file contents and link targets), so
+    /// a tool with a read-write workspace cannot fill the host's disk.
     pub max_workspace_mb: u64,
-    /// Files, folders and links in one session's workspace.
+    /// Files, folders and links in one session's workspace; each also
+    /// takes a few KiB of disk the MiB do not count.
     pub max_workspace_files: u64,
 }
 
@@ -72,7 +73,7 @@ impl Limits {
             ("limits.max_request_kb", self.max_request_kb, 64 * 1024),
             ("limits.max_concurrent_calls", self.max_concurrent_calls.into(), 4096),
             ("limits.max_workspace_mb", self.max_workspace_mb, 1024 * 1024),
-            ("limits.max_workspace_files", self.max_workspace_files, 10_000_000),
+            ("limits.max_workspace_files", self.max_workspace_files, 1_000_000),
         ];
         for (key, value, max) in checks {
             if value == 0 || value > max {

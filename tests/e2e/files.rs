@@ -231,12 +231,22 @@ async fn a_workspace_cannot_grow_past_its_quota() -> anyhow::Result<()> {
     let r = probe(&api, &sid, json!([{"op": "fill", "path": "/ws/a", "n": 600_000}])).await?;
     assert_eq!(r, [(true, "600000".to_string())], "within the quota a write works");
 
-    // Every way to grow a file fails past the quota, as on a full disk.
+    // Through a stream the guest's libc reports an I/O error.
+    let r = probe(&api, &sid, json!([{"op": "fill", "path": "/ws/b", "n": 2_000_000}])).await?;
+    let written: u64 = r[0].1.split(' ').next().unwrap().parse()?;
+    let left = (1 << 20) - 600_000 - written;
+    assert!(!r[0].0 && r[0].1.contains("I/O error") && left < 64 * 1024, "{:?}", r[0]);
+
+    // Up to the last byte, then every way to grow fails, as on a full disk.
     let grow = json!([
-        {"op": "fill", "path": "/ws/b", "n": 2_000_000},
+        {"op": "pwrite", "path": "/ws/a", "data": "x", "n": 600_000 + left - 1},
         {"op": "pwrite", "path": "/ws/sparse", "data": "x", "n": 1u64 << 30},
         {"op": "set_len", "path": "/ws/a", "n": 2u64 << 20},
-        {"op": "append", "path": "/ws/a", "data": "x".repeat(100_000)},
+        {"op": "append", "path": "/ws/a", "data": "x"},
+        {"op": "symlink", "path": "/ws/link", "to": "target"},
+        {"op": "mkdir", "path": "/ws/many"},
+        // Made again: refused as existing, so they take no entry.
+        {"op": "mkdir", "path": "/ws/many"},
         {"op": "mkdir", "path": "/ws/many"},
         {"op": "files", "path": "/ws/many", "n": 10},
     ]);
@@ -248,32 +258,32 @@ async fn a_workspace_cannot_grow_past_its_quota() -> anyhow::Result<()> {
         .iter()
         .map(|r| (r["ok"].as_bool().unwrap(), r["data"].as_str().or(r["error"].as_str()).unwrap_or("").to_string()))
         .collect();
-    // Through a stream the guest's libc reports an I/O error.
-    let written: u64 = r[0].1.split(' ').next().unwrap().parse()?;
-    assert!(!r[0].0 && written <= (1 << 20) - 600_000, "{:?}", r[0]);
+    assert_eq!(r[0], (true, "1".to_string()), "the last byte fits");
     assert!(!r[1].0 && r[1].1.contains("insufficient-space"), "a write far past the end: {:?}", r[1]);
     assert!(!r[2].0 && r[2].1.contains("No space left on device"), "set_len: {:?}", r[2]);
     assert!(!r[3].0, "append: {:?}", r[3]);
-    assert!(r[4].0, "{:?}", r[4]);
-    // a, b, sparse and many are 4 of the 8 entries.
-    assert_eq!(r[5], (false, "4 files, then No space left on device (os error 51)".to_string()));
+    assert!(!r[4].0 && r[4].1.contains("insufficient-space"), "a link's target takes bytes: {:?}", r[4]);
+    assert!(r[5..8].iter().all(|(ok, _)| *ok), "{r:?}");
+    // a, b, sparse and many are 4 of the 8 entries; the refused link and
+    // the repeated folders took none.
+    assert_eq!(r[8], (false, "4 files, then No space left on device (os error 51)".to_string()));
     let warned =
         call["logs"].as_array().unwrap().iter().any(|l| l["message"].as_str().unwrap().contains("workspace is full"));
     assert!(warned, "the call's logs say why: {}", call["logs"]);
     let workspace = host.dir.join("data/workspaces").join(&sid);
     let used = bytes_under(&workspace);
-    assert_eq!(used, 600_000 + written, "nothing past the refusal reached the disk");
+    assert_eq!(used, 1 << 20, "full to the byte, nothing past it");
     let (_, events) = api.get(&format!("/v1/sessions/{sid}/audit?limit=1000")).await?;
     let denials: Vec<&Value> =
         events["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "capability_denied").collect();
-    assert_eq!(denials.len(), 1, "one denial for the call that hit the quota: {denials:?}");
+    assert_eq!(denials.len(), 2, "one denial for each call that hit the quota: {denials:?}");
     assert_eq!(denials[0]["data"]["capability"], "files");
     assert_eq!(denials[0]["data"]["detail"]["reason"], "workspace quota");
 
     // What a call deletes is free again for the next one.
     probe(&api, &sid, json!([{"op": "remove", "path": "/ws/b"}, {"op": "remove", "path": "/ws/sparse"}])).await?;
-    let r = probe(&api, &sid, json!([{"op": "fill", "path": "/ws/c", "n": 400_000}])).await?;
-    assert_eq!(r, [(true, "400000".to_string())]);
+    let r = probe(&api, &sid, json!([{"op": "fill", "path": "/ws/c", "n": 300_000}])).await?;
+    assert_eq!(r, [(true, "300000".to_string())]);
     // Another session has a quota of its own.
     let other = api.session(json!({})).await?;
     let r = probe(&api, &other, json!([{"op": "fill", "path": "/ws/a", "n": 1_000_000}])).await?;

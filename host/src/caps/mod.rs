@@ -122,6 +122,12 @@ impl HostState {
                 wasi.env(name, value);
             }
         }
+        let files = files::Files::new(&env.mounts);
+        if files.metered() {
+            // File I/O on this thread: every write lands before its host
+            // function returns, never after the call (see `files`).
+            wasi.allow_blocking_current_thread(true);
+        }
         let mut notes = Vec::new();
         for m in &env.mounts {
             let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
@@ -133,7 +139,6 @@ impl HostState {
                 });
             }
         }
-        let files = files::Files::new(&env.mounts);
         let state = state::StateTxn::new(env.state_quota_bytes);
         let egress = http::Egress {
             grant: env.grant.network.clone(),

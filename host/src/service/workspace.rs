@@ -67,7 +67,10 @@ impl Service {
                     continue;
                 }
                 let quota = match f.access {
-                    Access::ReadWrite => Some(self.workspace_quota(session, &dir).await),
+                    Access::ReadWrite => match self.workspace_quota(session, &dir).await {
+                        Some(quota) => Some(quota),
+                        None => continue,
+                    },
                     Access::ReadOnly => None,
                 };
                 (dir, f.access, quota)
@@ -82,15 +85,19 @@ impl Service {
     }
 
     /// The quota of a session's workspace, measured off the runtime's
-    /// threads: a walk of a large folder would stall other calls.
-    async fn workspace_quota(&self, session: &str, dir: &Path) -> Arc<WorkspaceQuota> {
+    /// threads: a walk of a large folder would stall other calls. `None`
+    /// if it cannot be measured: the call then runs without the workspace.
+    async fn workspace_quota(&self, session: &str, dir: &Path) -> Option<Arc<WorkspaceQuota>> {
         let limits = &self.config.limits;
         let quota = self.workspace_quotas.get(session, limits.max_workspace_mb << 20, limits.max_workspace_files);
         let (q, dir) = (quota.clone(), dir.to_path_buf());
-        if let Err(e) = tokio::task::spawn_blocking(move || q.measure_once(&dir)).await {
-            tracing::error!("cannot measure the workspace of session {session}: {e}");
+        match tokio::task::spawn_blocking(move || q.measure_once(&dir)).await {
+            Ok(()) => Some(quota),
+            Err(e) => {
+                tracing::error!("cannot measure the workspace of session {session}: {e}");
+                None
+            }
         }
-        quota
     }
 
     /// Removes a session's workspace, if it has one.
