@@ -123,11 +123,6 @@ impl HostState {
             }
         }
         let files = files::Files::new(&env.mounts);
-        if files.metered() {
-            // File I/O on this thread: every write lands before its host
-            // function returns, never after the call (see `files`).
-            wasi.allow_blocking_current_thread(true);
-        }
         let mut notes = Vec::new();
         for m in &env.mounts {
             let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };

@@ -89,9 +89,9 @@ impl Service {
     /// if it cannot be measured: the call then runs without the workspace.
     async fn workspace_quota(&self, session: &str, dir: &Path) -> Option<Arc<WorkspaceQuota>> {
         let limits = &self.config.limits;
-        let quota = self.workspace_quotas.get(session, limits.max_workspace_mb << 20, limits.max_workspace_files);
-        let (q, dir) = (quota.clone(), dir.to_path_buf());
-        match tokio::task::spawn_blocking(move || q.measure_once(&dir)).await {
+        let quota = self.workspace_quotas.get(session, dir, limits.max_workspace_mb << 20, limits.max_workspace_files);
+        let q = quota.clone();
+        match tokio::task::spawn_blocking(move || q.measure_once()).await {
             Ok(()) => Some(quota),
             Err(e) => {
                 tracing::error!("cannot measure the workspace of session {session}: {e}");
@@ -102,6 +102,7 @@ impl Service {
 
     /// Removes a session's workspace, if it has one.
     pub(super) fn remove_workspace(&self, session: &str) {
+        self.workspace_quotas.forget(session);
         let root = self.workspaces_root();
         if !root.exists() {
             return;

@@ -14,9 +14,10 @@
 //!   other call of the session holds its count ([`quota`]); calls that
 //!   overlap share one count. Deletions and truncations are seen at the
 //!   next walk, so while calls overlap the count only grows.
-//! - Every write lands before its host function returns (a call with a
-//!   quota blocks its thread on file I/O, and [`stream`] writes in place),
-//!   so none is still landing when the next call measures.
+//! - Every write and new size under a workspace lands on the call's thread
+//!   before its host function returns (`write`, `set-size` and [`stream`]
+//!   do it here): none is still landing after the call, where the count
+//!   would miss it.
 //! - A descriptor is charged when it was opened under a workspace preopen:
 //!   `get-directories` and `open-at`, the only ways to get a descriptor,
 //!   record where each one comes from.
@@ -50,37 +51,29 @@ use wasmtime_wasi::p2::{DynOutputStream, FsResult};
 const TYPES: &str = "wasi:filesystem/types@0.2.12";
 const PREOPENS: &str = "wasi:filesystem/preopens@0.2.12";
 
-/// A call's handle on its workspace quota: charges, and remembers a refusal
-/// for the audit.
+/// A call's handle on its workspace quota: charges, walks the folder again
+/// once if a charge would fail, and remembers a refusal for the audit.
 #[derive(Clone)]
 struct Meter {
     quota: Arc<WorkspaceQuota>,
+    walked_again: Arc<AtomicBool>,
     refused: Arc<AtomicBool>,
 }
 
 impl Meter {
-    fn bytes(&self, n: u64) -> Result<(), ErrorCode> {
-        self.check(self.quota.charge_bytes(n))
-    }
-
-    fn entry(&self, bytes: u64) -> Result<(), ErrorCode> {
-        if !self.quota.charge_entry() {
-            return self.check(false);
+    fn charge(&self, bytes: u64, entries: u64) -> Result<quota::Charge<'_>, ErrorCode> {
+        if let Some(charge) = self.quota.charge(bytes, entries) {
+            return Ok(charge);
         }
-        let charged = self.bytes(bytes);
-        if charged.is_err() {
-            self.quota.refund(0, 1);
+        // What was deleted since the count was made may make room.
+        if !self.walked_again.swap(true, Ordering::Relaxed) {
+            self.quota.remeasure();
+            if let Some(charge) = self.quota.charge(bytes, entries) {
+                return Ok(charge);
+            }
         }
-        charged
-    }
-
-    fn check(&self, charged: bool) -> Result<(), ErrorCode> {
-        if charged {
-            Ok(())
-        } else {
-            self.refused.store(true, Ordering::Relaxed);
-            Err(ErrorCode::InsufficientSpace)
-        }
+        self.refused.store(true, Ordering::Relaxed);
+        Err(ErrorCode::InsufficientSpace)
     }
 }
 
@@ -101,17 +94,13 @@ pub struct Files {
 
 impl Files {
     pub fn new(mounts: &[Mount]) -> Files {
-        let meter = mounts
-            .iter()
-            .find_map(|m| m.quota.clone())
-            .map(|quota| Meter { quota, refused: Arc::new(AtomicBool::new(false)) });
+        let meter = mounts.iter().find_map(|m| m.quota.clone()).map(|quota| Meter {
+            quota,
+            walked_again: Arc::default(),
+            refused: Arc::default(),
+        });
         let roots = mounts.iter().filter(|m| m.quota.is_some()).map(|m| m.guest.clone()).collect();
         Files { meter, roots, charged: HashSet::new() }
-    }
-
-    /// Whether the call has a workspace with a quota.
-    pub fn metered(&self) -> bool {
-        self.meter.is_some()
     }
 
     fn meter(&self, rep: u32) -> Option<Meter> {
@@ -153,10 +142,13 @@ fn answer<T>(r: FsResult<T>) -> Answer<T> {
     }
 }
 
-/// [`answer`], giving back what was charged if the operation failed.
-fn settle<T>(r: FsResult<T>, meter: Option<&Meter>, bytes: u64, entries: u64) -> Answer<T> {
-    if let (Err(_), Some(meter)) = (&r, meter) {
-        meter.quota.refund(bytes, entries);
+/// [`answer`], giving back what was charged if the operation failed (not
+/// if it trapped: it may have landed before the trap).
+fn settle<T>(r: FsResult<T>, charge: Option<quota::Charge<'_>>) -> Answer<T> {
+    if let (Err(e), Some(charge)) = (&r, charge)
+        && e.downcast_ref().is_some()
+    {
+        charge.refund();
     }
     answer(r)
 }
@@ -177,26 +169,22 @@ fn size_of(file: &std::fs::File) -> u64 {
     file.metadata().map(|m| m.len()).unwrap_or(0)
 }
 
-/// Charges what a write of `len` bytes at `offset` adds to the file;
-/// returns the meter and the charge, to give back if the write fails.
-fn charge_write(s: &mut HostState, fd: &Fd, offset: u64, len: u64) -> Result<Option<(Meter, u64)>, ErrorCode> {
-    match (s.files.meter(fd.rep()), file_of(s, fd)) {
-        (Some(meter), Some(file)) => {
-            let growth = offset.saturating_add(len).saturating_sub(size_of(&file));
-            meter.bytes(growth)?;
-            Ok(Some((meter, growth)))
-        }
-        _ => Ok(None),
-    }
+/// For a descriptor under a workspace: its meter, and its file if the
+/// guest may write it (wasmtime-wasi's checks: a file, a writable mount).
+fn writable(s: &mut HostState, fd: &Fd) -> Option<(Meter, Result<Arc<std::fs::File>, ErrorCode>)> {
+    let meter = s.files.meter(fd.rep())?;
+    let file = match s.filesystem().table.get(fd) {
+        Ok(Descriptor::File(f)) if f.perms.write_not_permitted() => Err(ErrorCode::NotPermitted),
+        Ok(Descriptor::File(f)) => Ok(f.file.clone()),
+        // A folder, or a bad handle: wasmtime-wasi answers.
+        _ => return None,
+    };
+    Some((meter, file))
 }
 
-/// Charges one new entry (and `bytes`, a link's target) under `fd`.
-fn charge_entry(s: &HostState, fd: &Fd, bytes: u64) -> Result<Option<Meter>, ErrorCode> {
-    let meter = s.files.meter(fd.rep());
-    if let Some(meter) = &meter {
-        meter.entry(bytes)?;
-    }
-    Ok(meter)
+/// Charges `bytes` and `entries` to `meter`, if the target is under one.
+fn charge(meter: &Option<Meter>, bytes: u64, entries: u64) -> Result<Option<quota::Charge<'_>>, ErrorCode> {
+    meter.as_ref().map(|m| m.charge(bytes, entries)).transpose()
 }
 
 /// Refuses moving an entry into a workspace from outside it.
@@ -223,25 +211,23 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          (fd, path_flags, path, open_flags, flags): (Fd, PathFlags, String, OpenFlags, DescriptorFlags)| {
             Box::new(async move {
                 let s = store.data_mut();
-                let under_quota = s.files.meter(fd.rep()).is_some();
-                let mut charged = None;
+                let meter = s.files.meter(fd.rep());
+                let under_quota = meter.is_some();
+                let mut creates = false;
                 if under_quota && open_flags.contains(OpenFlags::CREATE) {
                     let at = Resource::new_borrow(fd.rep());
-                    let exists =
-                        HostDescriptor::stat_at(&mut s.filesystem(), at, path_flags, path.clone()).await.is_ok();
-                    if !exists {
-                        charged = match charge_entry(s, &fd, 0) {
-                            Ok(meter) => meter,
-                            Err(code) => return refused(code),
-                        };
-                    }
+                    creates = HostDescriptor::stat_at(&mut s.filesystem(), at, path_flags, path.clone()).await.is_err();
                 }
+                let charge = match charge(&meter, 0, creates.into()) {
+                    Ok(charge) => charge,
+                    Err(code) => return refused(code),
+                };
                 let opened =
                     HostDescriptor::open_at(&mut s.filesystem(), fd, path_flags, path, open_flags, flags).await;
                 if let Ok(new) = &opened {
                     s.files.opened(new.rep(), under_quota);
                 }
-                settle(opened, charged.as_ref(), 0, 1)
+                settle(opened, charge)
             })
         },
     )?;
@@ -250,12 +236,12 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut store: StoreContextMut<'_, HostState>, (fd, path): (Fd, String)| {
             Box::new(async move {
                 let s = store.data_mut();
-                let meter = match charge_entry(s, &fd, 0) {
-                    Ok(meter) => meter,
+                let meter = s.files.meter(fd.rep());
+                let charge = match charge(&meter, 0, 1) {
+                    Ok(charge) => charge,
                     Err(code) => return refused(code),
                 };
-                let made = HostDescriptor::create_directory_at(&mut s.filesystem(), fd, path).await;
-                settle(made, meter.as_ref(), 0, 1)
+                settle(HostDescriptor::create_directory_at(&mut s.filesystem(), fd, path).await, charge)
             })
         },
     )?;
@@ -264,13 +250,12 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut store: StoreContextMut<'_, HostState>, (fd, target, path): (Fd, String, String)| {
             Box::new(async move {
                 let s = store.data_mut();
-                let bytes = target.len() as u64;
-                let meter = match charge_entry(s, &fd, bytes) {
-                    Ok(meter) => meter,
+                let meter = s.files.meter(fd.rep());
+                let charge = match charge(&meter, target.len() as u64, 1) {
+                    Ok(charge) => charge,
                     Err(code) => return refused(code),
                 };
-                let made = HostDescriptor::symlink_at(&mut s.filesystem(), fd, target, path).await;
-                settle(made, meter.as_ref(), bytes, 1)
+                settle(HostDescriptor::symlink_at(&mut s.filesystem(), fd, target, path).await, charge)
             })
         },
     )?;
@@ -283,12 +268,13 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 if let Err(code) = same_device(s, &fd, &to) {
                     return refused(code);
                 }
-                let meter = match charge_entry(s, &to, 0) {
-                    Ok(meter) => meter,
+                let meter = s.files.meter(to.rep());
+                let charge = match charge(&meter, 0, 1) {
+                    Ok(charge) => charge,
                     Err(code) => return refused(code),
                 };
                 let made = HostDescriptor::link_at(&mut s.filesystem(), fd, old_flags, old_path, to, new_path).await;
-                settle(made, meter.as_ref(), 0, 1)
+                settle(made, charge)
             })
         },
     )?;
@@ -304,18 +290,33 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })
         },
     )?;
+    // Under a workspace, a write or a new size lands here, on this thread:
+    // wasmtime-wasi's lands on a blocking thread, which a call's timeout
+    // does not stop, after the call and the next call's count.
     types.func_wrap_async(
         "[method]descriptor.write",
         |mut store: StoreContextMut<'_, HostState>, (fd, buffer, offset): (Fd, Vec<u8>, u64)| {
             Box::new(async move {
                 let s = store.data_mut();
-                let charged = match charge_write(s, &fd, offset, buffer.len() as u64) {
-                    Ok(charged) => charged,
+                let Some((meter, file)) = writable(s, &fd) else {
+                    return answer(HostDescriptor::write(&mut s.filesystem(), fd, buffer, offset).await);
+                };
+                let file = match file {
+                    Ok(file) => file,
                     Err(code) => return refused(code),
                 };
-                let written = HostDescriptor::write(&mut s.filesystem(), fd, buffer, offset).await;
-                let (meter, growth) = charged.unzip();
-                settle(written, meter.as_ref(), growth.unwrap_or(0), 0)
+                let growth = offset.saturating_add(buffer.len() as u64).saturating_sub(size_of(&file));
+                let charge = match meter.charge(growth, 0) {
+                    Ok(charge) => charge,
+                    Err(code) => return refused(code),
+                };
+                match std::os::unix::fs::FileExt::write_at(&*file, &buffer, offset) {
+                    Ok(n) => Ok((Ok(n as u64),)),
+                    Err(e) => {
+                        charge.refund();
+                        refused(ErrorCode::from(&e))
+                    }
+                }
             })
         },
     )?;
@@ -324,13 +325,24 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut store: StoreContextMut<'_, HostState>, (fd, size): (Fd, u64)| {
             Box::new(async move {
                 let s = store.data_mut();
-                let charged = match charge_write(s, &fd, size, 0) {
-                    Ok(charged) => charged,
+                let Some((meter, file)) = writable(s, &fd) else {
+                    return answer(HostDescriptor::set_size(&mut s.filesystem(), fd, size).await);
+                };
+                let file = match file {
+                    Ok(file) => file,
                     Err(code) => return refused(code),
                 };
-                let set = HostDescriptor::set_size(&mut s.filesystem(), fd, size).await;
-                let (meter, growth) = charged.unzip();
-                settle(set, meter.as_ref(), growth.unwrap_or(0), 0)
+                let charge = match meter.charge(size.saturating_sub(size_of(&file)), 0) {
+                    Ok(charge) => charge,
+                    Err(code) => return refused(code),
+                };
+                match file.set_len(size) {
+                    Ok(()) => Ok((Ok(()),)),
+                    Err(e) => {
+                        charge.refund();
+                        refused(ErrorCode::from(&e))
+                    }
+                }
             })
         },
     )?;

@@ -32,7 +32,8 @@ impl MeteredStream {
 }
 
 /// Appends atomically (`RWF_APPEND`), as wasmtime-wasi does, so two calls
-/// appending to one file do not overwrite each other.
+/// appending to one file do not overwrite each other; where the kernel or
+/// file system lacks it, at the file's end.
 fn append(file: &std::fs::File, mut bytes: &[u8]) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     while !bytes.is_empty() {
@@ -40,14 +41,18 @@ fn append(file: &std::fs::File, mut bytes: &[u8]) -> std::io::Result<()> {
         // SAFETY: one iovec over `bytes`, which outlives the call; the
         // descriptor is open for the lifetime of `file`.
         let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_APPEND) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+        match n {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n if n > 0 => bytes = &bytes[n as usize..],
+            _ => {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    Some(libc::ENOSYS | libc::EOPNOTSUPP) => return file.write_all_at(bytes, super::size_of(file)),
+                    _ => return Err(e),
+                }
             }
-            return Err(e);
         }
-        bytes = &bytes[n as usize..];
     }
     Ok(())
 }
@@ -72,13 +77,15 @@ impl OutputStream for MeteredStream {
             Some(at) => at.saturating_add(len).saturating_sub(super::size_of(&self.file)),
             None => len,
         };
-        if self.meter.bytes(growth).is_err() {
+        let Ok(charge) = self.meter.charge(growth, 0) else {
             self.closed = true;
             let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
             return Err(StreamError::LastOperationFailed(full.into()));
-        }
+        };
+        let landed = self.land(&bytes);
         // A failed write may have landed in part: its charge stays.
-        if let Err(e) = self.land(&bytes) {
+        drop(charge);
+        if let Err(e) = landed {
             self.closed = true;
             return Err(StreamError::LastOperationFailed(e.into()));
         }
