@@ -42,7 +42,8 @@ pub struct Limits {
     /// a tool with a read-write workspace cannot fill the host's disk.
     pub max_workspace_mb: u64,
     /// Files, folders and links in one session's workspace; each also
-    /// takes a few KiB of disk the MiB do not count.
+    /// takes a few KiB of disk the MiB do not count. A count of the
+    /// workspace walks them all (~3 µs each), so the ceiling is low.
     pub max_workspace_files: u64,
 }
 
@@ -73,7 +74,7 @@ impl Limits {
             ("limits.max_request_kb", self.max_request_kb, 64 * 1024),
             ("limits.max_concurrent_calls", self.max_concurrent_calls.into(), 4096),
             ("limits.max_workspace_mb", self.max_workspace_mb, 1024 * 1024),
-            ("limits.max_workspace_files", self.max_workspace_files, 1_000_000),
+            ("limits.max_workspace_files", self.max_workspace_files, 100_000),
         ];
         for (key, value, max) in checks {
             if value == 0 || value > max {

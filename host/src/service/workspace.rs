@@ -84,9 +84,10 @@ impl Service {
         mounts
     }
 
-    /// The quota of a session's workspace, measured off the runtime's
-    /// threads: a walk of a large folder would stall other calls. `None`
-    /// if it cannot be measured: the call then runs without the workspace.
+    /// The count of a session's workspace, measured on first use off the
+    /// runtime's threads: a walk of a large folder would stall other calls.
+    /// `None` if the walk panicked: the call then runs without the
+    /// workspace.
     async fn workspace_quota(&self, session: &str, dir: &Path) -> Option<Arc<WorkspaceQuota>> {
         let limits = &self.config.limits;
         let quota = self.workspace_quotas.get(session, dir, limits.max_workspace_mb << 20, limits.max_workspace_files);

@@ -10,10 +10,9 @@
 //! one `capability_denied` audit event. A failed operation gives its
 //! charge back.
 //!
-//! - Usage is measured by walking the folder when a call starts and no
-//!   other call of the session holds its count ([`quota`]); calls that
-//!   overlap share one count. Deletions and truncations are seen at the
-//!   next walk, so while calls overlap the count only grows.
+//! - Usage is counted by walking the folder on first use after a start,
+//!   then kept and shared by the session's calls; deletions are seen when
+//!   a charge would fail and the folder is walked again ([`quota`]).
 //! - Every write and new size under a workspace lands on the call's thread
 //!   before its host function returns (`write`, `set-size` and [`stream`]
 //!   do it here): none is still landing after the call, where the count
@@ -66,11 +65,10 @@ impl Meter {
             return Ok(charge);
         }
         // What was deleted since the count was made may make room.
-        if !self.walked_again.swap(true, Ordering::Relaxed) {
-            self.quota.remeasure();
-            if let Some(charge) = self.quota.charge(bytes, entries) {
-                return Ok(charge);
-            }
+        let first_in_call = !self.walked_again.swap(true, Ordering::Relaxed);
+        self.quota.remeasure(first_in_call);
+        if let Some(charge) = self.quota.charge(bytes, entries) {
+            return Ok(charge);
         }
         self.refused.store(true, Ordering::Relaxed);
         Err(ErrorCode::InsufficientSpace)
@@ -145,10 +143,10 @@ fn answer<T>(r: FsResult<T>) -> Answer<T> {
 /// [`answer`], giving back what was charged if the operation failed (not
 /// if it trapped: it may have landed before the trap).
 fn settle<T>(r: FsResult<T>, charge: Option<quota::Charge<'_>>) -> Answer<T> {
-    if let (Err(e), Some(charge)) = (&r, charge)
-        && e.downcast_ref().is_some()
-    {
-        charge.refund();
+    match (&r, charge) {
+        (Err(e), Some(charge)) if e.downcast_ref().is_some() => charge.refund(),
+        (_, Some(charge)) => charge.landed(),
+        (_, None) => {}
     }
     answer(r)
 }
@@ -286,6 +284,9 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 if let Err(code) = same_device(s, &fd, &to) {
                     return refused(code);
                 }
+                // A walk beside it could miss what it moves.
+                let meter = s.files.meter(to.rep()).or_else(|| s.files.meter(fd.rep()));
+                let _moving = meter.as_ref().map(|m| m.quota.moving());
                 answer(HostDescriptor::rename_at(&mut s.filesystem(), fd, old_path, to, new_path).await)
             })
         },
@@ -311,7 +312,10 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     Err(code) => return refused(code),
                 };
                 match std::os::unix::fs::FileExt::write_at(&*file, &buffer, offset) {
-                    Ok(n) => Ok((Ok(n as u64),)),
+                    Ok(n) => {
+                        charge.landed();
+                        Ok((Ok(n as u64),))
+                    }
                     Err(e) => {
                         charge.refund();
                         refused(ErrorCode::from(&e))
@@ -337,7 +341,10 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     Err(code) => return refused(code),
                 };
                 match file.set_len(size) {
-                    Ok(()) => Ok((Ok(()),)),
+                    Ok(()) => {
+                        charge.landed();
+                        Ok((Ok(()),))
+                    }
                     Err(e) => {
                         charge.refund();
                         refused(ErrorCode::from(&e))

@@ -3,19 +3,25 @@
 //!
 //! The count is measured by walking the folder when the session's workspace
 //! is first used after the host starts, and kept: a walk costs ~3 µs per
-//! entry, 25 ms at 9,000 files. Charges only add to it, so deletions are
-//! not seen until a charge would fail; the folder is then walked again
-//! (once per call) and the count lowered to what the walk found plus the
-//! charges still landing.
+//! entry, 25 ms at 9,000 files. Charges only add to it, so deletions and
+//! truncations are not seen until a charge would fail. The folder is then
+//! walked again, if the call has not had a walk yet, a second has passed
+//! since the last one, or a sixteenth of the quota was charged since; the
+//! count is lowered to what the walk found plus the charges still landing.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Counts kept at most; past it, those no call holds are dropped (their
 /// sessions' folders are walked again on next use).
 const MAX_KEPT: usize = 4096;
+
+/// A refused charge walks the folder again at most this often, unless its
+/// call has had no walk yet or much was charged since.
+const WALK_EVERY: Duration = Duration::from_secs(1);
 
 /// One workspace's quota and what is used of it.
 #[derive(Debug)]
@@ -26,15 +32,23 @@ pub struct WorkspaceQuota {
     /// Used, including charges still landing.
     bytes: AtomicU64,
     entries: AtomicU64,
-    /// Charged and not yet landed (or refunded).
+    /// Charged and not yet landed (or refunded). A charge whose call was
+    /// dropped mid-operation stays here: the operation may still land.
     pending_bytes: AtomicU64,
     pending_entries: AtomicU64,
-    /// The folder is walked once, by the first call to use this count.
-    measured: Mutex<bool>,
+    /// Charged since the last walk.
+    since_walk: AtomicU64,
+    /// Renames under the workspace in flight, and done: a walk that
+    /// overlapped one may have missed what it moved, and is not used.
+    moving: AtomicU64,
+    moved: AtomicU64,
+    /// When the folder was last walked; walks run one at a time.
+    walked: Mutex<Option<Instant>>,
 }
 
-/// A charge in flight: dropped once its operation ended, which is when a
-/// walk would see what it wrote.
+/// A charge in flight. [`landed`](Charge::landed) or
+/// [`refund`](Charge::refund) ends it; dropped without either (its call
+/// was dropped mid-operation), it stays pending.
 pub(super) struct Charge<'a> {
     quota: &'a WorkspaceQuota,
     bytes: u64,
@@ -42,17 +56,27 @@ pub(super) struct Charge<'a> {
 }
 
 impl Charge<'_> {
+    /// Its operation ended: a walk now sees what it wrote.
+    pub(super) fn landed(self) {
+        sub(&self.quota.pending_bytes, self.bytes);
+        sub(&self.quota.pending_entries, self.entries);
+    }
+
     /// Gives the charge back: its operation failed.
     pub(super) fn refund(self) {
         sub(&self.quota.bytes, self.bytes);
         sub(&self.quota.entries, self.entries);
+        self.landed();
     }
 }
 
-impl Drop for Charge<'_> {
+/// A rename under the workspace, in flight while it lives.
+pub(super) struct Moving<'a>(&'a WorkspaceQuota);
+
+impl Drop for Moving<'_> {
     fn drop(&mut self) {
-        sub(&self.quota.pending_bytes, self.bytes);
-        sub(&self.quota.pending_entries, self.entries);
+        self.0.moved.fetch_add(1, Ordering::SeqCst);
+        self.0.moving.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -66,7 +90,10 @@ impl WorkspaceQuota {
             entries: AtomicU64::new(0),
             pending_bytes: AtomicU64::new(0),
             pending_entries: AtomicU64::new(0),
-            measured: Mutex::new(false),
+            since_walk: AtomicU64::new(0),
+            moving: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
+            walked: Mutex::new(None),
         }
     }
 
@@ -74,22 +101,38 @@ impl WorkspaceQuota {
     /// that cannot be counted counts as full: a tool can still read and
     /// delete in it, and the count is walked again when a charge fails.
     pub fn measure_once(&self) {
-        let mut measured = self.measured.lock().unwrap_or_else(|e| e.into_inner());
-        if !*measured {
+        let mut walked = self.walked.lock().unwrap_or_else(|e| e.into_inner());
+        if walked.is_none() {
             let (bytes, entries) = measure(&self.dir, self.max_entries).unwrap_or((self.max_bytes, self.max_entries));
             self.bytes.fetch_add(bytes, Ordering::SeqCst);
             self.entries.fetch_add(entries, Ordering::SeqCst);
-            *measured = true;
+            *walked = Some(Instant::now());
         }
     }
 
-    /// Walks the folder again and lowers the count to what it holds plus
-    /// what was still landing when the walk began. Charges made meanwhile
-    /// stay on top: a write may be seen twice, never missed.
-    pub(super) fn remeasure(&self) {
+    /// Walks the folder again, if one is due (see the module), and lowers
+    /// the count to what it holds plus what was still landing when the
+    /// walk began. Charges made meanwhile stay on top: a write may be seen
+    /// twice, never missed.
+    pub(super) fn remeasure(&self, first_in_call: bool) {
+        let mut walked = self.walked.lock().unwrap_or_else(|e| e.into_inner());
+        let due = first_in_call
+            || walked.is_none_or(|at| at.elapsed() >= WALK_EVERY)
+            || self.since_walk.load(Ordering::SeqCst) >= (self.max_bytes / 16).max(1)
+            || self.moving.load(Ordering::SeqCst) > 0;
+        if !due {
+            return;
+        }
         let (bytes, entries) = self.used();
         let pending = (self.pending_bytes.load(Ordering::SeqCst), self.pending_entries.load(Ordering::SeqCst));
-        if let Some((found_bytes, found_entries)) = measure(&self.dir, self.max_entries) {
+        let moved = self.moved.load(Ordering::SeqCst);
+        let found = (self.moving.load(Ordering::SeqCst) == 0)
+            .then(|| measure(&self.dir, self.max_entries))
+            .flatten()
+            .filter(|_| self.moving.load(Ordering::SeqCst) == 0 && self.moved.load(Ordering::SeqCst) == moved);
+        *walked = Some(Instant::now());
+        self.since_walk.store(0, Ordering::SeqCst);
+        if let Some((found_bytes, found_entries)) = found {
             sub(&self.bytes, bytes.saturating_sub(found_bytes.saturating_add(pending.0)));
             sub(&self.entries, entries.saturating_sub(found_entries.saturating_add(pending.1)));
         }
@@ -111,7 +154,16 @@ impl WorkspaceQuota {
         }
         self.pending_bytes.fetch_add(bytes, Ordering::SeqCst);
         self.pending_entries.fetch_add(entries, Ordering::SeqCst);
+        // An entry weighs as much as a sixteenth of the quota's entries.
+        let weight = bytes.saturating_add(entries.saturating_mul(self.max_bytes / self.max_entries.max(1)));
+        self.since_walk.fetch_add(weight, Ordering::SeqCst);
         Some(Charge { quota: self, bytes, entries })
+    }
+
+    /// Marks a rename under the workspace in flight.
+    pub(super) fn moving(&self) -> Moving<'_> {
+        self.moving.fetch_add(1, Ordering::SeqCst);
+        Moving(self)
     }
 }
 
@@ -152,14 +204,20 @@ fn measure(dir: &Path, max_entries: u64) -> Option<(u64, u64)> {
             if entries > max_entries {
                 return Ok(None);
             }
-            // Neither follows a link.
-            let (kind, meta) = (entry.file_type()?, entry.metadata()?);
-            if kind.is_dir() {
+            // Does not follow a link. An entry deleted meanwhile is skipped.
+            let meta = match entry.metadata() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                meta => meta?,
+            };
+            if meta.is_dir() {
                 if levels.len() >= MAX_DEPTH {
                     return Ok(None);
                 }
-                levels.push(entry.open_dir()?.entries()?);
-            } else if kind.is_symlink() || meta.nlink() == 1 || linked.insert((meta.dev(), meta.ino())) {
+                match entry.open_dir() {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    dir => levels.push(dir?.entries()?),
+                }
+            } else if meta.is_symlink() || meta.nlink() == 1 || linked.insert((meta.dev(), meta.ino())) {
                 bytes = bytes.saturating_add(meta.len());
             }
         }
@@ -259,9 +317,9 @@ mod tests {
         a.refund();
         assert_eq!(q.used(), (40, 1));
         let pending = || (q.pending_bytes.load(Ordering::SeqCst), q.pending_entries.load(Ordering::SeqCst));
-        assert_eq!(pending(), (40, 0), "only b is still landing");
-        drop(b);
-        assert_eq!(pending(), (0, 0));
+        assert_eq!(pending(), (40, 1), "b and the dropped charge are still landing");
+        b.landed();
+        assert_eq!(pending(), (0, 1), "a charge dropped unended stays pending");
     }
 
     #[test]
@@ -274,9 +332,18 @@ mod tests {
         let landing = q.charge(300, 1).unwrap();
         std::fs::remove_file(dir.join("big")).unwrap();
         assert!(q.charge(300, 0).is_none(), "the deletion is not seen yet");
-        q.remeasure();
+        q.remeasure(true);
         assert_eq!(q.used(), (300, 1), "the deleted file is free; the charge still landing is not");
-        drop(landing);
+        landing.landed();
+        let moving = q.moving();
+        std::fs::write(dir.join("moved-in"), vec![0; 100]).unwrap();
+        q.remeasure(true);
+        assert_eq!(q.used(), (300, 1), "a walk beside a rename is not used");
+        drop(moving);
+        q.remeasure(false);
+        assert_eq!(q.used(), (300, 1), "not due: walked just now, little charged since");
+        q.remeasure(true);
+        assert_eq!(q.used(), (100, 1));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

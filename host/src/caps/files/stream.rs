@@ -84,7 +84,7 @@ impl OutputStream for MeteredStream {
         };
         let landed = self.land(&bytes);
         // A failed write may have landed in part: its charge stays.
-        drop(charge);
+        charge.landed();
         if let Err(e) = landed {
             self.closed = true;
             return Err(StreamError::LastOperationFailed(e.into()));
