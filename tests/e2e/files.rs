@@ -196,14 +196,14 @@ async fn file_search_finds_lines_in_its_read_only_mount_only() -> anyhow::Result
     Ok(())
 }
 
-/// A host whose workspaces hold 1 MiB and 8 entries, with `/ledger` a
-/// read-write volume (volumes have no quota).
-async fn quota_fixture() -> anyhow::Result<(TestHost, std::path::PathBuf, ScratchDir)> {
+/// A host whose workspaces hold 1 MiB and `max_files` entries, with
+/// `/ledger` a read-write volume (volumes have no quota).
+async fn quota_fixture(max_files: u64) -> anyhow::Result<(TestHost, std::path::PathBuf, ScratchDir)> {
     let root = ScratchDir::new("bulkhead-quota")?;
     let ledger = root.path().join("ledger");
     std::fs::create_dir_all(&ledger)?;
     let config = format!(
-        "[limits]\nmax_workspace_mb = 1\nmax_workspace_files = 8\n[volumes]\nledger = {{ path = \"{}\", access = \"read-write\" }}",
+        "[limits]\nmax_workspace_mb = 1\nmax_workspace_files = {max_files}\n[volumes]\nledger = {{ path = \"{}\", access = \"read-write\" }}",
         ledger.display()
     );
     let host = TestHost::builder()
@@ -225,7 +225,7 @@ fn bytes_under(dir: &std::path::Path) -> u64 {
 
 #[tokio::test]
 async fn a_workspace_cannot_grow_past_its_quota() -> anyhow::Result<()> {
-    let (host, _ledger, _root) = quota_fixture().await?;
+    let (host, _ledger, _root) = quota_fixture(8).await?;
     let api = host.agent();
     let sid = api.session(json!({})).await?;
     let r = probe(&api, &sid, json!([{"op": "fill", "path": "/ws/a", "n": 600_000}])).await?;
@@ -293,7 +293,7 @@ async fn a_workspace_cannot_grow_past_its_quota() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn moving_files_into_a_workspace_from_a_volume_is_cross_device() -> anyhow::Result<()> {
-    let (host, ledger, _root) = quota_fixture().await?;
+    let (host, ledger, _root) = quota_fixture(8).await?;
     let api = host.agent();
     let sid = api.session(json!({})).await?;
     let r = probe(
@@ -316,5 +316,20 @@ async fn moving_files_into_a_workspace_from_a_volume_is_cross_device() -> anyhow
     assert!(r[3..].iter().all(|(ok, _)| *ok), "moves within or out of a workspace work: {r:?}");
     assert_eq!(std::fs::read_to_string(ledger.join("y"))?, "x");
     assert!(!host.dir.join("data/workspaces").join(&sid).join("big").exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn folders_nested_past_path_max_do_not_hide_bytes_from_the_quota() -> anyhow::Result<()> {
+    let (mut host, _ledger, _root) = quota_fixture(100).await?;
+    let sid = host.agent().session(json!({})).await?;
+    // 20 folders of 250-byte names: the file's path is over 5,000 bytes.
+    let nest = json!([{"op": "nest", "path": "/ws/n", "data": "h".repeat(800_000), "n": 20}]);
+    let r = probe(&host.agent(), &sid, nest).await?;
+    assert_eq!(r, [(true, "800000".to_string())]);
+    // After a restart the count is a new walk of the folder.
+    host.restart().await?;
+    let r = probe(&host.agent(), &sid, json!([{"op": "fill", "path": "/ws/more", "n": 800_000}])).await?;
+    assert!(!r[0].0, "the walk found the bytes 20 folders down: {r:?}");
     Ok(())
 }

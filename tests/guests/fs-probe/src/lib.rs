@@ -6,11 +6,13 @@
 //!
 //! It also tries to outgrow a workspace quota: `fill` writes `n` bytes
 //! through a stream, `pwrite` writes `data` at offset `n`, `set_len` sets a
-//! file's size to `n`, `files` creates `n` empty files in the folder `path`.
+//! file's size to `n`, `files` creates `n` empty files in the folder `path`,
+//! `nest` writes `data` to a file under `n` nested folders with 250-byte
+//! names, past `PATH_MAX`, each opened from the one above.
 //!
 //! Input: `{"ops": [{"op": "read" | "write" | "append" | "truncate" | "list" |
 //! "mkdir" | "remove" | "symlink" | "hardlink" | "rename" | "fill" | "pwrite" |
-//! "set_len" | "files", "path": "...", "to"?: "...", "data"?: "...", "n"?: N}]}`.
+//! "set_len" | "files" | "nest", "path": "...", "to"?: "...", "data"?: "...", "n"?: N}]}`.
 //! Output: `{"results": [{"ok": bool, "data"?: "...", "error"?: "..."}]}`;
 //! `fill` and `files` report how far they got.
 
@@ -43,6 +45,7 @@ fn run(op: &Value) -> Result<Option<String>, String> {
         "rename" => fs::rename(path, to).map(|_| None).map_err(e),
         "fill" => fill(path, n),
         "pwrite" => pwrite(path, data.as_bytes(), n),
+        "nest" => nest(path, data.as_bytes(), n),
         "set_len" => fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).and_then(|f| f.set_len(n)).map(|_| None).map_err(e),
         "files" => (0..n)
             .try_for_each(|i| fs::File::create(format!("{path}/f{i}")).map(|_| ()).map_err(|err| format!("{i} files, then {err}")))
@@ -79,6 +82,21 @@ fn preopen(path: &str) -> Result<(wasip2::filesystem::types::Descriptor, String)
 fn symlink(target: &str, link: &str) -> Result<(), String> {
     let (dir, rel) = preopen(link)?;
     dir.symlink_at(target, &rel).map_err(|e| format!("{e:?}"))
+}
+
+/// Makes `depth` nested folders from the preopen holding `path` (which
+/// names the first), then writes `data` to a file in the deepest.
+fn nest(path: &str, data: &[u8], depth: u64) -> Result<Option<String>, String> {
+    use wasip2::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
+    let (mut dir, first) = preopen(path)?;
+    let name = "d".repeat(250);
+    for level in 0..depth {
+        let at = if level == 0 { first.as_str() } else { name.as_str() };
+        dir.create_directory_at(at).map_err(|e| format!("{e:?}"))?;
+        dir = dir.open_at(PathFlags::empty(), at, OpenFlags::DIRECTORY, DescriptorFlags::READ | DescriptorFlags::MUTATE_DIRECTORY).map_err(|e| format!("{e:?}"))?;
+    }
+    let file = dir.open_at(PathFlags::empty(), "deep", OpenFlags::CREATE, DescriptorFlags::WRITE).map_err(|e| format!("{e:?}"))?;
+    file.write(data, 0).map(|n| Some(n.to_string())).map_err(|e| format!("{e:?}"))
 }
 
 /// `descriptor.write` at an offset (std's `write_at` is unstable on WASI).
