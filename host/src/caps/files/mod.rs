@@ -50,12 +50,14 @@ use wasmtime_wasi::p2::{DynOutputStream, FsResult};
 const TYPES: &str = "wasi:filesystem/types@0.2.12";
 const PREOPENS: &str = "wasi:filesystem/preopens@0.2.12";
 
-/// A call's handle on its workspace quota: charges, walks the folder again
-/// once if a charge would fail, and remembers a refusal for the audit.
+/// A call's handle on its workspace quota: charges, has the folder walked
+/// again when a charge would fail (when a walk is due, see [`quota`]), and
+/// remembers a refusal for the audit.
 #[derive(Clone)]
 struct Meter {
     quota: Arc<WorkspaceQuota>,
-    walked_again: Arc<AtomicBool>,
+    /// Whether a refused charge of this call asked for a walk yet.
+    walked_in_call: Arc<AtomicBool>,
     refused: Arc<AtomicBool>,
 }
 
@@ -65,7 +67,7 @@ impl Meter {
             return Ok(charge);
         }
         // What was deleted since the count was made may make room.
-        let first_in_call = !self.walked_again.swap(true, Ordering::Relaxed);
+        let first_in_call = !self.walked_in_call.swap(true, Ordering::Relaxed);
         self.quota.remeasure(first_in_call);
         if let Some(charge) = self.quota.charge(bytes, entries) {
             return Ok(charge);
@@ -94,7 +96,7 @@ impl Files {
     pub fn new(mounts: &[Mount]) -> Files {
         let meter = mounts.iter().find_map(|m| m.quota.clone()).map(|quota| Meter {
             quota,
-            walked_again: Arc::default(),
+            walked_in_call: Arc::default(),
             refused: Arc::default(),
         });
         let roots = mounts.iter().filter(|m| m.quota.is_some()).map(|m| m.guest.clone()).collect();
