@@ -306,7 +306,8 @@ mod tests {
 
     #[test]
     fn a_charge_past_the_quota_is_refused_and_changes_nothing() {
-        let q = WorkspaceQuota::new(scratch(), 100, 2);
+        // Charges alone: the folder is never walked.
+        let q = WorkspaceQuota::new(PathBuf::from("/nonexistent"), 100, 2);
         let (a, b) = (q.charge(60, 1).unwrap(), q.charge(40, 0).unwrap());
         assert!(q.charge(1, 0).is_none());
         assert!(q.charge(0, 1).is_some(), "bytes and entries are separate");
