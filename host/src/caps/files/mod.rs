@@ -182,6 +182,34 @@ fn writable(s: &mut HostState, fd: &Fd) -> Option<(Meter, Result<Arc<std::fs::Fi
     Some((meter, file))
 }
 
+/// Charges what `op` adds to `file` by making it `end` bytes long at
+/// least, then runs it here; a failed `op` gives the charge back.
+fn in_place<T>(
+    meter: &Meter,
+    file: Result<Arc<std::fs::File>, ErrorCode>,
+    end: u64,
+    op: impl FnOnce(&std::fs::File) -> std::io::Result<T>,
+) -> Answer<T> {
+    let file = match file {
+        Ok(file) => file,
+        Err(code) => return refused(code),
+    };
+    let charge = match meter.charge(end.saturating_sub(size_of(&file)), 0) {
+        Ok(charge) => charge,
+        Err(code) => return refused(code),
+    };
+    match op(&file) {
+        Ok(v) => {
+            charge.landed();
+            Ok((Ok(v),))
+        }
+        Err(e) => {
+            charge.refund();
+            refused(ErrorCode::from(&e))
+        }
+    }
+}
+
 /// Charges `bytes` and `entries` to `meter`, if the target is under one.
 fn charge(meter: &Option<Meter>, bytes: u64, entries: u64) -> Result<Option<quota::Charge<'_>>, ErrorCode> {
     meter.as_ref().map(|m| m.charge(bytes, entries)).transpose()
@@ -304,25 +332,10 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let Some((meter, file)) = writable(s, &fd) else {
                     return answer(HostDescriptor::write(&mut s.filesystem(), fd, buffer, offset).await);
                 };
-                let file = match file {
-                    Ok(file) => file,
-                    Err(code) => return refused(code),
-                };
-                let growth = offset.saturating_add(buffer.len() as u64).saturating_sub(size_of(&file));
-                let charge = match meter.charge(growth, 0) {
-                    Ok(charge) => charge,
-                    Err(code) => return refused(code),
-                };
-                match std::os::unix::fs::FileExt::write_at(&*file, &buffer, offset) {
-                    Ok(n) => {
-                        charge.landed();
-                        Ok((Ok(n as u64),))
-                    }
-                    Err(e) => {
-                        charge.refund();
-                        refused(ErrorCode::from(&e))
-                    }
-                }
+                let end = offset.saturating_add(buffer.len() as u64);
+                in_place(&meter, file, end, |f| {
+                    std::os::unix::fs::FileExt::write_at(f, &buffer, offset).map(|n| n as u64)
+                })
             })
         },
     )?;
@@ -334,24 +347,7 @@ fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let Some((meter, file)) = writable(s, &fd) else {
                     return answer(HostDescriptor::set_size(&mut s.filesystem(), fd, size).await);
                 };
-                let file = match file {
-                    Ok(file) => file,
-                    Err(code) => return refused(code),
-                };
-                let charge = match meter.charge(size.saturating_sub(size_of(&file)), 0) {
-                    Ok(charge) => charge,
-                    Err(code) => return refused(code),
-                };
-                match file.set_len(size) {
-                    Ok(()) => {
-                        charge.landed();
-                        Ok((Ok(()),))
-                    }
-                    Err(e) => {
-                        charge.refund();
-                        refused(ErrorCode::from(&e))
-                    }
-                }
+                in_place(&meter, file, size, |f| f.set_len(size))
             })
         },
     )?;
