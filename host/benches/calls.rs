@@ -55,12 +55,11 @@ fn floor_env(service: &Service, session: &str) -> CallEnv {
         tool: "counter".into(),
         grant: Default::default(),
         session_env: Default::default(),
-        db: service.db.clone(),
-        state_cache: service.state_cache.clone(),
+        store: service.call_store(session, "counter"),
         secrets: service.secrets.clone(),
         state_quota_bytes: 1 << 20,
         mounts: Vec::new(),
-        allow_private: Arc::new(Vec::new()),
+        allow_private: Default::default(),
     }
 }
 

@@ -6,7 +6,7 @@
 //! data folder.
 
 use crate::config::{PrincipalConfig, Role};
-use crate::grants::GrantSpec;
+use crate::policy::Layer;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -25,7 +25,7 @@ pub struct Principal {
     pub roles: Vec<Role>,
     tools: Vec<String>,
     /// Narrowing for all of this principal's sessions, per tool.
-    pub grants: BTreeMap<String, GrantSpec>,
+    pub grants: BTreeMap<String, Layer>,
     /// Tools whose calls by this principal always wait for approval.
     pub approval_required: Vec<String>,
 }
@@ -102,7 +102,13 @@ impl Principals {
                 name: p.name.clone(),
                 roles: p.roles.clone(),
                 tools: p.tools.clone(),
-                grants: p.grants.clone(),
+                grants: p
+                    .grants
+                    .iter()
+                    .map(|(tool, spec)| {
+                        Ok((tool.clone(), spec.parse(&format!("principal {:?}: grants.{tool}", p.name))?))
+                    })
+                    .collect::<Result<_, String>>()?,
                 approval_required: p.approval_required.clone(),
             };
             if out.by_token.insert(hash, Arc::new(principal)).is_some() {

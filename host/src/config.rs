@@ -4,7 +4,7 @@
 //! Unknown keys are errors that name the key; paths are relative to the
 //! config file's folder.
 
-use crate::grants::{Access, GrantSpec};
+use crate::policy::{Access, GrantSpec, PrivateRanges};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -89,7 +89,7 @@ impl Limits {
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkConfig {
     /// CIDRs tools may reach although they are not globally routable.
-    pub allow_private: Vec<String>,
+    pub allow_private: PrivateRanges,
 }
 
 /// Where a secret's value comes from: the host's environment or a file.
@@ -324,10 +324,6 @@ impl Config {
         {
             return Err(format!("storage.max_size_mb must be 1 to {MAX_STORAGE_MB}"));
         }
-        for cidr in &raw.network.allow_private {
-            crate::grants::parse_cidr(cidr)
-                .ok_or_else(|| format!("network.allow_private: {cidr:?} is not a CIDR like \"10.0.0.0/8\""))?;
-        }
         for (name, source) in &raw.secrets {
             if source.env.is_some() == source.file.is_some() {
                 return Err(format!("secrets.{name}: give exactly one of `env` or `file`"));
@@ -373,7 +369,7 @@ impl Config {
 }
 
 fn validate_principal(p: &PrincipalConfig) -> Result<(), String> {
-    if !crate::manifest::is_valid_name(&p.name) {
+    if !crate::util::is_valid_name(&p.name) {
         return Err(format!("name {:?} must match [a-z0-9-]{{1,64}}", p.name));
     }
     match (&p.token_env, &p.token_sha256) {
@@ -384,6 +380,9 @@ fn validate_principal(p: &PrincipalConfig) -> Result<(), String> {
     }
     if p.roles.is_empty() {
         return Err("roles must name at least one of agent, approver, admin".into());
+    }
+    for (tool, spec) in &p.grants {
+        spec.validate(&format!("grants.{tool}"))?;
     }
     Ok(())
 }

@@ -10,8 +10,9 @@
 //! - [`config`]: the operator's `bulkhead.toml` and the embedded defaults.
 //! - [`manifest`]: a tool bundle's `tool.toml`.
 //! - [`model`]: the records of the contract (session, message, call, audit event).
-//! - [`grants`]: grants and their narrowing; pure code, no wasmtime.
-//! - [`netpolicy`]: which hosts and addresses a tool may reach; pure code.
+//! - [`events`]: the audit events, one type per kind, built where they happen.
+//! - [`policy`]: grants and their narrowing, one module per capability
+//!   (network, files, names) and the import table; pure code, no wasmtime.
 //! - [`auth`]: principals, bearer tokens, dev tokens.
 //! - [`review`]: the security review of bundles (`bulkhead review`).
 //! - [`runtime`]: the wasmtime engine, bundle loading, one call's sandbox.
@@ -20,8 +21,11 @@
 //!   caller commits on its own thread, concurrent ones share a writer
 //!   thread's commits (group commit).
 //! - [`service`]: the operations the API and the CLI share (sessions, calls).
-//! - [`api`]: the axum HTTP API; maps errors to the contract's error body.
+//! - [`web`]: what the two HTTP front ends share: the contract's error
+//!   body, the caller extractor, JSON extractors.
+//! - [`api`]: the axum HTTP API (contract §7).
 //! - [`mcp`]: the same sessions over the Model Context Protocol (`/mcp`, stdio bridge).
+//! - [`tls`]: the TLS client of outbound connections (egress, the bridge).
 //! - [`cli`]: the `bulkhead` commands.
 
 pub mod api;
@@ -29,16 +33,18 @@ pub mod auth;
 pub mod caps;
 pub mod cli;
 pub mod config;
-pub mod grants;
+pub mod events;
 pub mod manifest;
 pub mod mcp;
 pub mod model;
-pub mod netpolicy;
+pub mod policy;
 pub mod review;
 pub mod runtime;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod util;
+pub mod web;
 
 /// mimalloc instead of the system allocator: a call allocates on several
 /// threads (tokio workers, the writer), and glibc's malloc and free were a

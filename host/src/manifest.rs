@@ -4,7 +4,7 @@
 //! limits above the operator's ceilings are refused, not silently lowered.
 
 use crate::config::Limits;
-use crate::grants::GrantSpec;
+use crate::policy::{Grant, GrantSpec};
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path, PathBuf};
 
@@ -25,8 +25,12 @@ pub struct Manifest {
     pub sha256: Option<String>,
     #[serde(default = "any_object")]
     pub input_schema: serde_json::Value,
+    /// `[grants]` as written.
     #[serde(default)]
     pub grants: GrantSpec,
+    /// The same, parsed: what the tool may ever use (filled by `parse`).
+    #[serde(skip)]
+    pub grant: Grant,
     #[serde(default)]
     pub limits: ManifestLimits,
     #[serde(default)]
@@ -74,11 +78,6 @@ pub struct ManifestError {
     pub message: String,
 }
 
-/// `[a-z0-9-]{1,64}`: tool and principal names.
-pub fn is_valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
 impl Manifest {
     /// Reads and validates `<bundle>/tool.toml`; returns it with the
     /// component's full path.
@@ -97,8 +96,8 @@ impl Manifest {
     }
 
     pub fn parse(text: &str, ceilings: &Limits) -> Result<Manifest, String> {
-        let m: Manifest = toml::from_str(text).map_err(|e| crate::util::toml_error(text, &e))?;
-        if !is_valid_name(&m.name) {
+        let mut m: Manifest = toml::from_str(text).map_err(|e| crate::util::toml_error(text, &e))?;
+        if !crate::util::is_valid_name(&m.name) {
             return Err(format!("name = {:?} must match [a-z0-9-]{{1,64}}", m.name));
         }
         if m.version.is_empty() || m.version.len() > 64 {
@@ -122,7 +121,7 @@ impl Manifest {
         }
         jsonschema::validator_for(&m.input_schema)
             .map_err(|e| format!("input_schema is not a valid JSON Schema: {e}"))?;
-        m.grants.validate("grants")?;
+        m.grant = Grant::from_manifest(&m.grants)?;
         m.limits(ceilings)?;
         Ok(m)
     }

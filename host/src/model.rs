@@ -1,7 +1,7 @@
 //! The records of the contract (§7, §9) as stored and served: sessions,
 //! messages, calls and audit events. Their JSON is the API's JSON.
 
-use crate::grants::Grant;
+use crate::policy::Grant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -1,9 +1,9 @@
 //! `/v1/sessions/{sid}/calls` and `/v1/sessions/{sid}/state/{tool}`.
 
-use super::error::ApiError;
-use super::extract::{Body, Caller, Path, Query};
 use crate::service::Service;
 use crate::service::calls::{CallOptions, NewCall};
+use crate::web::error::ApiError;
+use crate::web::extract::{Body, Caller, Path, Query};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

@@ -1,24 +1,21 @@
 //! The HTTP API (contract §7), built once by [`router`] and served by axum.
 //!
-//! - [`extract`]: the caller's principal, JSON bodies and queries, each
-//!   failing with the contract's error body.
-//! - [`error`]: service errors to status codes, in one place.
+//! The pieces it shares with [`crate::mcp`] (the error body, the caller's
+//! principal, JSON extractors) live in [`crate::web`].
 //! - [`sessions`], [`calls`], [`system`]: the handlers.
 
 pub mod calls;
-pub mod error;
-pub mod extract;
 pub mod sessions;
 pub mod system;
 
 use crate::service::Service;
+use crate::web::error::ApiError;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use error::ApiError;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 

@@ -1,10 +1,10 @@
 //! `/v1/sessions` and `/v1/sessions/{sid}/messages`.
 
-use super::error::ApiError;
-use super::extract::{Body, Caller, Path, Query};
 use crate::service::Service;
 use crate::service::approvals::Decision;
 use crate::service::sessions::{CreateSession, Narrowing, NewMessage};
+use crate::web::error::ApiError;
+use crate::web::extract::{Body, Caller, Path, Query};
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;

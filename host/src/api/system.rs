@@ -1,8 +1,8 @@
 //! `/v1/tools`, `/healthz`, `/metrics`.
 
-use super::error::ApiError;
-use super::extract::Caller;
 use crate::service::Service;
+use crate::web::error::ApiError;
+use crate::web::extract::Caller;
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
@@ -21,7 +21,7 @@ pub async fn tools(State(s): State<Arc<Service>>, Caller(p): Caller) -> Result<R
                 "version": m.version,
                 "description": m.description,
                 "input_schema": m.input_schema,
-                "grants": crate::grants::Grant::from_manifest(&m.grants),
+                "grants": m.grant,
                 "limits": t.limits,
                 "approval": m.approval,
                 "imports": t.imports,

@@ -9,13 +9,12 @@
 //! and bounds connect, first-byte and idle time and the response size. Every
 //! request is an `egress` audit event; every refusal a `capability_denied`.
 
-use super::AuditNote;
-use crate::netpolicy;
+use crate::events::{self, CapabilityDenied, Denial, Event};
+use crate::policy::network::{self as netpolicy, HostPattern, PrivateRanges};
 use bytes::Bytes;
 use http::uri::Scheme;
 use http_body_util::BodyExt;
-use serde_json::json;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,7 +39,7 @@ pub const MAX_REQUESTS_PER_CALL: usize = 64;
 /// One outbound request, completed as its response body is read.
 pub struct EgressRecord {
     pub method: String,
-    pub scheme: String,
+    pub https: bool,
     pub host: String,
     pub port: u16,
     pub status: Mutex<Option<u16>>,
@@ -51,10 +50,10 @@ pub struct EgressRecord {
 
 /// The hooks of one call; shares its records with the call's `HostState`.
 pub struct Egress {
-    pub grant: Vec<String>,
-    pub allow_private: Arc<Vec<(IpAddr, u8)>>,
+    pub grant: Vec<HostPattern>,
+    pub allow_private: Arc<PrivateRanges>,
     pub records: Arc<Mutex<Vec<Arc<EgressRecord>>>>,
-    pub denials: Arc<Mutex<Vec<AuditNote>>>,
+    pub denials: Arc<Mutex<Vec<Event>>>,
     pub tool: String,
     pub attempts: usize,
 }
@@ -69,10 +68,7 @@ type Sent = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(),
 
 impl Egress {
     fn deny(&self, target: &str, reason: &str) {
-        self.denials.lock().expect("denials lock").push(AuditNote {
-            kind: "capability_denied",
-            data: json!({ "tool": self.tool, "capability": "network", "target": target, "reason": reason }),
-        });
+        deny(&self.denials, &self.tool, target, reason);
     }
 }
 
@@ -103,7 +99,7 @@ impl WasiHttpHooks for Egress {
         }
         let record = Arc::new(EgressRecord {
             method: request.method().to_string(),
-            scheme: if https { "https" } else { "http" }.into(),
+            https,
             host: host.clone(),
             port,
             status: Mutex::new(None),
@@ -119,10 +115,7 @@ impl WasiHttpHooks for Egress {
             let addr = match resolve_checked(&host, port, &allow_private).await {
                 Ok(addr) => addr,
                 Err(reason) => {
-                    denials.lock().expect("denials lock").push(AuditNote {
-                        kind: "capability_denied",
-                        data: json!({ "tool": tool, "capability": "network", "target": target, "reason": reason }),
-                    });
+                    deny(&denials, &tool, &target, reason);
                     return Err(Error::DestinationIpProhibited);
                 }
             };
@@ -134,7 +127,7 @@ impl WasiHttpHooks for Egress {
 }
 
 /// Resolves once and returns the first address the policy allows.
-async fn resolve_checked(host: &str, port: u16, allow_private: &[(IpAddr, u8)]) -> Result<SocketAddr, &'static str> {
+async fn resolve_checked(host: &str, port: u16, allow_private: &PrivateRanges) -> Result<SocketAddr, &'static str> {
     let addrs: Vec<SocketAddr> = match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host, port))).await {
         Ok(Ok(addrs)) => addrs.collect(),
         _ => return Err("name did not resolve"),
@@ -170,7 +163,7 @@ async fn send_to(
     let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     *request.uri_mut() = http::Uri::builder().path_and_query(path).build().map_err(|_| Error::HttpRequestUriInvalid)?;
     let response = if https {
-        let tls = tls_connector();
+        let tls = crate::tls::connector();
         let name =
             rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| Error::HttpRequestUriInvalid)?;
         let stream = tokio::time::timeout(connect_timeout, tls.connect(name, tcp))
@@ -205,21 +198,6 @@ where
         .await
         .map_err(|_| Error::ConnectionReadTimeout)?
         .map_err(Error::Hyper)
-}
-
-pub(crate) fn tls_connector() -> tokio_rustls::TlsConnector {
-    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
-    });
-    tokio_rustls::TlsConnector::from(config.clone())
 }
 
 /// A response body that counts bytes into its egress record, stops at
@@ -272,24 +250,24 @@ impl http_body::Body for CountedBody {
     }
 }
 
-/// The call's egress records as audit notes, and its totals (requests, bytes).
-pub fn take_records(records: &Mutex<Vec<Arc<EgressRecord>>>) -> (Vec<AuditNote>, u64, u64) {
+/// The call's egress records as audit events, and its totals (requests, bytes).
+pub fn take_records(records: &Mutex<Vec<Arc<EgressRecord>>>) -> (Vec<Event>, u64, u64) {
     let records = std::mem::take(&mut *records.lock().expect("records lock"));
     let bytes: u64 = records.iter().map(|r| r.bytes.load(Ordering::Relaxed)).sum();
-    let notes = records
+    let events = records
         .iter()
         .map(|r| {
             let finished = r.finished_ms.load(Ordering::Relaxed);
             let duration = if finished > 0 { finished } else { r.started.elapsed().as_millis() as u64 };
-            AuditNote {
-                kind: "egress",
-                data: json!({
-                    "method": r.method, "scheme": r.scheme, "host": r.host, "port": r.port,
-                    "status": *r.status.lock().expect("status lock"),
-                    "bytes": r.bytes.load(Ordering::Relaxed), "duration_ms": duration,
-                }),
-            }
+            let request = events::Request { method: &r.method, https: r.https, host: &r.host, port: r.port };
+            let status = *r.status.lock().expect("status lock");
+            events::Egress::of(request, status, r.bytes.load(Ordering::Relaxed), duration).into()
         })
         .collect();
-    (notes, records.len() as u64, bytes)
+    (events, records.len() as u64, bytes)
+}
+
+fn deny(denials: &Mutex<Vec<Event>>, tool: &str, target: &str, reason: &str) {
+    let event = CapabilityDenied::of(tool, Denial::Network { target, reason }).into();
+    denials.lock().expect("denials lock").push(event);
 }

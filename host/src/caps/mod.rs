@@ -9,24 +9,26 @@
 
 pub mod files;
 pub mod http;
+pub mod limits;
 pub mod log;
 pub mod secrets;
 pub mod session;
 pub mod state;
+pub mod stdio;
 
-use crate::grants::Grant;
+use crate::events::{CapabilityDenied, Denial, Event};
 use crate::model::LogLine;
-use crate::runtime::limiter::MemoryLimiter;
-use crate::runtime::stdio::Captured;
-use crate::store::Db;
-use crate::store::state_cache::StateCache;
-use serde_json::Value;
+use crate::model::Message;
+use crate::policy::{Grant, PrivateRanges};
+use crate::store::StoreError;
+use crate::store::state_cache::Committed;
+use limits::MemoryLimiter;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
+use stdio::Captured;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use zeroize::Zeroizing;
@@ -56,15 +58,31 @@ pub struct CallEnv {
     pub grant: Grant,
     /// The session's environment; only names in `grant.env` reach the tool.
     pub session_env: BTreeMap<String, String>,
-    pub db: Arc<Db>,
-    /// Committed tool state in memory; this call holds its pair's turn.
-    pub state_cache: Arc<StateCache>,
+    /// The call's one way to stored data: its tool's state in its session
+    /// and its session's messages, nothing else.
+    pub store: Arc<dyn CallStore>,
     pub secrets: Arc<secrets::SecretStore>,
     pub state_quota_bytes: u64,
     /// Folders this call sees, already resolved from the grant.
     pub mounts: Vec<Mount>,
-    /// The operator's `network.allow_private` CIDRs.
-    pub allow_private: Arc<Vec<(IpAddr, u8)>>,
+    /// The operator's `network.allow_private`.
+    pub allow_private: Arc<PrivateRanges>,
+}
+
+/// What a call may read of stored data, bound to its session and tool by
+/// the service: the committed state of this tool (read while the call
+/// holds the (session, tool) turn, so it cannot change under the call) and
+/// the session's messages. Writes never go through it: they are buffered
+/// in the call and committed by the service with its outcome.
+pub trait CallStore: Send + Sync {
+    /// The tool's committed state: whole when small, else only its size.
+    fn committed_state(&self) -> Result<Committed, StoreError>;
+    /// One committed value, for a state too large to hold whole.
+    fn state_value(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Committed keys with `prefix`, for a state too large to hold whole.
+    fn state_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// The newest `limit` messages of the session, oldest first.
+    fn history(&self, limit: u32) -> Result<Vec<Message>, StoreError>;
 }
 
 /// A host folder preopened at a guest path.
@@ -77,14 +95,6 @@ pub struct Mount {
     pub quota: Option<Arc<files::WorkspaceQuota>>,
 }
 
-/// An audit event raised inside a call (`secret_read`, `capability_denied`),
-/// written with the call's outcome.
-#[derive(Debug, Clone)]
-pub struct AuditNote {
-    pub kind: &'static str,
-    pub data: Value,
-}
-
 /// The data of one call's `Store`.
 pub struct HostState {
     pub env: CallEnv,
@@ -93,7 +103,9 @@ pub struct HostState {
     pub limiter: MemoryLimiter,
     pub state: state::StateTxn,
     pub logs: log::LogBuffer,
-    pub notes: Vec<AuditNote>,
+    /// Audit events raised inside the call (`secret_read`, `egress`,
+    /// `capability_denied`), written with its outcome.
+    pub notes: Vec<Event>,
     /// Which descriptors are under a workspace quota.
     pub files: files::Files,
     pub stdout: Captured,
@@ -128,10 +140,7 @@ impl HostState {
             let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
             if let Err(e) = wasi.preopened_dir(&m.host, &m.guest, perms) {
                 tracing::warn!("cannot mount {} for tool {}: {e:#}", m.guest, env.tool);
-                notes.push(AuditNote {
-                    kind: "capability_denied",
-                    data: serde_json::json!({ "tool": env.tool, "capability": "files", "target": m.guest, "reason": "mount unavailable" }),
-                });
+                notes.push(CapabilityDenied::of(&env.tool, Denial::MountUnavailable { guest: &m.guest }).into());
             }
         }
         let state = state::StateTxn::new(env.state_quota_bytes);
@@ -215,24 +224,16 @@ impl HostState {
                 max_bytes >> 20
             );
             self.logs.lines.push(LogLine { level: "warn".into(), message });
-            self.notes.push(AuditNote {
-                kind: "capability_denied",
-                data: serde_json::json!({
-                    "tool": self.env.tool,
-                    "capability": "files",
-                    "detail": { "reason": "workspace quota", "max_bytes": max_bytes, "max_files": max_files },
-                }),
-            });
+            self.deny(Denial::WorkspaceQuota { max_bytes, max_files });
         }
         self.notes.extend(notes);
         (requests, bytes)
     }
 
-    pub fn deny(&mut self, capability: &str, detail: Value) {
-        self.notes.push(AuditNote {
-            kind: "capability_denied",
-            data: serde_json::json!({ "tool": self.env.tool, "capability": capability, "detail": detail }),
-        });
+    /// Records a use outside the grant; the guest gets an error of its own.
+    pub fn deny(&mut self, denial: Denial) {
+        let event = CapabilityDenied::of(&self.env.tool, denial).into();
+        self.notes.push(event);
     }
 
     /// Log lines followed by captured stdout and stderr.

@@ -7,6 +7,7 @@
 use super::HostState;
 use super::iface::secrets::Host;
 use crate::config::SecretSource;
+use crate::events::{Denial, SecretRead};
 use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
@@ -73,15 +74,12 @@ impl Host for HostState {
             Some(secret) => {
                 let value = secret.expose().to_string();
                 self.remember_secret(&name, &value);
-                self.notes.push(super::AuditNote {
-                    kind: "secret_read",
-                    data: serde_json::json!({ "tool": self.env.tool, "name": name }),
-                });
+                self.notes.push(SecretRead::of(&self.env.tool, &name).into());
                 Ok(value)
             }
             None => {
                 let shown: String = name.chars().take(128).collect();
-                self.deny("secret", serde_json::json!({ "name": shown }));
+                self.deny(Denial::Secret { name: &shown });
                 Err(format!("secret {shown:?} is not granted to this tool"))
             }
         }

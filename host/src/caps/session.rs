@@ -2,7 +2,7 @@
 
 use super::HostState;
 use super::iface::session::{Host, Message};
-use crate::store::messages;
+use crate::events::Denial;
 
 /// The most messages one `history` call returns.
 pub const MAX_HISTORY: u32 = 1000;
@@ -18,11 +18,10 @@ impl Host for HostState {
 
     async fn history(&mut self, limit: u32) -> Result<Vec<Message>, String> {
         if !self.env.grant.history {
-            self.deny("history", serde_json::Value::Null);
+            self.deny(Denial::History);
             return Err("reading the session history is not granted to this tool (history = false)".into());
         }
-        let e = &self.env;
-        let rows = e.db.read(|c| messages::newest(c, &e.session, limit.min(MAX_HISTORY))).map_err(|err| {
+        let rows = self.env.store.history(limit.min(MAX_HISTORY)).map_err(|err| {
             tracing::error!("history read failed: {err}");
             "session history unavailable".to_string()
         })?;

@@ -4,13 +4,12 @@
 //! buffered here and committed by the service in the transaction that
 //! records the call's success, or dropped with a failed call. Calls to the
 //! same tool in the same session run one at a time, so the committed state
-//! cannot change under a call: it is read once, on first use, from the
-//! [`StateCache`](crate::store::state_cache::StateCache).
+//! cannot change under a call: it is read once, on first use, through the
+//! call's [`CallStore`](super::CallStore).
 
 use super::HostState;
 use super::iface::state::Host;
 use crate::store::state_cache::Committed;
-use crate::store::tool_state;
 use std::collections::BTreeMap;
 
 /// Longest key: keys are names, not data.
@@ -50,8 +49,7 @@ impl HostState {
     /// The committed state, read once per call.
     fn committed_state(&mut self) -> Option<&Committed> {
         if self.state.committed.is_none() {
-            let e = &self.env;
-            match e.state_cache.committed(&e.db, &e.session, &e.tool) {
+            match self.env.store.committed_state() {
                 Ok(c) => self.state.committed = Some(c),
                 Err(err) => {
                     tracing::error!("state read failed: {err}");
@@ -65,14 +63,11 @@ impl HostState {
     fn committed(&mut self, key: &str) -> Option<Vec<u8>> {
         match self.committed_state()? {
             Committed::Cached(s) => s.entries.get(key).cloned(),
-            Committed::Large { .. } => {
-                let e = &self.env;
-                e.db.read(|c| tool_state::get(c, &e.session, &e.tool, key)).unwrap_or_else(|err| {
-                    tracing::error!("state read failed: {err}");
-                    self.state.read_failed = true;
-                    None
-                })
-            }
+            Committed::Large { .. } => self.env.store.state_value(key).unwrap_or_else(|err| {
+                tracing::error!("state read failed: {err}");
+                self.state.read_failed = true;
+                None
+            }),
         }
     }
 
@@ -145,14 +140,11 @@ impl Host for HostState {
                 .take_while(|k| k.starts_with(&prefix))
                 .cloned()
                 .collect(),
-            Some(Committed::Large { .. }) => {
-                let e = &self.env;
-                e.db.read(|c| tool_state::keys(c, &e.session, &e.tool, &prefix)).unwrap_or_else(|err| {
-                    tracing::error!("state keys read failed: {err}");
-                    self.state.read_failed = true;
-                    Vec::new()
-                })
-            }
+            Some(Committed::Large { .. }) => self.env.store.state_keys(&prefix).unwrap_or_else(|err| {
+                tracing::error!("state keys read failed: {err}");
+                self.state.read_failed = true;
+                Vec::new()
+            }),
             None => Vec::new(),
         };
         let mut keys: std::collections::BTreeSet<String> = committed.into_iter().collect();

@@ -358,7 +358,7 @@ impl Bridge {
             .with_context(|| format!("connecting to {}", t.authority))?;
         if t.tls {
             let name = rustls::pki_types::ServerName::try_from(t.host.clone())?;
-            let stream = crate::caps::http::tls_connector().connect(name, tcp).await.context("TLS handshake")?;
+            let stream = crate::tls::connector().connect(name, tcp).await.context("TLS handshake")?;
             exchange(stream, req).await
         } else {
             exchange(tcp, req).await

@@ -15,9 +15,9 @@ pub mod bridge;
 pub mod results;
 pub mod server;
 
-use crate::api::error::ApiError;
-use crate::api::extract::Caller;
 use crate::service::Service;
+use crate::web::error::ApiError;
+use crate::web::extract::Caller;
 use axum::Router;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{Method, StatusCode};

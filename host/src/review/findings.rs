@@ -23,8 +23,10 @@
 //! | BH1xx | | baseline changes (see [`diff`]) |
 
 use super::{Capability, Finding, Review, Severity};
-use crate::grants::{Access, HostPattern};
 use crate::manifest::{DEFAULT_TOOL_LIMITS, Manifest};
+use crate::policy::Access;
+use crate::policy::files::Source;
+use crate::policy::imports::{self, Refusal};
 use std::net::IpAddr;
 
 fn finding(
@@ -49,15 +51,10 @@ pub fn surface(r: &Review) -> Vec<String> {
         out.push("may read and write its own state in each session".to_string());
     }
     if uses(r, Capability::OutboundHttp) {
-        for host in &g.network {
-            match HostPattern::parse(host) {
-                Ok(p) => {
-                    let port = p.port.map_or("443 (https) or 80 (http)".to_string(), |p| p.to_string());
-                    let host = if p.wildcard { format!("any subdomain of {}", p.host) } else { p.host };
-                    out.push(format!("may send HTTP requests to {host} on port {port}"));
-                }
-                Err(_) => out.push(format!("may send HTTP requests to {host}")),
-            }
+        for p in &g.network {
+            let port = p.port.map_or("443 (https) or 80 (http)".to_string(), |p| p.to_string());
+            let host = if p.wildcard { format!("any subdomain of {}", p.host) } else { p.host.clone() };
+            out.push(format!("may send HTTP requests to {host} on port {port}"));
         }
     }
     if uses(r, Capability::Secrets) {
@@ -70,10 +67,9 @@ pub fn surface(r: &Review) -> Vec<String> {
     }
     if uses(r, Capability::Filesystem) {
         for f in &g.files {
-            let what = if f.source == "session" {
-                "the session workspace".to_string()
-            } else {
-                format!("operator volume {}", &f.source[7..])
+            let what = match f.source() {
+                Some(Source::Volume(v)) => format!("operator volume {v}"),
+                _ => "the session workspace".to_string(),
             };
             let how = if f.access == Access::ReadWrite { "read and write" } else { "read" };
             out.push(format!("may {how} {} ({what})", f.path));
@@ -90,7 +86,7 @@ pub fn surface(r: &Review) -> Vec<String> {
 
 fn is_private_literal(host: &str) -> bool {
     let ip = host.parse::<IpAddr>().ok().or_else(|| host.parse::<u32>().ok().map(|n| IpAddr::from(n.to_be_bytes())));
-    ip.is_some_and(|ip| !crate::netpolicy::is_global(ip))
+    ip.is_some_and(|ip| !crate::policy::network::is_global(ip))
         || host == "localhost"
         || host.ends_with(".localhost")
         || host == "metadata.google.internal"
@@ -100,8 +96,10 @@ fn is_private_literal(host: &str) -> bool {
 pub fn check(r: &Review, m: &Manifest, digest: &str) -> Vec<Finding> {
     let g = &r.grants;
     let mut out = Vec::new();
+    // The loader's own import table: what it refuses is reported here.
+    let refusals: Vec<Refusal> = r.imports.iter().filter_map(|i| imports::check(i, g).err()).collect();
     for import in &r.imports {
-        if Capability::of_import(import) == Capability::Unknown {
+        if imports::check(import, g) == Err(Refusal::NotProvided) {
             out.push(finding(
                 "BH001",
                 Severity::Critical,
@@ -112,7 +110,7 @@ pub fn check(r: &Review, m: &Manifest, digest: &str) -> Vec<Finding> {
         }
     }
     let http = uses(r, Capability::OutboundHttp);
-    if http && g.network.is_empty() {
+    if refusals.contains(&Refusal::NeedsGrant("network")) {
         out.push(finding(
             "BH002",
             Severity::High,
@@ -154,8 +152,8 @@ pub fn check(r: &Review, m: &Manifest, digest: &str) -> Vec<Finding> {
             ));
         }
     }
-    for host in &g.network {
-        let Ok(p) = HostPattern::parse(host) else { continue };
+    for p in &g.network {
+        let host = p.as_str();
         if p.wildcard {
             out.push(finding(
                 "BH010",
@@ -195,21 +193,21 @@ pub fn check(r: &Review, m: &Manifest, digest: &str) -> Vec<Finding> {
     }
     for f in &g.files {
         if f.access == Access::ReadWrite {
-            if f.source == "session" {
+            if let Some(Source::Volume(volume)) = f.source() {
+                out.push(finding(
+                    "BH021",
+                    Severity::High,
+                    "read-write operator volume",
+                    format!("{} is writable and is operator volume {volume}", f.path),
+                    "grant read-only, or write to the session workspace and review the result",
+                ));
+            } else {
                 out.push(finding(
                     "BH020",
                     Severity::Medium,
                     "read-write workspace",
                     format!("{} is writable (session workspace)", f.path),
                     "grant read-only unless the tool must write files",
-                ));
-            } else {
-                out.push(finding(
-                    "BH021",
-                    Severity::High,
-                    "read-write operator volume",
-                    format!("{} is writable and is operator volume {}", f.path, &f.source[7..]),
-                    "grant read-only, or write to the session workspace and review the result",
                 ));
             }
         }
@@ -225,7 +223,7 @@ pub fn check(r: &Review, m: &Manifest, digest: &str) -> Vec<Finding> {
                 "split the tool, narrow network to the one API that needs the secret, and require approval",
             ));
         }
-        if g.files.iter().any(|f| f.source.starts_with("volume:")) && uses(r, Capability::Filesystem) {
+        if g.files.iter().any(|f| matches!(f.source(), Some(Source::Volume(_)))) && uses(r, Capability::Filesystem) {
             out.push(finding(
                 "BH031",
                 Severity::Medium,
@@ -328,8 +326,9 @@ pub fn diff(old: &Review, new: &Review) -> Vec<Finding> {
             "nothing to do",
         ));
     }
+    let hosts = |r: &Review| r.grants.network.iter().map(|h| h.as_str().to_string()).collect::<Vec<_>>();
     let lists: [(&str, &Vec<String>, &Vec<String>, Severity); 3] = [
-        ("network", &old.grants.network, &new.grants.network, Severity::High),
+        ("network", &hosts(old), &hosts(new), Severity::High),
         ("secrets", &old.grants.secrets, &new.grants.secrets, Severity::High),
         ("env", &old.grants.env, &new.grants.env, Severity::Low),
     ];

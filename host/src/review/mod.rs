@@ -13,8 +13,8 @@ pub mod findings;
 pub mod render;
 
 use crate::config::Limits;
-use crate::grants::Grant;
 use crate::manifest::{MANIFEST_FILE, Manifest, ToolLimits};
+use crate::policy::Grant;
 use serde::Serialize;
 use std::path::Path;
 
@@ -68,44 +68,8 @@ pub struct CapabilityUse {
     pub imports: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Capability {
-    State,
-    Secrets,
-    Session,
-    Log,
-    Filesystem,
-    OutboundHttp,
-    Sockets,
-    Clocks,
-    Random,
-    Cli,
-    Io,
-    /// Not provided by the host: the bundle is refused at load.
-    Unknown,
-}
-
-impl Capability {
-    pub fn of_import(name: &str) -> Capability {
-        let (package, rest) = name.split_once('/').unwrap_or((name, ""));
-        let interface = rest.split('@').next().unwrap_or("");
-        match (package, interface) {
-            ("bulkhead:tool", "state") => Capability::State,
-            ("bulkhead:tool", "secrets") => Capability::Secrets,
-            ("bulkhead:tool", "session") => Capability::Session,
-            ("bulkhead:tool", "log") => Capability::Log,
-            ("wasi:filesystem", _) => Capability::Filesystem,
-            ("wasi:http", _) => Capability::OutboundHttp,
-            ("wasi:sockets", _) => Capability::Sockets,
-            ("wasi:clocks", _) => Capability::Clocks,
-            ("wasi:random", _) => Capability::Random,
-            ("wasi:cli", _) => Capability::Cli,
-            ("wasi:io", _) => Capability::Io,
-            _ => Capability::Unknown,
-        }
-    }
-}
+/// The capability an import belongs to: the loader's own table.
+pub use crate::policy::imports::Capability;
 
 /// The review of one bundle.
 #[derive(Debug, Clone, Serialize)]
@@ -196,7 +160,7 @@ pub fn review_bundle(bundle: &Path) -> Result<Review, ReviewError> {
         }
     }
     capabilities.sort_by_key(|c| c.capability);
-    let grants = Grant::from_manifest(&manifest.grants);
+    let grants = manifest.grant.clone();
     let mut review = Review {
         path: bundle.display().to_string(),
         name: manifest.name.clone(),

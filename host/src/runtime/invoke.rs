@@ -2,9 +2,10 @@
 //! and an outcome classified the way the contract names it.
 
 use super::Runtime;
-use super::limiter::MemoryLimitExceeded;
 use super::loader::LoadedTool;
-use crate::caps::{AuditNote, CallEnv, HostState};
+use crate::caps::limits::MemoryLimitExceeded;
+use crate::caps::{CallEnv, HostState};
+use crate::events::Event;
 use crate::model::{CallError, CallStatus, LogLine, Usage};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -37,7 +38,7 @@ pub struct Outcome {
     pub usage: Usage,
     pub logs: Vec<LogLine>,
     pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
-    pub notes: Vec<AuditNote>,
+    pub notes: Vec<Event>,
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -144,13 +145,8 @@ impl Runtime {
         let writes = if succeeded { std::mem::take(&mut state.state.writes) } else { BTreeMap::new() };
         let state_writes =
             writes.into_iter().map(|(k, v)| (state.redact(k), v.map(|v| state.redact_bytes(v)))).collect();
-        let notes: Vec<AuditNote> = std::mem::take(&mut state.notes)
-            .into_iter()
-            .map(|n| AuditNote {
-                kind: n.kind,
-                data: serde_json::from_str(&state.redact(n.data.to_string())).unwrap_or(Value::Null),
-            })
-            .collect();
+        let notes: Vec<Event> =
+            std::mem::take(&mut state.notes).into_iter().map(|n| n.redacted(|data| state.redact(data))).collect();
         Outcome {
             status,
             output,

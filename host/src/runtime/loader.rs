@@ -7,16 +7,12 @@ use super::Runtime;
 use crate::caps::ToolPre;
 use crate::config::Limits;
 use crate::manifest::{MANIFEST_FILE, Manifest, ToolLimits};
+use crate::policy::imports;
 use std::path::{Path, PathBuf};
 
 /// Components are tools, not applications: bound what a bundle may make the
 /// host read and compile.
 const MAX_COMPONENT_BYTES: u64 = 64 << 20;
-
-/// WASI interfaces linked for every tool. They give nothing beyond the
-/// grants: no preopens, no environment, every socket address refused.
-const STANDARD_WASI: &[&str] = &["cli", "clocks", "random", "filesystem", "io", "sockets"];
-const OWN_INTERFACES: &[&str] = &["state", "secrets", "session", "log"];
 
 pub struct LoadedTool {
     pub manifest: Manifest,
@@ -38,24 +34,6 @@ pub struct LoadedTool {
 pub struct LoadError {
     pub file: String,
     pub message: String,
-}
-
-/// Which host facility an import needs, or why it cannot be linked.
-fn check_import(name: &str, manifest: &Manifest) -> Result<(), String> {
-    let (package, rest) = name.split_once('/').unwrap_or((name, ""));
-    let interface = rest.split('@').next().unwrap_or("");
-    match package {
-        "bulkhead:tool" if OWN_INTERFACES.contains(&interface) => Ok(()),
-        "wasi:http" => {
-            if manifest.grants.network.as_ref().is_none_or(|n| n.is_empty()) {
-                Err(format!("imports {name} but the manifest grants no network"))
-            } else {
-                Ok(())
-            }
-        }
-        p if p.strip_prefix("wasi:").is_some_and(|w| STANDARD_WASI.contains(&w)) => Ok(()),
-        _ => Err(format!("imports {name}, which this host does not provide")),
-    }
 }
 
 impl Runtime {
@@ -119,8 +97,9 @@ impl Runtime {
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        // The one import table, which `bulkhead review` reads too.
         for name in &imports {
-            check_import(name, &manifest).map_err(&err)?;
+            imports::check(name, &manifest.grant).map_err(|refusal| err(refusal.message(name)))?;
         }
         if ty.get_export(&self.engine, "invoke").is_none() {
             return Err(err("does not export `invoke: func(input: string) -> result<string, string>`".into()));

@@ -9,9 +9,7 @@
 
 pub mod engine;
 pub mod invoke;
-pub mod limiter;
 pub mod loader;
-pub mod stdio;
 
 use crate::caps::{HostState, Tool};
 use crate::config::Limits;

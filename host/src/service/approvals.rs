@@ -12,11 +12,12 @@ use super::sessions::page;
 use super::{Result, Service, ServiceError};
 use crate::auth::Principal;
 use crate::config::Role;
+use crate::events::{ApprovalDecided, CallFinished};
 use crate::model::{Approval, Call, CallError, CallStatus};
 use crate::store::{Link, Rejection, StoreError, audit, calls, sessions};
 use crate::util;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 
 /// A reason is a sentence or two for the record.
@@ -134,16 +135,9 @@ impl Service {
                 if !calls::decide(c, &call)? {
                     return Err(Rejection::NotPending.into());
                 }
-                let approval = call.approval.as_ref();
-                let data = json!({
-                    "tool": call.tool,
-                    "decision": approval.and_then(|a| a.decision.clone()),
-                    "reason": approval.and_then(|a| a.reason.clone()),
-                });
-                audit::append(c, &call.session, "approval_decided", &actor, Some(&call.id), data)?;
+                audit::append(c, &call.session, &actor, Some(&call.id), &ApprovalDecided::of(&call).into())?;
                 if ends_call {
-                    let data = json!({ "tool": call.tool, "status": call.status, "error": call.error.as_ref().map(|e| &e.code) });
-                    audit::append(c, &call.session, "call_finished", &actor, Some(&call.id), data)?;
+                    audit::append(c, &call.session, &actor, Some(&call.id), &CallFinished::of(&call).into())?;
                     sessions::bump_version(c, &call.session)?;
                 }
                 Ok(())

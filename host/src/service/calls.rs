@@ -16,6 +16,7 @@ use super::sessions::page;
 use super::{Result, Service, ServiceError};
 use crate::auth::Principal;
 use crate::caps::CallEnv;
+use crate::events::{CallFinished, CallRequested, Event, StateCommitted};
 use crate::model::{Approval, AuditEvent, Call, CallError, CallStatus, Session, Usage};
 use crate::runtime::invoke::Outcome;
 use crate::store::{Answer, Link, Rejection, StoreError, Tx, audit, calls, sessions, tool_state};
@@ -280,7 +281,7 @@ impl Service {
                 notes: Vec::new(),
             },
         };
-        let denials = outcome.notes.iter().filter(|n| n.kind == "capability_denied").count();
+        let denials = outcome.notes.iter().filter(|n| n.is_denial()).count();
         // What must still be recorded if the outcome cannot be: usage and
         // the audit notes (secrets read, egress), without the state writes.
         // (Notes are usually none: cloning them allocates nothing.)
@@ -312,8 +313,7 @@ impl Service {
             tool: call.tool.clone(),
             grant,
             session_env: session.env.clone(),
-            db: self.db.clone(),
-            state_cache: self.state_cache.clone(),
+            store: self.call_store(&session.id, &call.tool),
             secrets: self.secrets.clone(),
             state_quota_bytes: tool.limits.state_kb << 10,
             mounts,
@@ -347,7 +347,7 @@ impl Service {
         let call = call.clone();
         let actor = p.name.clone();
         let encoded = calls::Encoded::of(&call);
-        let data: audit::Data = json!({ "tool": call.tool, "input_sha256": util::sha256_hex(encoded.input.as_bytes()), "status": call.status, "idempotency_key": call.idempotency_key }).into();
+        let requested: Event = CallRequested::of(&call, &encoded.input).into();
         Ok(self.submit_call_write(link, move |c| {
             if !sessions::exists(c, &call.session)? {
                 return Err(Rejection::NotFound.into());
@@ -359,7 +359,7 @@ impl Service {
             }
             sessions::check_version(c, &call.session, if_match)?;
             calls::insert(c, &call, &encoded, &actor)?;
-            audit::append(c, &call.session, "call_requested", &actor, Some(&call.id), data)?;
+            audit::append(c, &call.session, &actor, Some(&call.id), &requested)?;
             Ok(Started::New)
         })?)
     }
@@ -393,12 +393,8 @@ impl Service {
         let writes = outcome.state_writes;
         let notes = outcome.notes;
         let actor = actor.to_string();
-        let committed = (!writes.is_empty()).then(|| {
-            let keys: Vec<&String> = writes.keys().collect();
-            audit::Data::from(json!({ "tool": call.tool, "keys": keys, "bytes": call.usage.state_bytes_written }))
-        });
-        let finished: audit::Data = json!({ "tool": call.tool, "status": call.status, "error": call.error.as_ref().map(|e| &e.code), "usage": call.usage }).into();
-        let notes: Vec<(&'static str, audit::Data)> = notes.into_iter().map(|n| (n.kind, n.data.into())).collect();
+        let committed = (!writes.is_empty()).then(|| Event::from(StateCommitted::of(&call, &writes)));
+        let finished = Event::from(CallFinished::of(&call));
         let encoded = calls::Encoded::of(&call);
         // Out of the cache until the writes are known committed (this call
         // holds the turn, so no one else reads or fills the entry meanwhile).
@@ -413,14 +409,14 @@ impl Service {
                 // NotFound before anything else is touched.
                 sessions::finish_call(c, &call.session, &call.usage)?;
                 calls::finish(c, &call, &encoded)?;
-                for (kind, data) in notes {
-                    audit::append(c, &call.session, kind, &actor, Some(&call.id), data)?;
+                for note in &notes {
+                    audit::append(c, &call.session, &actor, Some(&call.id), note)?;
                 }
-                if let Some(data) = committed {
+                if let Some(committed) = &committed {
                     tool_state::apply(c, &call.session, &call.tool, &writes)?;
-                    audit::append(c, &call.session, "state_committed", &actor, Some(&call.id), data)?;
+                    audit::append(c, &call.session, &actor, Some(&call.id), committed)?;
                 }
-                audit::append(c, &call.session, "call_finished", &actor, Some(&call.id), finished)?;
+                audit::append(c, &call.session, &actor, Some(&call.id), &finished)?;
                 Ok((call, writes))
             })?
             .await
@@ -453,7 +449,7 @@ impl Service {
             .db
             .write(|c| {
                 let running = calls::running(c)?;
-                for (session, id, tool) in &running {
+                for (session, id, _tool) in &running {
                     let Some(mut call) = calls::get(c, session, id)? else {
                         continue;
                     };
@@ -464,8 +460,7 @@ impl Service {
                     });
                     call.finished_at = Some(util::now_rfc3339());
                     calls::finish(c, &call, &calls::Encoded::of(&call))?;
-                    let data = json!({ "tool": tool, "status": call.status, "error": "interrupted" });
-                    audit::append(c, session, "call_finished", "bulkhead", Some(id), data)?;
+                    audit::append(c, session, "bulkhead", Some(id), &CallFinished::of(&call).into())?;
                 }
                 Ok(running.len())
             })
@@ -495,12 +490,9 @@ impl Service {
                     sessions::finish_call(c, &call.session, &call.usage)?;
                     calls::finish(c, &call, &calls::Encoded::of(&call))?;
                     for note in &a.notes {
-                        let data: audit::Data = note.data.clone().into();
-                        audit::append(c, &call.session, note.kind, "bulkhead", Some(&call.id), data)?;
+                        audit::append(c, &call.session, "bulkhead", Some(&call.id), note)?;
                     }
-                    let data =
-                        json!({ "tool": call.tool, "status": call.status, "error": a.error.code, "usage": call.usage });
-                    audit::append(c, &call.session, "call_finished", "bulkhead", Some(&call.id), data)?;
+                    audit::append(c, &call.session, "bulkhead", Some(&call.id), &CallFinished::of(&call).into())?;
                     failed.push(call);
                 }
                 Ok(failed)
@@ -614,7 +606,7 @@ struct Abandoned {
     session: String,
     id: String,
     usage: Usage,
-    notes: Vec<crate::caps::AuditNote>,
+    notes: Vec<Event>,
     error: CallError,
 }
 

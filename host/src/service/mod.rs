@@ -6,6 +6,7 @@
 //! - [`approvals`]: human decisions on calls that need them.
 
 pub mod approvals;
+pub mod call_store;
 pub mod calls;
 pub mod error;
 pub mod metrics;
@@ -68,8 +69,8 @@ pub struct Service {
     call_slots: Arc<Semaphore>,
     /// One lock per (session, tool): calls that share state run in order.
     tool_locks: Mutex<HashMap<(String, String), ToolLock>>,
-    /// The operator's `network.allow_private`, parsed.
-    allow_private: Arc<Vec<(std::net::IpAddr, u8)>>,
+    /// The operator's `network.allow_private`, shared with every call.
+    allow_private: Arc<crate::policy::PrivateRanges>,
     /// Ids of calls that just left `running`/`pending_approval`, for long-polls.
     finished: broadcast::Sender<String>,
     /// Counts committed changes to any session's boundary (narrowing,
@@ -115,7 +116,7 @@ impl Service {
         // A read-write volume inside the data folder (the embedded defaults'
         // adjustments journal) is created on start; others are the operator's.
         for v in config.volumes.values() {
-            if v.access == crate::grants::Access::ReadWrite && v.path.starts_with(&config.data_dir) {
+            if v.access == crate::policy::Access::ReadWrite && v.path.starts_with(&config.data_dir) {
                 let _ = std::fs::create_dir_all(&v.path);
             }
         }
@@ -135,9 +136,9 @@ impl Service {
         let loaded = workspace::check_volumes(loaded, &config.volumes, &mut refused);
         let tools: BTreeMap<String, Arc<LoadedTool>> =
             loaded.into_iter().map(|t| (t.manifest.name.clone(), Arc::new(t))).collect();
-        let allow_private = config.network.allow_private.iter().filter_map(|c| crate::grants::parse_cidr(c)).collect();
         let metrics = metrics::Metrics::new(tools.keys());
         let reviews = tools.iter().map(|(name, t)| (name.clone(), review_summary(&t.bundle))).collect();
+        let allow_private = Arc::new(config.network.allow_private.clone());
         let service = Arc::new(Service {
             call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls as usize)),
             config,
@@ -155,7 +156,7 @@ impl Service {
             call_sessions: Mutex::new(HashMap::new()),
             abandoned: Mutex::default(),
             workspace_quotas: Default::default(),
-            allow_private: Arc::new(allow_private),
+            allow_private,
         });
         let interrupted = service.recover().await?;
         // After recovery: a host stopped at its cap must still be able to
@@ -212,6 +213,11 @@ impl Service {
             db_write_jobs: self.db.writer_stats().jobs.load(Ordering::Relaxed),
             db_write_jobs_run_by_callers: self.db.writer_stats().jobs_run_by_callers.load(Ordering::Relaxed),
         })
+    }
+
+    /// The store handle a call of `tool` in `session` reads through.
+    pub fn call_store(&self, session: &str, tool: &str) -> Arc<dyn crate::caps::CallStore> {
+        Arc::new(call_store::ScopedStore::new(self.db.clone(), self.state_cache.clone(), session, tool))
     }
 
     fn tool_lock(&self, session: &str, tool: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -2,12 +2,14 @@
 
 use super::{Result, Service, ServiceError};
 use crate::auth::Principal;
-use crate::grants::{Grant, GrantSpec, is_var_name};
+use crate::events::{Deletion, MessageAppended, SessionCreated, SessionDeleted, SessionNarrowed};
 use crate::model::{Message, Session, SessionUsage, ToolBoundary};
+use crate::policy::GrantSpec;
+use crate::policy::names::is_var_name;
 use crate::store::{Rejection, audit, messages, sessions};
 use crate::util;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -193,14 +195,14 @@ impl Service {
         let mut tools = BTreeMap::new();
         for name in &names {
             let tool = &self.tools[name];
-            let mut grant = Grant::from_manifest(&tool.manifest.grants);
+            let mut grant = tool.manifest.grant.clone();
             if let Some(policy) = p.grants.get(name) {
                 grant = grant.intersect(policy);
             }
             if let Some(spec) = req.grants.get(name) {
-                spec.validate(&format!("grants.{name}")).map_err(ServiceError::bad_request)?;
+                let want = spec.parse(&format!("grants.{name}")).map_err(ServiceError::bad_request)?;
                 grant = grant
-                    .narrow(spec)
+                    .narrow(&want)
                     .map_err(|e| ServiceError::forbidden("grant_widening", format!("grants.{name}: {e}")))?;
             }
             let approval_required = tool.manifest.approval.required
@@ -223,8 +225,7 @@ impl Service {
         self.db
             .write(move |c| {
                 sessions::insert(c, &s)?;
-                let data = json!({ "tools": s.tools, "expires_at": s.expires_at, "labels": s.labels, "env": s.env.keys().collect::<Vec<_>>() });
-                audit::append(c, &s.id, "session_created", &s.principal, None, data)?;
+                audit::append(c, &s.id, &s.principal, None, &SessionCreated::of(&s).into())?;
                 Ok(())
             })
             .await?;
@@ -252,7 +253,7 @@ impl Service {
                 if !sessions::delete(c, &session.id)? {
                     return Err(Rejection::NotFound.into());
                 }
-                audit::append(c, &session.id, "session_deleted", &actor, None, json!({}))?;
+                audit::append(c, &session.id, &actor, None, &SessionDeleted::of(Deletion::Requested).into())?;
                 Ok(())
             })
             .await;
@@ -276,8 +277,7 @@ impl Service {
                 // First, so a session deleted meanwhile answers 404.
                 sessions::bump_version(c, &session.id)?;
                 let msg = messages::append(c, &session.id, &m.role, &m.content, m.metadata.as_ref())?;
-                let data = json!({ "seq": msg.seq, "role": msg.role, "bytes": msg.content.len(), "sha256": util::sha256_hex(msg.content.as_bytes()) });
-                audit::append(c, &session.id, "message_appended", &actor, None, data)?;
+                audit::append(c, &session.id, &actor, None, &MessageAppended::of(&msg).into())?;
                 Ok(msg)
             })
             .await?)
@@ -340,10 +340,10 @@ impl Service {
                     format!("tool {:?} is not in this session's boundary", truncate(name)),
                 )
             })?;
-            spec.validate(&format!("grants.{name}")).map_err(ServiceError::bad_request)?;
+            let want = spec.parse(&format!("grants.{name}")).map_err(ServiceError::bad_request)?;
             boundary.grants = boundary
                 .grants
-                .narrow(spec)
+                .narrow(&want)
                 .map_err(|e| ServiceError::forbidden("grant_widening", format!("grants.{name}: {e}")))?;
         }
         for name in &n.approval_required {
@@ -362,7 +362,7 @@ impl Service {
                 sessions::check_version(c, &id, if_match)?;
                 let version = sessions::bump_version(c, &id)?;
                 sessions::update_boundary(c, &id, &new_tools)?;
-                audit::append(c, &id, "session_narrowed", &actor, None, json!({ "tools": new_tools }))?;
+                audit::append(c, &id, &actor, None, &SessionNarrowed::of(&new_tools).into())?;
                 Ok(version)
             })
             .await;
@@ -393,7 +393,7 @@ impl Service {
                 let ids = sessions::expired(c, &now)?;
                 for id in &ids {
                     sessions::delete(c, id)?;
-                    audit::append(c, id, "session_deleted", "bulkhead", None, json!({ "reason": "expired" }))?;
+                    audit::append(c, id, "bulkhead", None, &SessionDeleted::of(Deletion::Expired).into())?;
                 }
                 Ok(ids)
             })

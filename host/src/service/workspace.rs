@@ -12,7 +12,8 @@ use super::Service;
 use crate::caps::Mount;
 use crate::caps::files::WorkspaceQuota;
 use crate::config::VolumeConfig;
-use crate::grants::{Access, Grant};
+use crate::policy::files::Source;
+use crate::policy::{Access, Grant};
 use crate::runtime::loader::{LoadError, LoadedTool};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,11 +32,13 @@ pub fn check_volumes(
         .filter(|t| {
             let missing = t
                 .manifest
-                .grants
+                .grant
                 .files
                 .iter()
-                .flatten()
-                .filter_map(|f| f.source.strip_prefix("volume:"))
+                .filter_map(|f| match f.source() {
+                    Some(Source::Volume(v)) => Some(v),
+                    _ => None,
+                })
                 .find(|v| !volumes.contains_key(*v));
             match missing {
                 Some(v) => {
@@ -60,7 +63,8 @@ impl Service {
     pub(super) async fn mounts(&self, session: &str, grant: &Grant) -> Vec<Mount> {
         let mut mounts = Vec::new();
         for f in &grant.files {
-            let (host, access, quota) = if f.source == "session" {
+            let source = f.source();
+            let (host, access, quota) = if source == Some(Source::Session) {
                 let dir = self.workspaces_root().join(session);
                 if let Err(e) = std::fs::create_dir_all(&dir) {
                     tracing::error!("cannot create workspace {}: {e}", dir.display());
@@ -74,7 +78,9 @@ impl Service {
                     Access::ReadOnly => None,
                 };
                 (dir, f.access, quota)
-            } else if let Some(volume) = f.source.strip_prefix("volume:").and_then(|v| self.config.volumes.get(v)) {
+            } else if let Some(Source::Volume(v)) = source
+                && let Some(volume) = self.config.volumes.get(v)
+            {
                 (volume.path.clone(), f.access.min(volume.access), None)
             } else {
                 continue;

@@ -9,8 +9,12 @@
 //! memory ([`Heads`]), so an append is one INSERT instead of a SELECT and an
 //! INSERT. A head learned inside a transaction becomes trusted only when
 //! that transaction commits.
+//!
+//! What an event holds is `crate::events`' business: this module only
+//! chains, stores, lists and verifies.
 
 use super::{Result, Tx, filing};
+use crate::events::Event;
 use crate::model::AuditEvent;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
@@ -128,16 +132,6 @@ impl Heads {
     }
 }
 
-/// An event's data as compact JSON: built where the event is prepared, so
-/// the writer thread only stores and hashes it.
-pub struct Data(String);
-
-impl From<Value> for Data {
-    fn from(v: Value) -> Data {
-        Data(v.to_string())
-    }
-}
-
 /// A chain's last event, from the index alone (all its events filed); a
 /// macro so that `HEAD` can include it.
 macro_rules! filed_head {
@@ -157,15 +151,8 @@ const HEAD: &str = concat!(
 );
 
 /// Appends an event to its session's chain; returns its seq.
-pub fn append(
-    tx: &Tx,
-    session: &str,
-    kind: &str,
-    actor: &str,
-    call: Option<&str>,
-    data: impl Into<Data>,
-) -> Result<i64> {
-    let Data(data) = data.into();
+pub fn append(tx: &Tx, session: &str, actor: &str, call: Option<&str>, event: &Event) -> Result<i64> {
+    let data = event.data();
     let (known, complete) = {
         let chains = tx.chains.borrow();
         (chains.get(session).cloned(), chains.complete)
@@ -182,14 +169,14 @@ pub fn append(
         seq,
         at: crate::util::now_rfc3339(),
         session: session.into(),
-        kind: kind.into(),
+        kind: event.kind().into(),
         actor: actor.into(),
         call: call.map(str::to_string),
         data: Value::Null, // stored and hashed from `data`, already serialized
         prev_hash,
         hash: String::new(),
     };
-    event.hash = hash_with_data(&event, &data);
+    event.hash = hash_with_data(&event, data);
     tx.prepare_cached(
         "INSERT INTO audit (session, seq, at, kind, actor, call, data, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
@@ -334,12 +321,12 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         // Queued, so that they run on the writer's thread, mostly in one batch.
         let append_ok = |kind: &'static str| {
-            db.submit_queued(Link::Alone, move |tx| append(tx, "s1", kind, "a", None, json!({}))).unwrap()
+            db.submit_queued(Link::Alone, move |tx| append(tx, "s1", "a", None, &Event::test(kind))).unwrap()
         };
         let first = append_ok("one");
         let failed = db
             .submit_queued(Link::Alone, |tx| {
-                append(tx, "s1", "undone", "a", None, json!({}))?;
+                append(tx, "s1", "a", None, &Event::test("undone"))?;
                 Err::<(), _>(Rejection::NotFound.into())
             })
             .unwrap();
@@ -349,7 +336,7 @@ mod tests {
         assert!(matches!(failed, Err(StoreError::Rejected(Rejection::NotFound))));
         assert_eq!(second.unwrap(), 2, "the rolled-back append left no gap");
         // A later batch continues from the committed head.
-        let three = db.submit(move |tx| append(tx, "s1", "three", "a", None, json!({}))).unwrap();
+        let three = db.submit(move |tx| append(tx, "s1", "a", None, &Event::test("three"))).unwrap();
         assert_eq!(rt.block_on(three).unwrap(), 3);
         let events = db.read(|c| list(c, "s1", 0, 10)).unwrap();
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();

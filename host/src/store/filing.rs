@@ -114,7 +114,6 @@ pub fn lower_marks(conn: &Connection) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
     use crate::store::{Db, Durability, audit, calls, sessions};
-    use serde_json::json;
 
     fn listed(db: &Db, session: &'static str, after: &'static str) -> Vec<String> {
         db.read(|c| calls::list(c, session, None, after, 100)).unwrap().into_iter().map(|c| c.id).collect()
@@ -145,7 +144,7 @@ mod tests {
                      VALUES (?1, ?2, 'p', 't', 'succeeded', '{}', 'at', '{}')",
                     [id, session],
                 )?;
-                audit::append(c, session, id, "p", Some(id), json!({}))?;
+                audit::append(c, session, "p", Some(id), &crate::events::Event::test(id))?;
                 Ok(())
             }))
             .unwrap()
@@ -188,7 +187,8 @@ mod tests {
             })
             .unwrap();
         assert_eq!(up_to, last, "opening the database files the tail");
-        rt.block_on(db.write(|c| audit::append(c, "a", "after restart", "p", None, json!({})))).unwrap();
+        rt.block_on(db.write(|c| audit::append(c, "a", "p", None, &crate::events::Event::test("after restart"))))
+            .unwrap();
         assert_eq!(kinds(&db, "a"), ["c01", "c03", "c04", "c06", "after restart"]);
         assert_eq!(db.read(audit::verify_all).unwrap(), Ok(7));
         drop(db);
