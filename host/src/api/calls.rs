@@ -1,4 +1,4 @@
-//! `/v1/sessions/{sid}/calls` and `/v1/sessions/{sid}/state/{tool}`.
+//! `/v1/sessions/{sid}/calls` and `/v1/sessions/{sid}/calls/{cid}`.
 
 use crate::service::Service;
 use crate::service::calls::{CallOptions, NewCall};
@@ -83,13 +83,4 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let calls = s.list_calls(&p, &sid, q.status.as_deref(), q.after, q.limit).await?;
     Ok(Json(json!({ "calls": calls })).into_response())
-}
-
-pub async fn state(
-    State(s): State<Arc<Service>>,
-    Caller(p): Caller,
-    Path((sid, tool)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let entries = s.get_state(&p, &sid, &tool).await?;
-    Ok(Json(json!({ "entries": entries })).into_response())
 }

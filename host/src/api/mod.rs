@@ -2,11 +2,17 @@
 //!
 //! The pieces it shares with [`crate::mcp`] (the error body, the caller's
 //! principal, JSON extractors) live in [`crate::web`].
-//! - [`sessions`], [`calls`], [`system`]: the handlers.
+//! - the handlers, one file per resource: [`sessions`] (and messages),
+//!   [`calls`], [`state`], [`audit`], [`approvals`], [`tools`], [`system`]
+//!   (`/healthz`, `/metrics`).
 
+pub mod approvals;
+pub mod audit;
 pub mod calls;
 pub mod sessions;
+pub mod state;
 pub mod system;
+pub mod tools;
 
 use crate::service::Service;
 use crate::web::error::ApiError;
@@ -27,11 +33,11 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/sessions/{sid}/messages", get(sessions::list_messages).post(sessions::append_message))
         .route("/v1/sessions/{sid}/calls", get(calls::list).post(calls::create))
         .route("/v1/sessions/{sid}/calls/{cid}", get(calls::get))
-        .route("/v1/sessions/{sid}/state/{tool}", get(calls::state))
-        .route("/v1/sessions/{sid}/audit", get(sessions::list_audit))
-        .route("/v1/approvals", get(sessions::list_approvals))
-        .route("/v1/approvals/{cid}", axum::routing::post(sessions::decide))
-        .route("/v1/tools", get(system::tools))
+        .route("/v1/sessions/{sid}/state/{tool}", get(state::get))
+        .route("/v1/sessions/{sid}/audit", get(audit::list))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{cid}", axum::routing::post(approvals::decide))
+        .route("/v1/tools", get(tools::list))
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .merge(crate::mcp::router(service.clone()))

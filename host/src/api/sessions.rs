@@ -1,7 +1,6 @@
-//! `/v1/sessions` and `/v1/sessions/{sid}/messages`.
+//! `/v1/sessions`, `/v1/sessions/{sid}` and `/v1/sessions/{sid}/messages`.
 
 use crate::service::Service;
-use crate::service::approvals::Decision;
 use crate::service::sessions::{CreateSession, Narrowing, NewMessage};
 use crate::web::error::ApiError;
 use crate::web::extract::{Body, Caller, Path, Query};
@@ -17,8 +16,8 @@ use std::sync::Arc;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionPage {
-    after: Option<String>,
-    limit: Option<u32>,
+    pub(super) after: Option<String>,
+    pub(super) limit: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -26,15 +25,6 @@ pub struct SessionPage {
 pub struct SeqPage {
     after: Option<i64>,
     limit: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditPage {
-    after: Option<i64>,
-    limit: Option<u32>,
-    /// `json` (default) or `jsonl`: one event per line, for export.
-    format: Option<String>,
 }
 
 pub async fn create(
@@ -93,29 +83,6 @@ pub async fn list_messages(
     Ok(Json(json!({ "messages": messages })).into_response())
 }
 
-pub async fn list_audit(
-    State(s): State<Arc<Service>>,
-    Caller(p): Caller,
-    Path(sid): Path<String>,
-    Query(q): Query<AuditPage>,
-) -> Result<Response, ApiError> {
-    let jsonl = match q.format.as_deref() {
-        None | Some("json") => false,
-        Some("jsonl") => true,
-        Some(_) => return Err(ApiError::bad_request("format must be json or jsonl")),
-    };
-    let events = s.list_audit(&p, &sid, q.after, q.limit).await?;
-    if !jsonl {
-        return Ok(Json(json!({ "events": events })).into_response());
-    }
-    let mut body = String::new();
-    for e in &events {
-        body.push_str(&serde_json::to_string(e).expect("events serialize"));
-        body.push('\n');
-    }
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
-}
-
 pub async fn narrow(
     State(s): State<Arc<Service>>,
     Caller(p): Caller,
@@ -125,22 +92,4 @@ pub async fn narrow(
 ) -> Result<Response, ApiError> {
     let if_match = super::calls::if_match(&headers)?;
     Ok(Json(s.narrow_session(&p, &sid, n, if_match).await?).into_response())
-}
-
-pub async fn list_approvals(
-    State(s): State<Arc<Service>>,
-    Caller(p): Caller,
-    Query(q): Query<SessionPage>,
-) -> Result<Response, ApiError> {
-    let approvals = s.list_approvals(&p, q.after, q.limit).await?;
-    Ok(Json(json!({ "approvals": approvals })).into_response())
-}
-
-pub async fn decide(
-    State(s): State<Arc<Service>>,
-    Caller(p): Caller,
-    Path(cid): Path<String>,
-    Body(d): Body<Decision>,
-) -> Result<Response, ApiError> {
-    Ok(Json(s.decide(&p, &cid, d).await?).into_response())
 }

@@ -1,16 +1,24 @@
 //! The operations of Bulkhead, shared by the HTTP API and the CLI: sessions,
 //! messages, calls. Every check of the permission boundary happens here.
 //!
-//! - [`sessions`]: create, read, list, delete; messages.
-//! - [`calls`]: run a tool call durably; read calls, state and audit.
+//! - [`sessions`]: create, read, list, narrow, delete; messages.
+//! - [`calls`]: run a tool call durably (admission, execution, recovery); read calls.
 //! - [`approvals`]: human decisions on calls that need them.
+//! - [`state`], [`audit`], [`tools`]: what a session's tools hold, its
+//!   audit trail, the tools a principal sees.
+//! - [`call_store`]: the narrow store handle each call reads through.
+//! - [`workspace`]: session workspaces and operator volumes as mounts.
+//! - [`metrics`], [`error`]: counters for `/metrics`; errors to status codes.
 
 pub mod approvals;
+pub mod audit;
 pub mod call_store;
 pub mod calls;
 pub mod error;
 pub mod metrics;
 pub mod sessions;
+pub mod state;
+pub mod tools;
 pub mod workspace;
 
 pub use error::{Result, ServiceError};
@@ -137,7 +145,7 @@ impl Service {
         let tools: BTreeMap<String, Arc<LoadedTool>> =
             loaded.into_iter().map(|t| (t.manifest.name.clone(), Arc::new(t))).collect();
         let metrics = metrics::Metrics::new(tools.keys());
-        let reviews = tools.iter().map(|(name, t)| (name.clone(), review_summary(&t.bundle))).collect();
+        let reviews = tools.iter().map(|(name, t)| (name.clone(), tools::review_summary(&t.bundle))).collect();
         let allow_private = Arc::new(config.network.allow_private.clone());
         let service = Arc::new(Service {
             call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls as usize)),
@@ -252,23 +260,6 @@ fn spawn_sweeper(service: &Arc<Service>) {
             }
         }
     });
-}
-
-/// The review of a loaded bundle, as `GET /v1/tools` shows it.
-fn review_summary(bundle: &std::path::Path) -> serde_json::Value {
-    match crate::review::review_bundle(bundle) {
-        Ok(r) => {
-            let count = |s: crate::review::Severity| r.findings.iter().filter(|f| f.severity == s).count();
-            use crate::review::Severity::*;
-            serde_json::json!({
-                "surface": r.surface,
-                "worst": r.worst().map(|s| s.as_str()),
-                "findings": { "critical": count(Critical), "high": count(High), "medium": count(Medium), "low": count(Low), "info": count(Info) },
-                "ids": r.findings.iter().map(|f| f.id).collect::<Vec<_>>(),
-            })
-        }
-        Err(e) => serde_json::json!({ "error": e.to_string() }),
-    }
 }
 
 impl Service {

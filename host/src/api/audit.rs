@@ -1,0 +1,44 @@
+//! `/v1/sessions/{sid}/audit`: a session's audit trail, as JSON or JSON lines.
+
+use crate::service::Service;
+use crate::web::error::ApiError;
+use crate::web::extract::{Caller, Path, Query};
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditPage {
+    after: Option<i64>,
+    limit: Option<u32>,
+    /// `json` (default) or `jsonl`: one event per line, for export.
+    format: Option<String>,
+}
+
+pub async fn list(
+    State(s): State<Arc<Service>>,
+    Caller(p): Caller,
+    Path(sid): Path<String>,
+    Query(q): Query<AuditPage>,
+) -> Result<Response, ApiError> {
+    let jsonl = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("jsonl") => true,
+        Some(_) => return Err(ApiError::bad_request("format must be json or jsonl")),
+    };
+    let events = s.list_audit(&p, &sid, q.after, q.limit).await?;
+    if !jsonl {
+        return Ok(Json(json!({ "events": events })).into_response());
+    }
+    let mut body = String::new();
+    for e in &events {
+        body.push_str(&serde_json::to_string(e).expect("events serialize"));
+        body.push('\n');
+    }
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}

@@ -1,0 +1,252 @@
+//! Running a recorded call under the session's boundary, and committing
+//! its outcome.
+
+use super::Turn;
+use super::recovery::{Abandoned, unstored};
+use crate::caps::CallEnv;
+use crate::events::{CallFinished, Event, StateCommitted};
+use crate::model::{Call, CallError, CallStatus, Session, Usage};
+use crate::runtime::invoke::Outcome;
+use crate::service::{Result, Service, ServiceError};
+use crate::store::{Link, Rejection, StoreError, audit, calls, sessions, tool_state};
+use crate::util;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use tokio::sync::OwnedSemaphorePermit;
+
+impl Service {
+    /// `execute`, as an [`Execution`]. Not async, and boxed: the future is
+    /// kilobytes, and built inside an async fn it would be part of the
+    /// caller's future too, copied whole at every move.
+    pub(in crate::service) fn start_execute(
+        self: &Arc<Self>,
+        call: Call,
+        read: (Arc<Session>, Option<u64>),
+        actor: String,
+        run: (OwnedSemaphorePermit, Option<Turn>, Link),
+    ) -> Execution {
+        Execution(Some(Box::pin(self.clone().execute(call, read, actor, run))))
+    }
+
+    /// Runs a recorded call under the session's boundary: waits its turn
+    /// for the tool's state, runs the tool, commits the outcome. `read` is
+    /// the session with the boundary epoch read before it, if known; `run`
+    /// the call's concurrency slot, its place in the tool's queue if it
+    /// has one, and the outcome's link to the record.
+    ///
+    /// Whatever ends it early, the call does not stay `running`: a panic
+    /// in the host (a bug) is caught here and the call finished `failed`.
+    pub(in crate::service) async fn execute(
+        self: Arc<Self>,
+        call: Call,
+        read: (Arc<Session>, Option<u64>),
+        actor: String,
+        run: (OwnedSemaphorePermit, Option<Turn>, Link),
+    ) -> Result<Call> {
+        let (session, id) = (call.session.clone(), call.id.clone());
+        let caught = util::catch_panic(self.clone().execute_recorded(call, read, actor, run)).await;
+        caught.unwrap_or_else(|_| {
+            tracing::error!("call {id} panicked in the host; it ends failed");
+            let error =
+                CallError { code: "internal_error".into(), message: "the host failed while running the call".into() };
+            self.abandon(Abandoned::without_outcome(session, id, error));
+            Err(ServiceError::Unavailable("a call task panicked".into()))
+        })
+    }
+
+    pub(in crate::service) async fn execute_recorded(
+        self: Arc<Self>,
+        call: Call,
+        read: (Arc<Session>, Option<u64>),
+        actor: String,
+        (_slot, turn, link): (OwnedSemaphorePermit, Option<Turn>, Link),
+    ) -> Result<Call> {
+        let (session, epoch) = read;
+        // New calls queued when they arrived; approved calls queue now.
+        let _turn = match turn {
+            Some(turn) => turn.await,
+            None => self.tool_lock(&session.id, &call.tool).lock_owned().await,
+        };
+        // The boundary as it stands now: a PATCH or DELETE may have come
+        // while this call waited its turn. When no boundary changed since
+        // the session was read, that read is current.
+        let session = if epoch == Some(self.boundary_epoch()) {
+            session
+        } else {
+            match self.db.read(|c| sessions::get(c, &session.id)) {
+                Ok(Some(session)) => Arc::new(session),
+                Ok(None) => return Err(ServiceError::not_found("session")),
+                Err(e) => {
+                    self.abandon(Abandoned::without_outcome(session.id.clone(), call.id.clone(), unstored()));
+                    return Err(e.into());
+                }
+            }
+        };
+        let outcome = match self.tools.get(&call.tool).filter(|_| session.tools.contains_key(&call.tool)) {
+            Some(tool) => self.run(tool, &call, &session).await,
+            // Recorded `running` but never run: finish it, so it does not
+            // wait for a restart to end `interrupted`.
+            None => Outcome {
+                status: CallStatus::Failed,
+                output: None,
+                error: Some(crate::model::CallError {
+                    code: "tool_not_allowed".into(),
+                    message: "the tool left the session's boundary before the call ran".into(),
+                }),
+                usage: Usage::default(),
+                logs: Vec::new(),
+                state_writes: BTreeMap::new(),
+                notes: Vec::new(),
+            },
+        };
+        let denials = outcome.notes.iter().filter(|n| n.is_denial()).count();
+        // What must still be recorded if the outcome cannot be: usage and
+        // the audit notes (secrets read, egress), without the state writes.
+        // (Notes are usually none: cloning them allocates nothing.)
+        let (id, usage, notes) = (call.id.clone(), outcome.usage, outcome.notes.clone());
+        let result = self.record_outcome(call, outcome, &actor, link).await;
+        match &result {
+            Ok(call) => {
+                self.count_call(call, denials);
+                let _ = self.finished.send(call.id.clone());
+            }
+            // No record to finish: its request was refused, or its session deleted.
+            Err(ServiceError::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::error!("cannot record a call's outcome: {e}");
+                let usage = Usage { state_bytes_written: 0, ..usage };
+                self.abandon(Abandoned { session: session.id.clone(), id, usage, notes, error: unstored() });
+            }
+        }
+        result
+    }
+
+    /// Runs the tool in its sandbox under the session's effective grant.
+    pub(in crate::service) async fn run(
+        &self,
+        tool: &crate::runtime::loader::LoadedTool,
+        call: &Call,
+        session: &Session,
+    ) -> Outcome {
+        let grant = session.tools.get(&call.tool).map(|b| b.grants.clone()).unwrap_or_default();
+        let mounts = self.mounts(&session.id, &grant).await;
+        let env = CallEnv {
+            session: session.id.clone(),
+            principal: session.principal.clone(),
+            tool: call.tool.clone(),
+            grant,
+            session_env: session.env.clone(),
+            store: self.call_store(&session.id, &call.tool),
+            secrets: self.secrets.clone(),
+            state_quota_bytes: tool.limits.state_kb << 10,
+            mounts,
+            allow_private: self.allow_private.clone(),
+        };
+        self.runtime.invoke(tool, &call.input.to_string(), env).await
+    }
+
+    /// Step 5: one transaction with everything the call changed. Its JSON
+    /// (columns and audit data) is built here, off the writer thread, which
+    /// every call shares.
+    pub(in crate::service) async fn record_outcome(
+        &self,
+        mut call: Call,
+        outcome: Outcome,
+        actor: &str,
+        link: Link,
+    ) -> Result<Call> {
+        call.status = outcome.status;
+        call.output = outcome.output;
+        call.error = outcome.error;
+        call.usage = outcome.usage;
+        call.logs = outcome.logs;
+        call.finished_at = Some(util::now_rfc3339());
+        let writes = outcome.state_writes;
+        let notes = outcome.notes;
+        let actor = actor.to_string();
+        let committed = (!writes.is_empty()).then(|| Event::from(StateCommitted::of(&call, &writes)));
+        let finished = Event::from(CallFinished::of(&call));
+        let encoded = calls::Encoded::of(&call);
+        // Out of the cache until the writes are known committed (this call
+        // holds the turn, so no one else reads or fills the entry meanwhile).
+        let cached = match &committed {
+            Some(_) => self.state_cache.take(&call.session, &call.tool),
+            None => None,
+        };
+        // The job hands the call and its writes back once committed.
+        let (call, writes) = self
+            .submit_call_write(link, move |c| {
+                // First, so a session deleted while the call ran is a clean
+                // NotFound before anything else is touched.
+                sessions::finish_call(c, &call.session, &call.usage)?;
+                calls::finish(c, &call, &encoded)?;
+                for note in &notes {
+                    audit::append(c, &call.session, &actor, Some(&call.id), note)?;
+                }
+                if let Some(committed) = &committed {
+                    tool_state::apply(c, &call.session, &call.tool, &writes)?;
+                    audit::append(c, &call.session, &actor, Some(&call.id), committed)?;
+                }
+                audit::append(c, &call.session, &actor, Some(&call.id), &finished)?;
+                Ok((call, writes))
+            })?
+            .await
+            .map_err(|e| match e {
+                // The session was deleted while the call ran: its record went
+                // with it, nothing else was written.
+                StoreError::Rejected(Rejection::NotFound) => ServiceError::not_found("session"),
+                other => other.into(),
+            })?;
+        if let Some(taken) = cached {
+            self.state_cache.committed_writes(&call.session, &call.tool, taken, &writes);
+        }
+        Ok(call)
+    }
+}
+
+/// A call's run, driven by the task that awaits it. Dropped before it ends
+/// (its client disconnected), it goes on in a task of its own: a call never
+/// stops half-way. It is not spawned up front because a spawn wakes a
+/// parked runtime thread (about 10 µs on a small VM) and may move the call
+/// to another core.
+pub(in crate::service) struct Execution(Option<Pin<Box<dyn Future<Output = Result<Call>> + Send>>>);
+
+impl Execution {
+    /// Runs it in a task of its own, not awaited.
+    pub(in crate::service) fn detach(mut self) {
+        if let Some(run) = self.0.take() {
+            tokio::spawn(run);
+        }
+    }
+
+    /// Stops it where it is, for a call whose record was refused.
+    pub(in crate::service) fn cancel(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Future for Execution {
+    type Output = Result<Call>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Result<Call>> {
+        let Some(run) = self.0.as_mut() else {
+            return Poll::Ready(Err(ServiceError::Unavailable("a call's run was polled after it ended".into())));
+        };
+        let finished = std::task::ready!(run.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(finished)
+    }
+}
+
+impl Drop for Execution {
+    fn drop(&mut self) {
+        if let Some(run) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(run)),
+                Err(_) => tracing::error!("a call's run was dropped outside the runtime; it is left unfinished"),
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Reading calls: one (with a long-poll for its end) and listings.
+
+use super::MAX_WAIT_SECONDS;
+use crate::auth::Principal;
+use crate::model::{Call, CallStatus};
+use crate::service::sessions::page;
+use crate::service::{Result, Service, ServiceError};
+use crate::store::calls;
+use crate::util;
+use std::time::Duration;
+
+impl Service {
+    /// One call; with `wait`, holds until it leaves `pending_approval` or
+    /// `running` or the wait ends (no database connection is held meanwhile).
+    pub async fn get_call(&self, p: &Principal, sid: &str, cid: &str, wait: Option<u64>) -> Result<Call> {
+        let session = self.owned_session(p, sid).await?;
+        if !util::is_id(cid) {
+            return Err(ServiceError::not_found("call"));
+        }
+        let mut finished = self.finished.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
+        loop {
+            let (sid, id) = (session.id.clone(), cid.to_string());
+            let call = self
+                .db
+                .read_async(move |c| calls::get(c, &sid, &id))
+                .await?
+                .ok_or_else(|| ServiceError::not_found("call"))?;
+            if !call.status.is_open() {
+                return Ok(call);
+            }
+            // Wake on any finished call; re-read when it is this one (or the
+            // channel lagged and it might have been).
+            let woke = loop {
+                match tokio::time::timeout_at(deadline, finished.recv()).await {
+                    Err(_) => break false,
+                    Ok(Ok(id)) if id != cid => continue,
+                    Ok(_) => break true,
+                }
+            };
+            if !woke {
+                return Ok(call);
+            }
+        }
+    }
+
+    pub async fn list_calls(
+        &self,
+        p: &Principal,
+        sid: &str,
+        status: Option<&str>,
+        after: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<Vec<Call>> {
+        let session = self.owned_session(p, sid).await?;
+        let status = match status {
+            None => None,
+            Some(s) => Some(CallStatus::parse(s).ok_or_else(|| {
+                ServiceError::bad_request(format!("unknown status {:?}", s.chars().take(32).collect::<String>()))
+            })?),
+        };
+        let (after, limit) = (after.unwrap_or_default(), page(limit));
+        Ok(self.db.read_async(move |c| calls::list(c, &session.id, status, &after, limit)).await?)
+    }
+}
