@@ -6,7 +6,22 @@
 //! stdout/stderr captured and capped, every socket address refused and name
 //! lookup off. The grant decides the rest; a denied use is an error the
 //! guest sees (never a trap) and an audit event.
+//!
+//! | capability | interface | here | its policy |
+//! |---|---|---|---|
+//! | state | `bulkhead:tool/state` | [`state`] | always granted, `state_kb` |
+//! | secrets | `bulkhead:tool/secrets` | [`secrets`] | `policy::names` |
+//! | history | `bulkhead:tool/session` | [`session`] | `Grant::history` |
+//! | log | `bulkhead:tool/log` | [`log`] | always granted, capped |
+//! | network | `wasi:http/outgoing-handler` | [`http`] | `policy::network` |
+//! | files | `wasi:filesystem` | [`files`] (workspace quota) | `policy::files` |
+//! | env | `wasi:cli/environment` | [`env`] | `policy::names` |
+//! | stdio | `wasi:cli/stdout`, `stderr` | [`stdio`] (captured, capped) | always |
+//!
+//! [`limits`] holds a call's memory and table limits. Stored data is read
+//! only through the [`CallStore`] the service hands each call.
 
+pub mod env;
 pub mod files;
 pub mod http;
 pub mod limits;
@@ -129,11 +144,7 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
-        for name in &env.grant.env {
-            if let Some(value) = env.session_env.get(name) {
-                wasi.env(name, value);
-            }
-        }
+        self::env::grant(&mut wasi, &env.grant.env, &env.session_env);
         let files = files::Files::new(&env.mounts);
         let mut notes = Vec::new();
         for m in &env.mounts {

@@ -432,7 +432,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets() {
+    fn a_target_url_gives_its_scheme_host_port_and_api_prefix() {
         let t = Target::parse("http://127.0.0.1:7070").unwrap();
         assert_eq!((t.tls, t.host.as_str(), t.port, t.path.as_str()), (false, "127.0.0.1", 7070, "/mcp"));
         let t = Target::parse("https://tools.example.com/x/mcp").unwrap();
@@ -447,7 +447,7 @@ mod tests {
     }
 
     #[test]
-    fn sse_events() {
+    fn server_sent_events_split_on_blank_lines_and_join_their_data_lines() {
         let stream = b"data: \nid: 0\nretry: 3000\n\ndata: {\"id\":1}\n\r\n\r\ndata: {\"a\":\ndata: 2}\n\n";
         let mut buf = stream.to_vec();
         let mut got = vec![];
@@ -459,7 +459,7 @@ mod tests {
     }
 
     #[test]
-    fn header_values() {
+    fn a_header_value_that_is_not_plain_ascii_travels_base64_encoded() {
         assert_eq!(header_safe("counter"), "counter");
         assert_eq!(header_safe("é"), "=?base64?w6k=?=");
         assert_eq!(header_safe(" x"), "=?base64?IHg=?=");
