@@ -438,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_configs_name_the_problem() {
+    fn a_bad_config_is_refused_with_an_error_naming_the_problem() {
         let cases = [
             ("lisen = \"x\"", "lisen"),
             ("[limits]\nmax_memory_gb = 1", "max_memory_gb"),
@@ -461,6 +461,14 @@ mod tests {
             (
                 "[[principals]]\nname = \"a\"\ntoken_env = \"T\"\nroles = [\"agent\"]\n[[principals]]\nname = \"a\"\ntoken_env = \"U\"\nroles = [\"agent\"]",
                 "twice",
+            ),
+            (
+                "[[principals]]\nname = \"a\"\ntoken_env = \"T\"\nroles = [\"agent\"]\n[principals.grants.http-fetch]\nnetwork = [\"not a host\"]",
+                "principals[0]: grants.http-fetch.network",
+            ),
+            (
+                "[[principals]]\nname = \"a\"\ntoken_env = \"T\"\nroles = [\"agent\"]\n[principals.grants.t]\nsecrets = [\"1X\"]",
+                "grants.t",
             ),
             ("not toml at all [", "line 1"),
             ("[mcp]\nallowed_origins = [\"evil.example\"]", "mcp.allowed_origins"),
