@@ -123,22 +123,16 @@ async fn calls_running_when_the_host_dies_are_interrupted_after_restart() -> any
     "#;
     let mut host =
         TestHost::builder().bundle_with_manifest("spin", test_program("spin-forever"), manifest).start().await?;
-    let api = host.agent();
-    let sid = api.session(json!({})).await?;
-    let background = api.clone();
-    let sid2 = sid.clone();
-    let pending = tokio::spawn(async move { background.call(&sid2, "spin-forever", json!({})).await });
-    // Wait until the call is recorded as running.
-    let mut running = false;
-    for _ in 0..100 {
-        let (_, list) = api.get(&format!("/v1/sessions/{sid}/calls?status=running")).await?;
-        if list["calls"].as_array().is_some_and(|c| !c.is_empty()) {
-            running = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(running, "the call never showed as running");
+    let session = host.agent().open(json!({})).await?;
+    let sid = session.id.clone();
+    let pending = tokio::spawn({
+        let session = session.clone();
+        async move { session.call("spin-forever", json!({})).await }
+    });
+    eventually("the call to show as running", || async {
+        Ok((!session.calls_with("running").await?.is_empty()).then_some(()))
+    })
+    .await?;
     host.restart().await?;
     assert!(pending.await?.is_err(), "the client saw its connection cut, not an answer");
     let api = host.agent();
@@ -317,16 +311,11 @@ async fn a_full_database_refuses_writes_cleanly_and_recovers() -> anyhow::Result
     assert_eq!(status, StatusCode::OK, "{call}");
     assert_eq!(call["output"]["value"], succeeded + 1, "only answered calls changed the state");
     // The call whose outcome failed to commit ends `failed` soon after.
-    let mut left_running = true;
-    for _ in 0..300 {
+    eventually("no call left running", || async {
         let (_, list) = api.get(&format!("/v1/sessions/{sid}/calls?status=running")).await?;
-        if list["calls"].as_array().is_some_and(|c| c.is_empty()) {
-            left_running = false;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(!left_running, "a call stayed running");
+        Ok(list["calls"].as_array().is_some_and(|c| c.is_empty()).then_some(()))
+    })
+    .await?;
     let (_, list) = api.get(&format!("/v1/sessions/{sid}/calls?limit=100")).await?;
     let mut failed = Vec::new();
     for call in list["calls"].as_array().unwrap() {

@@ -98,8 +98,8 @@ async fn a_restart_loads_precompiled_tools_and_compiles_nothing() -> anyhow::Res
 async fn bulkhead_run_calls_a_bundle_without_a_server() -> anyhow::Result<()> {
     let bundle = example_tool("counter");
     let bundle = bundle.to_str().unwrap();
-    let state = std::env::temp_dir().join(format!("bulkhead-run-test-{}", std::process::id()));
-    let state_arg = state.to_str().unwrap();
+    let state = ScratchDir::new("bulkhead-run-test")?;
+    let state_arg = state.path().to_str().unwrap();
     for expected in [3, 6] {
         let (code, out, err) = run_cli(&["run", bundle, "--input", "{\"by\": 3}", "--state-dir", state_arg])?;
         assert_eq!(code, 0, "{out}{err}");
@@ -112,7 +112,6 @@ async fn bulkhead_run_calls_a_bundle_without_a_server() -> anyhow::Result<()> {
     assert!(err.contains("--input is not JSON"), "{err}");
     let (code, out, _) = run_cli(&["run", bundle, "--input", "{\"by\": \"x\"}"])?;
     assert_ne!(code, 0, "{out}");
-    std::fs::remove_dir_all(state)?;
     Ok(())
 }
 
@@ -137,23 +136,15 @@ async fn bulkhead_run_removes_the_folders_of_killed_runs() -> anyhow::Result<()>
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    let mut left = None;
-    for _ in 0..300 {
-        // Its own: the lock file holds the holder's pid (other tests run
-        // too), and the lock is held (not a folder left with a reused pid).
-        let pid = killed.id().to_string();
-        let own = |d: &std::path::PathBuf| {
-            let lock = d.join("bulkhead.lock");
-            std::fs::read_to_string(&lock).is_ok_and(|p| p == pid)
-                && std::fs::File::open(&lock).is_ok_and(|f| f.try_lock().is_err())
-        };
-        if let Some(dir) = runs()?.into_iter().find(own) {
-            left = Some(dir);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let left = left.expect("the run made its folder");
+    // Its own: the lock file holds the holder's pid (other tests run too),
+    // and the lock is held (not a folder left with a reused pid).
+    let pid = killed.id().to_string();
+    let own = |d: &std::path::PathBuf| {
+        let lock = d.join("bulkhead.lock");
+        std::fs::read_to_string(&lock).is_ok_and(|p| p == pid)
+            && std::fs::File::open(&lock).is_ok_and(|f| f.try_lock().is_err())
+    };
+    let left = eventually("the run to make its folder", || async { Ok(runs()?.into_iter().find(own)) }).await?;
     killed.kill()?;
     killed.wait()?;
     assert!(left.exists(), "kill -9 leaves the folder");

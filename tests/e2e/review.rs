@@ -15,12 +15,6 @@ fn bundle(dir: &Path, name: &str, source: PathBuf, wasm: &str, manifest: &str) -
     Ok(b)
 }
 
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bulkhead-review-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn digest(path: &Path) -> String {
     use sha2::Digest;
@@ -47,7 +41,8 @@ fn ids(doc: &Value, key: &str) -> Vec<String> {
 
 #[test]
 fn each_bundle_produces_exactly_its_findings() -> anyhow::Result<()> {
-    let dir = scratch("table");
+    let scratch = ScratchDir::new("bulkhead-review-table")?;
+    let dir = scratch.path();
     let counter = example_tool("counter");
     let pin = digest(&counter.join("counter.wasm"));
     let exfil = test_program("exfil-probe");
@@ -158,13 +153,13 @@ fn each_bundle_produces_exactly_its_findings() -> anyhow::Result<()> {
     assert_eq!(code, 0);
     let (code, _) = review_json(&dir.join("unpinned-defaults"), &["--fail-on", "low"])?;
     assert_eq!(code, 1);
-    std::fs::remove_dir_all(dir)?;
     Ok(())
 }
 
 #[test]
 fn a_baseline_diff_ranks_widening_first() -> anyhow::Result<()> {
-    let dir = scratch("baseline");
+    let scratch = ScratchDir::new("bulkhead-review-baseline")?;
+    let dir = scratch.path();
     let exfil = test_program("exfil-probe");
     let old = bundle(
         &dir,
@@ -191,13 +186,13 @@ fn a_baseline_diff_ranks_widening_first() -> anyhow::Result<()> {
     assert!(changes.iter().any(|c| c["message"] == "limits.timeout_ms raised from 1000 to 5000"));
     let (code, same) = review_json(&old, &["--baseline", old.to_str().unwrap(), "--fail-on", "critical"])?;
     assert_eq!((code, ids(&same, "changes").len()), (0, 0), "no change, no finding");
-    std::fs::remove_dir_all(dir)?;
     Ok(())
 }
 
 #[test]
 fn corrupt_bundles_exit_2_with_the_reason() -> anyhow::Result<()> {
-    let dir = scratch("corrupt");
+    let scratch = ScratchDir::new("bulkhead-review-corrupt")?;
+    let dir = scratch.path();
     let garbage = dir.join("garbage");
     std::fs::create_dir_all(&garbage)?;
     std::fs::write(garbage.join("tool.toml"), "name = \"g\"\nversion = \"1\"\ncomponent = \"g.wasm\"\n")?;
@@ -212,7 +207,6 @@ fn corrupt_bundles_exit_2_with_the_reason() -> anyhow::Result<()> {
     }
     let (code, _, err) = run_cli(&["review", dir.join("nothing-here").to_str().unwrap()])?;
     assert_eq!(code, 2, "{err}");
-    std::fs::remove_dir_all(dir)?;
     Ok(())
 }
 
@@ -220,7 +214,8 @@ fn corrupt_bundles_exit_2_with_the_reason() -> anyhow::Result<()> {
 /// normalized; `UPDATE_GOLDEN=1` rewrites the files after a deliberate change.
 #[test]
 fn every_format_matches_its_golden_output() -> anyhow::Result<()> {
-    let dir = scratch("golden");
+    let scratch = ScratchDir::new("bulkhead-review-golden")?;
+    let dir = scratch.path();
     let counter = example_tool("counter");
     let pin = digest(&counter.join("counter.wasm"));
     bundle(
@@ -251,7 +246,6 @@ fn every_format_matches_its_golden_output() -> anyhow::Result<()> {
         let expected = std::fs::read_to_string(&file)?;
         assert_eq!(normalized, expected, "{format} output changed; rerun with UPDATE_GOLDEN=1 if intended");
     }
-    std::fs::remove_dir_all(dir)?;
     Ok(())
 }
 

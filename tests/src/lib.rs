@@ -6,7 +6,13 @@
 //!   with another manifest).
 //! - [`TestHost`] runs `bulkhead serve` there; it can be killed with SIGKILL
 //!   and restarted on the same folder.
-//! - [`Api`] is an HTTP client acting as one principal.
+//! - [`Api`] is an HTTP client acting as one principal; [`Api::open`] gives
+//!   a [`Session`] handle that calls tools in it.
+//! - [`eventually`] waits on a condition the host reaches in the background
+//!   (a call shown running, a row purged) instead of a fixed sleep.
+//!
+//! The chain a test reads: `TestHost::builder().bundle(..).principal(..)
+//! .start()` → `host.api(token).open(json!({}))` → `session.call(tool, input)`.
 //!
 //! The binary is `target/release/bulkhead` next to the test executable
 //! (`scripts/test` builds it), or `$BULKHEAD_BIN`.
@@ -149,6 +155,14 @@ impl HostBuilder {
     pub fn config(mut self, toml: &str) -> Self {
         self.config.push_str(toml);
         self.config.push('\n');
+        self
+    }
+
+    /// One more principal, with `token` and its policy as `[[principals]]`
+    /// lines (`roles = [...]`, `tools = [...]`, `approval_required`, grants).
+    pub fn principal(mut self, name: &str, token: &str, policy: &str) -> Self {
+        let hash = sha256_hex(token);
+        self.config.push_str(&format!("\n[[principals]]\nname = \"{name}\"\ntoken_sha256 = \"{hash}\"\n{policy}\n"));
         self
     }
 
@@ -303,6 +317,33 @@ impl TestHost {
     pub fn anonymous(&self) -> Api {
         Api { base: self.base.clone(), token: None, http: reqwest::Client::new() }
     }
+
+    /// The value of one unlabelled series of `/metrics`.
+    pub async fn metric(&self, name: &str) -> Result<u64> {
+        let text = self.anonymous().request(reqwest::Method::GET, "/metrics").send().await?.text().await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .with_context(|| format!("no metric {name} in {text}"))
+    }
+}
+
+/// Polls `check` until it answers `Some`, for at most 30 s: for what the
+/// host does in the background. Fails naming `what` it waited for.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("waited 30 s for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 impl Drop for TestHost {
@@ -357,6 +398,11 @@ impl Api {
         Api::send(self.request(reqwest::Method::DELETE, path)).await
     }
 
+    /// Creates a session (asserting 201) and returns a handle to it.
+    pub async fn open(&self, body: Value) -> Result<Session> {
+        Ok(Session { id: self.session(body).await?, api: self.clone() })
+    }
+
     /// Creates a session (asserting 201) and returns its id.
     pub async fn session(&self, body: Value) -> Result<String> {
         let (status, s) = self.post("/v1/sessions", body).await?;
@@ -397,6 +443,33 @@ impl Api {
             .iter()
             .map(|e| e["kind"].as_str().unwrap_or("").to_string())
             .collect())
+    }
+}
+
+/// A session as seen by the principal that opened it.
+#[derive(Clone)]
+pub struct Session {
+    pub id: String,
+    pub api: Api,
+}
+
+impl Session {
+    pub async fn call(&self, tool: &str, input: Value) -> Result<Reply> {
+        self.api.call(&self.id, tool, input).await
+    }
+
+    /// `GET /v1/sessions/{sid}{rest}`.
+    pub async fn get(&self, rest: &str) -> Result<Reply> {
+        self.api.get(&format!("/v1/sessions/{}{rest}", self.id)).await
+    }
+
+    /// The ids of the session's calls with `status` (e.g. `running`).
+    pub async fn calls_with(&self, status: &str) -> Result<Vec<String>> {
+        let (code, list) = self.get(&format!("/calls?status={status}&limit=100")).await?;
+        if code != StatusCode::OK {
+            bail!("list calls: {code} {list}");
+        }
+        Ok(list["calls"].as_array().context("calls")?.iter().filter_map(|c| c["id"].as_str().map(String::from)).collect())
     }
 }
 

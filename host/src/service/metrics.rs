@@ -31,6 +31,8 @@ pub struct Metrics {
 /// Values read from the database at scrape time.
 pub struct Gauges {
     pub calls_in_flight: usize,
+    /// Requests long-polling for a call to end (`?wait=`).
+    pub call_waiters: usize,
     pub tools_loaded: usize,
     pub sessions: u64,
     pub pending_approvals: u64,
@@ -117,6 +119,7 @@ impl Metrics {
         }
         let gauges = [
             ("bulkhead_calls_in_flight", "Calls holding a concurrency slot.", g.calls_in_flight as u64),
+            ("bulkhead_call_waiters", "Requests waiting for a call to end (long-polls).", g.call_waiters as u64),
             ("bulkhead_tools_loaded", "Tool bundles being served.", g.tools_loaded as u64),
             ("bulkhead_sessions", "Sessions in the database.", g.sessions),
             ("bulkhead_pending_approvals", "Calls waiting for a human decision.", g.pending_approvals),

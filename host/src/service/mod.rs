@@ -213,6 +213,7 @@ impl Service {
         });
         Ok(metrics::Gauges {
             calls_in_flight: self.calls_in_flight(),
+            call_waiters: self.finished.receiver_count(),
             tools_loaded: self.tools.len(),
             sessions,
             pending_approvals: pending,

@@ -17,15 +17,22 @@ impl Service {
         if !util::is_id(cid) {
             return Err(ServiceError::not_found("call"));
         }
-        let mut finished = self.finished.subscribe();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.unwrap_or(0).min(MAX_WAIT_SECONDS));
-        loop {
+        let read = || {
             let (sid, id) = (session.id.clone(), cid.to_string());
-            let call = self
-                .db
-                .read_async(move |c| calls::get(c, &sid, &id))
-                .await?
-                .ok_or_else(|| ServiceError::not_found("call"))?;
+            async {
+                self.db.read_async(move |c| calls::get(c, &sid, &id)).await?.ok_or_else(|| ServiceError::not_found("call"))
+            }
+        };
+        let wait = wait.unwrap_or(0).min(MAX_WAIT_SECONDS);
+        if wait == 0 {
+            return read().await;
+        }
+        // Subscribed before the first read, so an end between the read and
+        // the wait is not missed; a subscriber counts as a waiter in /metrics.
+        let mut finished = self.finished.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+        loop {
+            let call = read().await?;
             if !call.status.is_open() {
                 return Ok(call);
             }
