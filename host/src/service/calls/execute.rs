@@ -61,11 +61,11 @@ impl Service {
         call: Call,
         read: (Arc<Session>, Option<u64>),
         actor: String,
-        (_slot, turn, link): (OwnedSemaphorePermit, Option<Turn>, Link),
+        (slot, turn, link): (OwnedSemaphorePermit, Option<Turn>, Link),
     ) -> Result<Call> {
         let (session, epoch) = read;
         // New calls queued when they arrived; approved calls queue now.
-        let _turn = match turn {
+        let turn = match turn {
             Some(turn) => turn.await,
             None => self.tool_lock(&session.id, &call.tool).lock_owned().await,
         };
@@ -109,6 +109,9 @@ impl Service {
         let result = self.record_outcome(call, outcome, &actor, link).await;
         match &result {
             Ok(call) => {
+                // Free the slot and the tool's turn before waking long-polls:
+                // a client that saw its call end may send the next at once.
+                drop((slot, turn));
                 self.count_call(call, denials);
                 let _ = self.finished.send(call.id.clone());
             }
