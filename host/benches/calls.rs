@@ -26,7 +26,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Service>, PathBuf) {
@@ -94,11 +93,9 @@ fn benches(c: &mut Criterion) {
     group.bench_function("floor", |b| {
         b.iter(|| rt.block_on(service.runtime.invoke(&tool, "{}", floor_env(&service, &session.id))))
     });
-    let stats = service.db.writer_stats();
-    let by_callers = |stats: &bulkhead::store::WriterStats| {
-        (stats.jobs.load(Ordering::Relaxed), stats.jobs_run_by_callers.load(Ordering::Relaxed))
-    };
-    let lone = by_callers(stats);
+    let stats = || rt.block_on(service.store.stats()).unwrap();
+    let by_callers = |stats: bulkhead::store::StoreStats| (stats.write_jobs, stats.write_jobs_run_by_callers);
+    let lone = by_callers(stats());
     group.bench_function("durable_call", |b| {
         b.iter(|| {
             let req = NewCall { tool: "counter".into(), input: json!({}), idempotency_key: None };
@@ -133,7 +130,7 @@ fn benches(c: &mut Criterion) {
         })
     });
     group.finish();
-    let after = by_callers(stats);
+    let after = by_callers(stats());
     eprintln!(
         "lone calls: {:.0}% of write jobs run on the caller's thread",
         100.0 * (after.1 - lone.1) as f64 / (after.0 - lone.0).max(1) as f64
@@ -141,7 +138,8 @@ fn benches(c: &mut Criterion) {
 
     let sessions: Vec<String> =
         (0..64).map(|_| rt.block_on(service.create_session(&me, CreateSession::default())).unwrap().id).collect();
-    let before = (stats.commits.load(Ordering::Relaxed), stats.jobs.load(Ordering::Relaxed));
+    let before = stats();
+    let before = (before.commits, before.write_jobs);
     // Every call unwraps its answer, so each iteration made them all.
     let mut calls = 0u64;
     let mut group = c.benchmark_group("throughput");
@@ -177,8 +175,10 @@ fn benches(c: &mut Criterion) {
     });
     group.finish();
     // How the writer grouped the throughput run's calls.
-    let (commits, jobs) =
-        (stats.commits.load(Ordering::Relaxed) - before.0, stats.jobs.load(Ordering::Relaxed) - before.1);
+    let (commits, jobs) = {
+        let now = stats();
+        (now.commits - before.0, now.write_jobs - before.1)
+    };
     let calls = calls.max(1) as f64;
     eprintln!(
         "throughput: {:.3} database commits and {:.2} write jobs per call",

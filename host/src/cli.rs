@@ -6,7 +6,7 @@ use crate::runtime::Runtime;
 use crate::service::calls::NewCall;
 use crate::service::sessions::CreateSession;
 use crate::service::{Credentials, Service, StartReport, ToolSource};
-use crate::store::audit;
+use crate::store::sqlite::audit;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -278,7 +278,7 @@ fn remove_abandoned_run_folders(tmp: &Path) {
         let ours = entry.file_name().to_string_lossy().starts_with(RUN_FOLDER_PREFIX)
             && entry.file_type().is_ok_and(|t| t.is_dir())
             && entry.path().join(RUN_FOLDER_MARK).is_file();
-        if ours && let Some(_held) = crate::store::lock::abandoned(&entry.path()) {
+        if ours && let Some(_held) = crate::store::sqlite::lock::abandoned(&entry.path()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -324,13 +324,13 @@ async fn run_in(config: Config, bundle: &Path, input: serde_json::Value, data_di
 
 async fn audit_verify(config_path: Option<&Path>) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
-    if !config.data_dir.join(crate::store::DB_FILE).exists() {
+    if !config.data_dir.join(crate::store::sqlite::DB_FILE).exists() {
         bail!("no database in {}", config.data_dir.display());
     }
     // Read-only: verifying writes nothing (no migration, no filing), so it
     // can run beside a live host.
     let conn = rusqlite::Connection::open_with_flags(
-        config.data_dir.join(crate::store::DB_FILE),
+        config.data_dir.join(crate::store::sqlite::DB_FILE),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;

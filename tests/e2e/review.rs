@@ -15,7 +15,6 @@ fn bundle(dir: &Path, name: &str, source: PathBuf, wasm: &str, manifest: &str) -
     Ok(b)
 }
 
-
 fn digest(path: &Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))

@@ -79,8 +79,10 @@ async fn a_denied_call_ends_rejected_and_a_long_poll_sees_the_decision() -> anyh
         tokio::spawn(async move { agent.get(&path).await })
     };
     // Decided while the long-poll waits (not before it arrives).
-    eventually("the long-poll to wait", || async { Ok((host.metric("bulkhead_call_waiters").await? > 0).then_some(())) })
-        .await?;
+    eventually("the long-poll to wait", || async {
+        Ok((host.metric("bulkhead_call_waiters").await? > 0).then_some(()))
+    })
+    .await?;
     let (status, denied) = host
         .api(APPROVER)
         .post(&format!("/v1/approvals/{cid}"), json!({"decision": "deny", "reason": "not today"}))
@@ -318,7 +320,9 @@ async fn expired_sessions_answer_410_and_are_purged_keeping_their_audit() -> any
             return Ok(None);
         }
         let last: String =
-            db.query_row("SELECT data FROM audit WHERE session = ?1 ORDER BY seq DESC LIMIT 1", [&short], |r| r.get(0))?;
+            db.query_row("SELECT data FROM audit WHERE session = ?1 ORDER BY seq DESC LIMIT 1", [&short], |r| {
+                r.get(0)
+            })?;
         Ok(Some(last))
     })
     .await?;

@@ -469,7 +469,12 @@ impl Session {
         if code != StatusCode::OK {
             bail!("list calls: {code} {list}");
         }
-        Ok(list["calls"].as_array().context("calls")?.iter().filter_map(|c| c["id"].as_str().map(String::from)).collect())
+        Ok(list["calls"]
+            .as_array()
+            .context("calls")?
+            .iter()
+            .filter_map(|c| c["id"].as_str().map(String::from))
+            .collect())
     }
 }
 

@@ -12,9 +12,8 @@ use super::sessions::page;
 use super::{Result, Service, ServiceError};
 use crate::auth::Principal;
 use crate::config::Role;
-use crate::events::{ApprovalDecided, CallFinished};
 use crate::model::{Approval, Call, CallError, CallStatus};
-use crate::store::{Link, Rejection, StoreError, audit, calls, sessions};
+use crate::store::{Link, Rejection, StoreError};
 use crate::util;
 use serde::Deserialize;
 use serde_json::Value;
@@ -47,7 +46,7 @@ impl Service {
     pub async fn list_approvals(&self, p: &Principal, after: Option<String>, limit: Option<u32>) -> Result<Vec<Value>> {
         require_approver(p)?;
         let (me, after, limit) = (p.name.clone(), after.unwrap_or_default(), page(limit));
-        let rows = self.db.read_async(move |c| calls::pending_for(c, &me, &after, limit)).await?;
+        let rows = self.store.pending_approvals_for(&me, after, limit).await?;
         Ok(rows
             .into_iter()
             .map(|(call, requester)| {
@@ -72,18 +71,9 @@ impl Service {
         if !util::is_id(cid) {
             return Err(ServiceError::not_found("call"));
         }
-        let id = cid.to_string();
-        let (mut call, requester) = self
-            .db
-            .read_async(move |c| calls::get_any(c, &id))
-            .await?
-            .ok_or_else(|| ServiceError::not_found("call"))?;
-        let sid = call.session.clone();
-        let session = self
-            .db
-            .read_async(move |c| sessions::get(c, &sid))
-            .await?
-            .ok_or_else(|| ServiceError::not_found("call"))?;
+        let (mut call, requester) =
+            self.store.call_with_requester(cid).await?.ok_or_else(|| ServiceError::not_found("call"))?;
+        let session = self.store.session(&call.session).await?.ok_or_else(|| ServiceError::not_found("call"))?;
         if p.name == session.principal || p.name == requester {
             return Err(ServiceError::forbidden("four_eyes", "a principal cannot approve calls of its own sessions"));
         }
@@ -129,21 +119,7 @@ impl Service {
 
     /// Writes a decision (and, when it ends the call, its `call_finished`).
     async fn record_decision(&self, call: &Call, actor: &str, ends_call: bool) -> Result<()> {
-        let (call, actor) = (call.clone(), actor.to_string());
-        self.db
-            .write(move |c| {
-                if !calls::decide(c, &call)? {
-                    return Err(Rejection::NotPending.into());
-                }
-                audit::append(c, &call.session, &actor, Some(&call.id), &ApprovalDecided::of(&call).into())?;
-                if ends_call {
-                    audit::append(c, &call.session, &actor, Some(&call.id), &CallFinished::of(&call).into())?;
-                    sessions::bump_version(c, &call.session)?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(ServiceError::from)
+        self.store.record_decision(call, actor, ends_call).await.map_err(ServiceError::from)
     }
 
     /// Ends pending calls older than the configured expiry. Returns how many.
@@ -152,7 +128,7 @@ impl Service {
         let cutoff =
             humantime::format_rfc3339_millis(std::time::SystemTime::now() - std::time::Duration::from_secs(secs))
                 .to_string();
-        let expired = self.db.read_async(move |c| calls::pending_before(c, &cutoff)).await?;
+        let expired = self.store.pending_before(cutoff).await?;
         let mut n = 0;
         for mut call in expired {
             call.status = CallStatus::Rejected;

@@ -4,7 +4,6 @@ use super::sessions::page;
 use super::{Result, Service};
 use crate::auth::Principal;
 use crate::model::AuditEvent;
-use crate::store::audit;
 
 impl Service {
     pub async fn list_audit(
@@ -16,6 +15,6 @@ impl Service {
     ) -> Result<Vec<AuditEvent>> {
         let session = self.owned_session(p, sid).await?;
         let (after, limit) = (after.unwrap_or(0), page(limit));
-        Ok(self.db.read_async(move |c| audit::list(c, &session.id, after, limit)).await?)
+        Ok(self.store.audit(&session.id, after, limit).await?)
     }
 }

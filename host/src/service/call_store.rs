@@ -5,37 +5,45 @@
 use crate::caps::CallStore;
 use crate::model::Message;
 use crate::store::state_cache::{Committed, StateCache};
-use crate::store::{Db, StoreError, messages, tool_state};
+use crate::store::{Sharing, Store, StoreError, wait};
 use std::sync::Arc;
 
+/// A snapshot larger than this is read key by key when no cache is kept.
+const UNCACHED_LARGEST: u64 = 2 << 20;
+
 pub struct ScopedStore {
-    db: Arc<Db>,
-    /// Committed tool state in memory; the call holds its pair's turn.
-    cache: Arc<StateCache>,
+    store: Arc<dyn Store>,
+    /// Committed tool state in memory (one-host backends); the call holds
+    /// its pair's turn.
+    cache: Option<Arc<StateCache>>,
     session: String,
     tool: String,
 }
 
 impl ScopedStore {
-    pub fn new(db: Arc<Db>, cache: Arc<StateCache>, session: &str, tool: &str) -> ScopedStore {
-        ScopedStore { db, cache, session: session.to_string(), tool: tool.to_string() }
+    pub fn new(store: Arc<dyn Store>, cache: Arc<StateCache>, session: &str, tool: &str) -> ScopedStore {
+        let cache = (store.sharing() == Sharing::OneHost).then_some(cache);
+        ScopedStore { store, cache, session: session.to_string(), tool: tool.to_string() }
     }
 }
 
 impl CallStore for ScopedStore {
     fn committed_state(&self) -> Result<Committed, StoreError> {
-        self.cache.committed(&self.db, &self.session, &self.tool)
+        match &self.cache {
+            Some(cache) => cache.committed(&*self.store, &self.session, &self.tool),
+            None => wait(self.store.committed_state(&self.session, &self.tool, UNCACHED_LARGEST)),
+        }
     }
 
     fn state_value(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.read(|c| tool_state::get(c, &self.session, &self.tool, key))
+        wait(self.store.state_value(&self.session, &self.tool, key))
     }
 
     fn state_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.db.read(|c| tool_state::keys(c, &self.session, &self.tool, prefix))
+        wait(self.store.state_keys(&self.session, &self.tool, prefix))
     }
 
     fn history(&self, limit: u32) -> Result<Vec<Message>, StoreError> {
-        self.db.read(|c| messages::newest(c, &self.session, limit))
+        wait(self.store.newest_messages(&self.session, limit))
     }
 }

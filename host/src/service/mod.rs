@@ -28,8 +28,9 @@ use crate::caps::secrets::SecretStore;
 use crate::config::Config;
 use crate::runtime::Runtime;
 use crate::runtime::loader::{LoadError, LoadedTool};
+use crate::store::sqlite::{Db, Durability, SqliteStore};
 use crate::store::state_cache::StateCache;
-use crate::store::{Db, Durability};
+use crate::store::{Sharing, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -63,7 +64,7 @@ type ToolLock = Weak<tokio::sync::Mutex<()>>;
 
 pub struct Service {
     pub config: Config,
-    pub db: Arc<Db>,
+    pub store: Arc<dyn Store>,
     pub runtime: Arc<Runtime>,
     pub tools: BTreeMap<String, Arc<LoadedTool>>,
     pub principals: Principals,
@@ -107,7 +108,7 @@ impl Service {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
         // Before anything is written in the folder (dev tokens, the cache).
-        let folder = crate::store::lock::lock(&config.data_dir).map_err(|e| match e {
+        let folder = crate::store::sqlite::lock::lock(&config.data_dir).map_err(|e| match e {
             // A plain message: this is not storage failing.
             crate::store::StoreError::Unavailable(message) => anyhow::Error::msg(message),
             other => other.into(),
@@ -132,7 +133,7 @@ impl Service {
             crate::config::DurabilityMode::Normal => Durability::Normal,
             crate::config::DurabilityMode::Full => Durability::Full,
         };
-        let db = Arc::new(Db::open_locked(folder, durability)?);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(Db::open_locked(folder, durability)?));
         let runtime = Runtime::new(&config.limits, Some(&config.data_dir.join("cache")))?;
         let (loaded, mut refused) = match &source {
             ToolSource::Dir(dir) => runtime.load_dir(dir, &config.limits),
@@ -150,7 +151,7 @@ impl Service {
         let service = Arc::new(Service {
             call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls as usize)),
             config,
-            db,
+            store,
             runtime,
             tools,
             principals,
@@ -170,7 +171,7 @@ impl Service {
         // After recovery: a host stopped at its cap must still be able to
         // close the calls it left running, then serve deletes to free space.
         if let Some(mb) = service.config.storage.max_size_mb {
-            let cap = service.db.cap_size(mb << 20).await?;
+            let cap = service.store.cap_size(mb << 20).await?;
             if cap > mb << 20 {
                 tracing::warn!(
                     "the database is already {} MiB, above storage.max_size_mb; capped at its size",
@@ -196,37 +197,29 @@ impl Service {
 
     /// Gauges for `/metrics`, read from the database.
     pub async fn gauges(&self) -> Result<metrics::Gauges> {
-        let (sessions, pending) = self
-            .db
-            .read_async(|c| {
-                let sessions = c.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get::<_, i64>(0))?;
-                let pending = c.query_row("SELECT COUNT(*) FROM calls WHERE status = 'pending_approval'", [], |r| {
-                    r.get::<_, i64>(0)
-                })?;
-                Ok((sessions as u64, pending as u64))
-            })
-            .await?;
-        let files = ["", "-wal", "-shm"].map(|suffix| {
-            let mut path = self.db.path().as_os_str().to_owned();
-            path.push(suffix);
-            std::fs::metadata(path).map_or(0, |m| m.len())
-        });
+        let stats = self.store.stats().await?;
         Ok(metrics::Gauges {
             calls_in_flight: self.calls_in_flight(),
             call_waiters: self.finished.receiver_count(),
             tools_loaded: self.tools.len(),
-            sessions,
-            pending_approvals: pending,
-            storage_bytes: files.iter().sum(),
-            db_commits: self.db.writer_stats().commits.load(Ordering::Relaxed),
-            db_write_jobs: self.db.writer_stats().jobs.load(Ordering::Relaxed),
-            db_write_jobs_run_by_callers: self.db.writer_stats().jobs_run_by_callers.load(Ordering::Relaxed),
+            sessions: stats.sessions,
+            pending_approvals: stats.pending_approvals,
+            storage_bytes: stats.storage_bytes,
+            db_commits: stats.commits,
+            db_write_jobs: stats.write_jobs,
+            db_write_jobs_run_by_callers: stats.write_jobs_run_by_callers,
         })
+    }
+
+    /// Whether in-memory copies of stored data stay valid: only while this
+    /// host is the store's one writer.
+    pub(crate) fn caches(&self) -> bool {
+        self.store.sharing() == Sharing::OneHost
     }
 
     /// The store handle a call of `tool` in `session` reads through.
     pub fn call_store(&self, session: &str, tool: &str) -> Arc<dyn crate::caps::CallStore> {
-        Arc::new(call_store::ScopedStore::new(self.db.clone(), self.state_cache.clone(), session, tool))
+        Arc::new(call_store::ScopedStore::new(self.store.clone(), self.state_cache.clone(), session, tool))
     }
 
     fn tool_lock(&self, session: &str, tool: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -2,11 +2,11 @@
 
 use super::{Result, Service, ServiceError};
 use crate::auth::Principal;
-use crate::events::{Deletion, MessageAppended, SessionCreated, SessionDeleted, SessionNarrowed};
+use crate::events::{Deletion, SessionCreated, SessionDeleted, SessionNarrowed};
 use crate::model::{Message, Session, SessionUsage, ToolBoundary};
 use crate::policy::GrantSpec;
 use crate::policy::names::is_var_name;
-use crate::store::{Rejection, audit, messages, sessions};
+
 use crate::util;
 use serde::Deserialize;
 use serde_json::Value;
@@ -118,7 +118,7 @@ impl Service {
         }
         // A primary-key lookup against the page cache: cheaper on this
         // thread than a hop to the blocking pool.
-        let session = self.db.read(|c| sessions::get(c, sid))?;
+        let session = self.store.session(sid).await?;
         check_owned(p, session.as_ref())?;
         Ok(session.expect("checked"))
     }
@@ -127,17 +127,20 @@ impl Service {
     /// boundary changed since it was read (its `usage` and `version` may be
     /// behind: calls use only its id, owner, boundary, env and expiry), and
     /// the boundary epoch read before it (for `execute`).
-    pub(super) fn session_for_call(&self, p: &Principal, sid: &str) -> Result<(Arc<Session>, u64)> {
+    pub(super) async fn session_for_call(&self, p: &Principal, sid: &str) -> Result<(Arc<Session>, u64)> {
         if !util::is_id(sid) {
             return Err(ServiceError::not_found("session"));
         }
         let epoch = self.boundary_epoch();
-        let cached = self.call_sessions.lock().expect("session cache poisoned").get(sid).cloned();
+        let cached = match self.caches() {
+            true => self.call_sessions.lock().expect("session cache poisoned").get(sid).cloned(),
+            false => None,
+        };
         let session = match cached {
             Some((seen, s)) if seen == epoch => Some(s),
             _ => {
-                let read = self.db.read(|c| sessions::get(c, sid))?.map(Arc::new);
-                if let Some(s) = &read {
+                let read = self.store.session(sid).await?.map(Arc::new);
+                if let Some(s) = read.as_ref().filter(|_| self.caches()) {
                     let mut cache = self.call_sessions.lock().expect("session cache poisoned");
                     if cache.len() >= MAX_CACHED_SESSIONS {
                         cache.clear();
@@ -221,14 +224,7 @@ impl Service {
             labels: req.labels,
             usage: SessionUsage::default(),
         };
-        let s = session.clone();
-        self.db
-            .write(move |c| {
-                sessions::insert(c, &s)?;
-                audit::append(c, &s.id, &s.principal, None, &SessionCreated::of(&s).into())?;
-                Ok(())
-            })
-            .await?;
+        self.store.create_session(session.clone(), SessionCreated::of(&session).into()).await?;
         Ok(session)
     }
 
@@ -241,22 +237,13 @@ impl Service {
         let owner = (!p.is_admin()).then(|| p.name.clone());
         let after = after.unwrap_or_default();
         let limit = page(limit);
-        Ok(self.db.read_async(move |c| sessions::list(c, owner.as_deref(), &after, limit)).await?)
+        Ok(self.store.sessions(owner, after, limit).await?)
     }
 
     pub async fn delete_session(&self, p: &Principal, sid: &str) -> Result<()> {
         let session = self.owned_session(p, sid).await?;
-        let actor = p.name.clone();
-        let deleted = self
-            .db
-            .write(move |c| {
-                if !sessions::delete(c, &session.id)? {
-                    return Err(Rejection::NotFound.into());
-                }
-                audit::append(c, &session.id, &actor, None, &SessionDeleted::of(Deletion::Requested).into())?;
-                Ok(())
-            })
-            .await;
+        let deleted =
+            self.store.delete_session(&session.id, &p.name, SessionDeleted::of(Deletion::Requested).into()).await;
         self.boundary_changed();
         deleted?;
         self.state_cache.forget_session(sid);
@@ -270,17 +257,7 @@ impl Service {
             return Err(ServiceError::bad_request("role must be 1 to 32 characters of a-z, _ or -"));
         }
         let session = self.owned_session(p, sid).await?;
-        let actor = p.name.clone();
-        Ok(self
-            .db
-            .write(move |c| {
-                // First, so a session deleted meanwhile answers 404.
-                sessions::bump_version(c, &session.id)?;
-                let msg = messages::append(c, &session.id, &m.role, &m.content, m.metadata.as_ref())?;
-                audit::append(c, &session.id, &actor, None, &MessageAppended::of(&msg).into())?;
-                Ok(msg)
-            })
-            .await?)
+        Ok(self.store.append_message(&session.id, &p.name, m.role, m.content, m.metadata).await?)
     }
 
     pub async fn list_messages(
@@ -292,7 +269,7 @@ impl Service {
     ) -> Result<Vec<Message>> {
         let session = self.owned_session(p, sid).await?;
         let (after, limit) = (after.unwrap_or(0), page(limit));
-        Ok(self.db.read_async(move |c| messages::list(c, &session.id, after, limit)).await?)
+        Ok(self.store.messages(&session.id, after, limit).await?)
     }
 }
 
@@ -355,17 +332,8 @@ impl Service {
             })?;
             boundary.approval_required = true;
         }
-        let (id, actor, new_tools) = (session.id.clone(), p.name.clone(), tools.clone());
-        let version = self
-            .db
-            .write(move |c| {
-                sessions::check_version(c, &id, if_match)?;
-                let version = sessions::bump_version(c, &id)?;
-                sessions::update_boundary(c, &id, &new_tools)?;
-                audit::append(c, &id, &actor, None, &SessionNarrowed::of(&new_tools).into())?;
-                Ok(version)
-            })
-            .await;
+        let narrowed = SessionNarrowed::of(&tools).into();
+        let version = self.store.narrow_session(&session.id, if_match, tools.clone(), &p.name, narrowed).await;
         self.boundary_changed();
         let version = version?;
         session.tools = tools;
@@ -378,8 +346,7 @@ impl Service {
     /// The session with its current stored bytes.
     pub async fn get_session(&self, p: &Principal, sid: &str) -> Result<Session> {
         let mut session = self.owned_session(p, sid).await?;
-        let id = session.id.clone();
-        session.usage.stored_bytes = self.db.read_async(move |c| sessions::stored_bytes(c, &id)).await?;
+        session.usage.stored_bytes = self.store.stored_bytes(&session.id).await?;
         Ok(session)
     }
 
@@ -387,24 +354,13 @@ impl Service {
     /// ending with `session_deleted` (reason `expired`).
     pub async fn purge_expired_sessions(&self) -> Result<usize> {
         let now = util::now_rfc3339();
-        let purged = self
-            .db
-            .write(move |c| {
-                let ids = sessions::expired(c, &now)?;
-                for id in &ids {
-                    sessions::delete(c, id)?;
-                    audit::append(c, id, "bulkhead", None, &SessionDeleted::of(Deletion::Expired).into())?;
-                }
-                Ok(ids)
-            })
-            .await
-            .map(|ids| {
-                for id in &ids {
-                    self.state_cache.forget_session(id);
-                    self.remove_workspace(id);
-                }
-                ids.len()
-            });
+        let purged = self.store.purge_expired(now, SessionDeleted::of(Deletion::Expired).into()).await.map(|ids| {
+            for id in &ids {
+                self.state_cache.forget_session(id);
+                self.remove_workspace(id);
+            }
+            ids.len()
+        });
         if !matches!(purged, Ok(0)) {
             self.boundary_changed();
         }

@@ -4,7 +4,6 @@
 use super::{Result, Service, ServiceError};
 use crate::auth::Principal;
 use crate::model::Session;
-use crate::store::tool_state;
 use base64::Engine as _;
 use std::collections::BTreeMap;
 
@@ -16,7 +15,7 @@ impl Service {
             return Err(ServiceError::not_found("tool"));
         }
         let tool = tool.to_string();
-        let entries = self.db.read_async(move |c| tool_state::all(c, &session.id, &tool)).await?;
+        let entries = self.store.tool_state(&session.id, &tool).await?;
         let b64 = base64::engine::general_purpose::STANDARD;
         Ok(entries.into_iter().map(|(k, v)| (k, b64.encode(v))).collect())
     }

@@ -15,7 +15,7 @@
 //! and values, and a state larger than `budget / LARGEST_SHARE` is never
 //! kept (its calls read key by key, as without a cache).
 
-use super::{Db, Result, tool_state};
+use super::{Result, Store, wait};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -116,19 +116,12 @@ impl StateCache {
 
     /// The committed state of `tool` in `session`, from memory or read.
     /// The caller holds the pair's turn.
-    pub fn committed(&self, db: &Db, session: &str, tool: &str) -> Result<Committed> {
+    pub fn committed(&self, store: &dyn Store, session: &str, tool: &str) -> Result<Committed> {
         if let Some(s) = self.lock().sessions.get(session).and_then(|t| t.get(tool)) {
             return Ok(Committed::Cached(s.clone()));
         }
         let largest = self.budget / LARGEST_SHARE;
-        let loaded = db.read(|c| {
-            let size = tool_state::size(c, session, tool)?;
-            if size > largest {
-                return Ok(Committed::Large { size });
-            }
-            let entries = tool_state::all(c, session, tool)?;
-            Ok(Committed::Cached(Arc::new(Snapshot { entries, size })))
-        })?;
+        let loaded = wait(store.committed_state(session, tool, largest))?;
         if let Committed::Cached(s) = &loaded {
             self.lock().insert(self.budget, session, tool, s.clone());
         }

@@ -2,13 +2,12 @@
 //! its outcome.
 
 use super::Turn;
-use super::recovery::{Abandoned, unstored};
+use super::recovery::unstored;
 use crate::caps::CallEnv;
-use crate::events::{CallFinished, Event, StateCommitted};
 use crate::model::{Call, CallError, CallStatus, Session, Usage};
 use crate::runtime::invoke::Outcome;
 use crate::service::{Result, Service, ServiceError};
-use crate::store::{Link, Rejection, StoreError, audit, calls, sessions, tool_state};
+use crate::store::{Abandoned, FinishedCall, Link, Rejection, StoreError};
 use crate::util;
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -75,7 +74,7 @@ impl Service {
         let session = if epoch == Some(self.boundary_epoch()) {
             session
         } else {
-            match self.db.read(|c| sessions::get(c, &session.id)) {
+            match self.store.session(&session.id).await {
                 Ok(Some(session)) => Arc::new(session),
                 Ok(None) => return Err(ServiceError::not_found("session")),
                 Err(e) => {
@@ -167,36 +166,16 @@ impl Service {
         call.logs = outcome.logs;
         call.finished_at = Some(util::now_rfc3339());
         let writes = outcome.state_writes;
-        let notes = outcome.notes;
-        let actor = actor.to_string();
-        let committed = (!writes.is_empty()).then(|| Event::from(StateCommitted::of(&call, &writes)));
-        let finished = Event::from(CallFinished::of(&call));
-        let encoded = calls::Encoded::of(&call);
         // Out of the cache until the writes are known committed (this call
         // holds the turn, so no one else reads or fills the entry meanwhile).
-        let cached = match &committed {
-            Some(_) => self.state_cache.take(&call.session, &call.tool),
-            None => None,
+        let cached = match !writes.is_empty() && self.caches() {
+            true => self.state_cache.take(&call.session, &call.tool),
+            false => None,
         };
-        // The job hands the call and its writes back once committed.
-        let (call, writes) = self
-            .submit_call_write(link, move |c| {
-                // First, so a session deleted while the call ran is a clean
-                // NotFound before anything else is touched.
-                sessions::finish_call(c, &call.session, &call.usage)?;
-                calls::finish(c, &call, &encoded)?;
-                for note in &notes {
-                    audit::append(c, &call.session, &actor, Some(&call.id), note)?;
-                }
-                if let Some(committed) = &committed {
-                    tool_state::apply(c, &call.session, &call.tool, &writes)?;
-                    audit::append(c, &call.session, &actor, Some(&call.id), committed)?;
-                }
-                audit::append(c, &call.session, &actor, Some(&call.id), &finished)?;
-                Ok((call, writes))
-            })?
-            .await
-            .map_err(|e| match e {
+        let finished = FinishedCall { call, writes, notes: outcome.notes, actor: actor.to_string() };
+        // The store hands the call and its writes back once committed.
+        let FinishedCall { call, writes, .. } =
+            self.store.submit_outcome(finished, link, self.busy())?.await.map_err(|e| match e {
                 // The session was deleted while the call ran: its record went
                 // with it, nothing else was written.
                 StoreError::Rejected(Rejection::NotFound) => ServiceError::not_found("session"),

@@ -27,9 +27,9 @@ pub(in crate::service) use recovery::AbandonedCalls;
 
 use super::{Result, Service, ServiceError};
 use crate::auth::Principal;
-use crate::events::{CallRequested, Event};
 use crate::model::{Approval, Call, CallStatus, Usage};
-use crate::store::{Answer, Link, Rejection, StoreError, Tx, audit, calls, sessions};
+pub(in crate::service) use crate::store::Started;
+use crate::store::{Link, Pending, Rejection, StoreError};
 use crate::util;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -65,11 +65,6 @@ pub struct CallReply {
 /// A place in a (session, tool) queue: resolves when the call's turn comes.
 pub(in crate::service) type Turn = Pin<Box<dyn Future<Output = OwnedMutexGuard<()>> + Send>>;
 
-pub(in crate::service) enum Started {
-    New,
-    Existing(Box<Call>),
-}
-
 /// How a call request wants to be answered.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallOptions {
@@ -88,7 +83,7 @@ impl Service {
         opts: CallOptions,
     ) -> Result<CallReply> {
         super::sessions::require_agent(p)?;
-        let (session, epoch) = self.session_for_call(p, sid)?;
+        let (session, epoch) = self.session_for_call(p, sid).await?;
         let tool = self.tools.get(&req.tool).cloned().ok_or_else(|| ServiceError::NotFound {
             code: "unknown_tool",
             message: format!("no tool named {:?}", req.tool.chars().take(64).collect::<String>()),
@@ -110,8 +105,7 @@ impl Service {
             return Err(ServiceError::BadRequest { code: "invalid_input", message: format!("{at}: {error}") });
         }
         if let Some(key) = req.idempotency_key.clone() {
-            let sid = session.id.clone();
-            if let Some(first) = self.db.read_async(move |c| calls::by_idempotency_key(c, &sid, &key)).await? {
+            if let Some(first) = self.store.call_by_idempotency_key(&session.id, &key).await? {
                 return Box::pin(self.replay(p, first, &req, opts)).await;
             }
         }
@@ -164,8 +158,8 @@ impl Service {
             && !opts.respond_async
             && boundary.grants.changes_only_state()
             && boundary.grants.secrets.is_empty();
-        if pipelined {
-            let link = self.db.new_link();
+        // (A backend that does not order writes gives no link.)
+        if let Some(link) = pipelined.then(|| self.store.new_link()).flatten() {
             let recorded = self.submit_request(&call, p, opts.if_match, Link::Leads(link))?;
             let run = (slot, turn, Link::Follows(link));
             let mut execution = self.start_execute(call.clone(), (session, Some(epoch)), p.name.clone(), run);
@@ -242,45 +236,14 @@ impl Service {
         p: &Principal,
         if_match: Option<i64>,
         link: Link,
-    ) -> Result<Answer<Started>> {
-        let call = call.clone();
-        let actor = p.name.clone();
-        let encoded = calls::Encoded::of(&call);
-        let requested: Event = CallRequested::of(&call, &encoded.input).into();
-        Ok(self.submit_call_write(link, move |c| {
-            if !sessions::exists(c, &call.session)? {
-                return Err(Rejection::NotFound.into());
-            }
-            if let Some(key) = &call.idempotency_key
-                && let Some(first) = calls::by_idempotency_key(c, &call.session, key)?
-            {
-                return Ok(Started::Existing(Box::new(first)));
-            }
-            sessions::check_version(c, &call.session, if_match)?;
-            calls::insert(c, &call, &encoded, &actor)?;
-            audit::append(c, &call.session, &actor, Some(&call.id), &requested)?;
-            Ok(Started::New)
-        })?)
+    ) -> Result<Pending<Started>> {
+        Ok(self.store.submit_request(call, &p.name, if_match, link, self.busy())?)
     }
 
-    /// Submits a call's write job. A lone call's job runs on its own thread
-    /// when the writer is idle: nothing would join its commit, and handing
-    /// it to the writer thread costs two thread wakes. While other calls are
-    /// in flight their jobs are about to come, so it queues for the writer
-    /// to share one commit with them.
-    pub(in crate::service) fn submit_call_write<T, F>(
-        &self,
-        link: Link,
-        f: F,
-    ) -> std::result::Result<Answer<T>, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Tx) -> std::result::Result<T, StoreError> + Send + 'static,
-    {
-        match self.calls_in_flight() {
-            0 | 1 => self.db.submit_linked(link, f),
-            _ => self.db.submit_queued(link, f),
-        }
+    /// Whether other calls are in flight: their writes are about to come,
+    /// so a call's write may wait to share their commit.
+    pub(in crate::service) fn busy(&self) -> bool {
+        self.calls_in_flight() > 1
     }
 
     /// Takes a place in the (session, tool) queue now, without waiting for

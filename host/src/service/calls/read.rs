@@ -5,7 +5,6 @@ use crate::auth::Principal;
 use crate::model::{Call, CallStatus};
 use crate::service::sessions::page;
 use crate::service::{Result, Service, ServiceError};
-use crate::store::calls;
 use crate::util;
 use std::time::Duration;
 
@@ -17,12 +16,7 @@ impl Service {
         if !util::is_id(cid) {
             return Err(ServiceError::not_found("call"));
         }
-        let read = || {
-            let (sid, id) = (session.id.clone(), cid.to_string());
-            async {
-                self.db.read_async(move |c| calls::get(c, &sid, &id)).await?.ok_or_else(|| ServiceError::not_found("call"))
-            }
-        };
+        let read = || async { self.store.call(&session.id, cid).await?.ok_or_else(|| ServiceError::not_found("call")) };
         let wait = wait.unwrap_or(0).min(MAX_WAIT_SECONDS);
         if wait == 0 {
             return read().await;
@@ -67,6 +61,6 @@ impl Service {
             })?),
         };
         let (after, limit) = (after.unwrap_or_default(), page(limit));
-        Ok(self.db.read_async(move |c| calls::list(c, &session.id, status, &after, limit)).await?)
+        Ok(self.store.calls(&session.id, status, after, limit).await?)
     }
 }

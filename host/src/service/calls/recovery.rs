@@ -2,37 +2,16 @@
 //! them `running`, `failed` when they ran but their outcome could not be
 //! stored (or the host failed while they ran).
 
-use crate::events::{CallFinished, Event};
-use crate::model::{CallError, CallStatus, Usage};
+use crate::model::CallError;
 use crate::service::{Result, Service};
-use crate::store::{audit, calls, sessions};
-use crate::util;
+pub(in crate::service) use crate::store::Abandoned;
 use std::sync::Arc;
 use std::time::Duration;
 
 impl Service {
     /// Marks calls left `running` by a stopped host as `interrupted`.
     pub async fn recover(&self) -> Result<usize> {
-        Ok(self
-            .db
-            .write(|c| {
-                let running = calls::running(c)?;
-                for (session, id, _tool) in &running {
-                    let Some(mut call) = calls::get(c, session, id)? else {
-                        continue;
-                    };
-                    call.status = CallStatus::Interrupted;
-                    call.error = Some(CallError {
-                        code: "interrupted".into(),
-                        message: "the host stopped while the call ran".into(),
-                    });
-                    call.finished_at = Some(util::now_rfc3339());
-                    calls::finish(c, &call, &calls::Encoded::of(&call))?;
-                    audit::append(c, session, "bulkhead", Some(id), &CallFinished::of(&call).into())?;
-                }
-                Ok(running.len())
-            })
-            .await?)
+        Ok(self.store.interrupt_orphans().await?)
     }
 
     /// Finishes `running` calls as `failed` in one transaction (they ran,
@@ -41,31 +20,7 @@ impl Service {
     /// gone with its session) is skipped: checked inside the write, so a
     /// finished call is never overwritten.
     pub(in crate::service) async fn fail_abandoned(&self, batch: Vec<Abandoned>) -> Result<()> {
-        let finished_at = util::now_rfc3339();
-        let failed = self
-            .db
-            .write(move |c| {
-                let mut failed = Vec::new();
-                for a in batch.iter() {
-                    let Some(mut call) = calls::get(c, &a.session, &a.id)? else { continue };
-                    if call.status != CallStatus::Running {
-                        continue;
-                    }
-                    call.status = CallStatus::Failed;
-                    call.error = Some(a.error.clone());
-                    call.usage = a.usage;
-                    call.finished_at = Some(finished_at.clone());
-                    sessions::finish_call(c, &call.session, &call.usage)?;
-                    calls::finish(c, &call, &calls::Encoded::of(&call))?;
-                    for note in &a.notes {
-                        audit::append(c, &call.session, "bulkhead", Some(&call.id), note)?;
-                    }
-                    audit::append(c, &call.session, "bulkhead", Some(&call.id), &CallFinished::of(&call).into())?;
-                    failed.push(call);
-                }
-                Ok(failed)
-            })
-            .await?;
+        let failed = self.store.fail_abandoned(batch).await?;
         for call in &failed {
             self.count_call(call, 0);
             let _ = self.finished.send(call.id.clone());
@@ -82,24 +37,6 @@ impl Service {
             pending.reaping = true;
             tokio::spawn(reap(Arc::downgrade(self)));
         }
-    }
-}
-
-/// A call left `running` that must end `failed`: it ran (or began to) but
-/// its outcome could not be stored, or the host failed while it ran.
-#[derive(Clone)]
-pub(in crate::service) struct Abandoned {
-    pub(super) session: String,
-    pub(super) id: String,
-    pub(super) usage: Usage,
-    pub(super) notes: Vec<Event>,
-    pub(super) error: CallError,
-}
-
-impl Abandoned {
-    /// A call that ended before it had an outcome: no usage, no notes.
-    pub(in crate::service) fn without_outcome(session: String, id: String, error: CallError) -> Abandoned {
-        Abandoned { session, id, usage: Usage::default(), notes: Vec::new(), error }
     }
 }
 

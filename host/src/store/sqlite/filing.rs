@@ -113,7 +113,7 @@ pub fn lower_marks(conn: &Connection) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Db, Durability, audit, calls, sessions};
+    use crate::store::sqlite::{Db, Durability, audit, calls, sessions};
 
     fn listed(db: &Db, session: &'static str, after: &'static str) -> Vec<String> {
         db.read(|c| calls::list(c, session, None, after, 100)).unwrap().into_iter().map(|c| c.id).collect()

@@ -252,7 +252,7 @@ pub fn verify_all(conn: &Connection) -> Result<std::result::Result<u64, Break>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Db, Durability, Link, Rejection, StoreError};
+    use crate::store::sqlite::{Db, Durability, Link, Rejection, StoreError};
     use serde_json::json;
 
     fn event(call: Option<&str>, actor: &str, data: Value) -> AuditEvent {
@@ -299,7 +299,7 @@ mod tests {
     #[test]
     fn head_lookups_read_the_tail_only_when_they_must() {
         let conn = Connection::open_in_memory().unwrap();
-        crate::store::schema::migrate(&conn).unwrap();
+        crate::store::sqlite::schema::migrate(&conn).unwrap();
         let insert = "INSERT INTO audit (session, seq, at, kind, actor, data, prev_hash, hash) \
                       VALUES ('s', ?1, 'at', 'k', 'a', '{}', 'p', ?2)";
         conn.execute(insert, params![1, "h1"]).unwrap();
