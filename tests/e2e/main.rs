@@ -7,6 +7,7 @@ mod files;
 mod loading;
 mod mcp;
 mod network;
+mod postgres;
 mod review;
 mod sandbox;
 mod scenario;

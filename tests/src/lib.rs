@@ -18,6 +18,7 @@
 //! (`scripts/test` builds it), or `$BULKHEAD_BIN`.
 
 pub mod load;
+pub mod postgres;
 
 use anyhow::{Context, Result, bail};
 use reqwest::StatusCode;
