@@ -120,6 +120,87 @@ pub struct StorageConfig {
     /// reads go on, and pages freed by deleting sessions are reused. A
     /// database already larger is not shrunk: it stays at its size.
     pub max_size_mb: Option<u64>,
+    /// `sqlite` (default: one file in the data folder, one host) or
+    /// `postgres` (one database shared by several hosts).
+    #[serde(default)]
+    pub backend: Backend,
+    /// PostgreSQL: the environment variable holding the connection URL
+    /// (`postgres://user:password@host:port/db`), so a password never sits
+    /// in this file or in the database. Required with `postgres`.
+    pub url_env: Option<String>,
+    /// PostgreSQL: connections for reads and writes (default 16); as many
+    /// again hold the turns of running calls, so a host opens up to twice.
+    pub pool_size: Option<u32>,
+    /// PostgreSQL: the longest one statement may run (default 5000 ms).
+    pub statement_timeout_ms: Option<u64>,
+    /// PostgreSQL: a host whose heartbeat is older than this is gone, and
+    /// the calls it left `running` end `interrupted` (default 10 s).
+    pub lease_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+impl StorageConfig {
+    pub const DEFAULT_POOL_SIZE: u32 = 16;
+    pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 5_000;
+    pub const DEFAULT_LEASE_SECONDS: u64 = 10;
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(mb) = self.max_size_mb
+            && !(1..=MAX_STORAGE_MB).contains(&mb)
+        {
+            return Err(format!("storage.max_size_mb must be 1 to {MAX_STORAGE_MB}"));
+        }
+        let postgres_only = [
+            ("url_env", self.url_env.is_some()),
+            ("pool_size", self.pool_size.is_some()),
+            ("statement_timeout_ms", self.statement_timeout_ms.is_some()),
+            ("lease_seconds", self.lease_seconds.is_some()),
+        ];
+        match self.backend {
+            Backend::Sqlite => {
+                if let Some((key, _)) = postgres_only.iter().find(|(_, set)| *set) {
+                    return Err(format!("storage.{key} applies to backend = \"postgres\" only"));
+                }
+            }
+            Backend::Postgres => {
+                match self.url_env.as_deref() {
+                    None => return Err("storage.url_env is required with backend = \"postgres\"".into()),
+                    Some(var) if !crate::util::is_env_name(var) => {
+                        return Err(format!("storage.url_env = {var:?} is not an environment variable name"));
+                    }
+                    Some(_) => {}
+                }
+                if self.max_size_mb.is_some() {
+                    return Err("storage.max_size_mb applies to backend = \"sqlite\" only".into());
+                }
+                if self.durability != DurabilityMode::Normal {
+                    return Err("storage.durability applies to backend = \"sqlite\" only (PostgreSQL's own \
+                                settings decide)"
+                        .into());
+                }
+                let checks = [
+                    ("pool_size", self.pool_size.map(u64::from), 1, 1024),
+                    ("statement_timeout_ms", self.statement_timeout_ms, 100, 600_000),
+                    ("lease_seconds", self.lease_seconds, 2, 3600),
+                ];
+                for (key, value, low, high) in checks {
+                    if let Some(v) = value
+                        && !(low..=high).contains(&v)
+                    {
+                        return Err(format!("storage.{key} must be {low} to {high}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The cap on `max_size_mb` (1 TiB): a typo should not read as "no cap".
@@ -319,11 +400,7 @@ impl Config {
             return Err("approvals.expire_after_seconds must be above 0".into());
         }
         raw.mcp.validate()?;
-        if let Some(mb) = raw.storage.max_size_mb
-            && !(1..=MAX_STORAGE_MB).contains(&mb)
-        {
-            return Err(format!("storage.max_size_mb must be 1 to {MAX_STORAGE_MB}"));
-        }
+        raw.storage.validate()?;
         for (name, source) in &raw.secrets {
             if source.env.is_some() == source.file.is_some() {
                 return Err(format!("secrets.{name}: give exactly one of `env` or `file`"));
@@ -446,6 +523,17 @@ mod tests {
             ("[storage]\nmax_size_mb = 0", "storage.max_size_mb"),
             ("[storage]\nmax_size_mb = 99999999999", "storage.max_size_mb"),
             ("[storage]\nmax_size_mb = -1", "max_size_mb"),
+            ("[storage]\nbackend = \"mysql\"", "backend"),
+            ("[storage]\nbackend = \"postgres\"", "storage.url_env is required"),
+            ("[storage]\nbackend = \"postgres\"\nurl_env = \"A B\"", "storage.url_env"),
+            ("[storage]\nurl_env = \"PG_URL\"", "postgres\" only"),
+            ("[storage]\nlease_seconds = 5", "storage.lease_seconds applies"),
+            ("[storage]\nbackend = \"postgres\"\nurl_env = \"U\"\nmax_size_mb = 10", "storage.max_size_mb applies"),
+            ("[storage]\nbackend = \"postgres\"\nurl_env = \"U\"\ndurability = \"full\"", "storage.durability"),
+            ("[storage]\nbackend = \"postgres\"\nurl_env = \"U\"\npool_size = 0", "storage.pool_size"),
+            ("[storage]\nbackend = \"postgres\"\nurl_env = \"U\"\nlease_seconds = 1", "storage.lease_seconds"),
+            ("[storage]\nbackend = \"postgres\"\nurl_env = \"U\"\nstatement_timeout_ms = 1", "statement_timeout_ms"),
+            ("[storage]\nbackend = \"postgres\"\nurl_env = \"U\"\npassword = \"x\"", "password"),
             ("[limits]\nmax_timeout_ms = 0", "limits.max_timeout_ms"),
             ("[limits]\nmax_workspace_mb = 0", "limits.max_workspace_mb"),
             ("[limits]\nmax_workspace_files = 99999999999", "limits.max_workspace_files"),

@@ -93,6 +93,9 @@ pub struct Service {
     abandoned: Mutex<calls::AbandonedCalls>,
     /// What the workspaces of sessions with calls in flight hold.
     workspace_quotas: crate::caps::files::WorkspaceQuotas,
+    /// The data folder's lock, when the store does not hold it (PostgreSQL:
+    /// the folder still holds the cache and dev tokens of this one host).
+    _data_folder: Option<crate::store::sqlite::lock::Folder>,
 }
 
 impl Service {
@@ -129,11 +132,7 @@ impl Service {
                 let _ = std::fs::create_dir_all(&v.path);
             }
         }
-        let durability = match config.storage.durability {
-            crate::config::DurabilityMode::Normal => Durability::Normal,
-            crate::config::DurabilityMode::Full => Durability::Full,
-        };
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(Db::open_locked(folder, durability)?));
+        let (store, data_folder) = open_store(&config, folder).await?;
         let runtime = Runtime::new(&config.limits, Some(&config.data_dir.join("cache")))?;
         let (loaded, mut refused) = match &source {
             ToolSource::Dir(dir) => runtime.load_dir(dir, &config.limits),
@@ -166,6 +165,7 @@ impl Service {
             abandoned: Mutex::default(),
             workspace_quotas: Default::default(),
             allow_private,
+            _data_folder: data_folder,
         });
         let interrupted = service.recover().await?;
         // After recovery: a host stopped at its cap must still be able to
@@ -237,8 +237,49 @@ impl Service {
     }
 }
 
-/// Once a second while the service lives: expire undecided approvals and
-/// purge expired sessions.
+/// The configured backend: SQLite in the data folder (which it locks), or
+/// the PostgreSQL database named by the URL in `storage.url_env`.
+async fn open_store(
+    config: &Config,
+    folder: crate::store::sqlite::lock::Folder,
+) -> anyhow::Result<(Arc<dyn Store>, Option<crate::store::sqlite::lock::Folder>)> {
+    use crate::config::{Backend, StorageConfig};
+    let storage = &config.storage;
+    match storage.backend {
+        Backend::Sqlite => {
+            let durability = match storage.durability {
+                crate::config::DurabilityMode::Normal => Durability::Normal,
+                crate::config::DurabilityMode::Full => Durability::Full,
+            };
+            Ok((Arc::new(SqliteStore::new(Db::open_locked(folder, durability)?)), None))
+        }
+        Backend::Postgres => {
+            let var = storage.url_env.as_deref().unwrap_or_default();
+            let url = std::env::var(var).map_err(|_| {
+                anyhow::anyhow!("storage.url_env names {var}, which is not set (it holds the PostgreSQL URL)")
+            })?;
+            let options = crate::store::postgres::PgOptions {
+                url,
+                pool_size: storage.pool_size.unwrap_or(StorageConfig::DEFAULT_POOL_SIZE) as usize,
+                statement_timeout: std::time::Duration::from_millis(
+                    storage.statement_timeout_ms.unwrap_or(StorageConfig::DEFAULT_STATEMENT_TIMEOUT_MS),
+                ),
+                lease: std::time::Duration::from_secs(
+                    storage.lease_seconds.unwrap_or(StorageConfig::DEFAULT_LEASE_SECONDS),
+                ),
+            };
+            let name = format!("{} pid {}", config.listen, std::process::id());
+            let store = crate::store::postgres::PgStore::connect(&options, &name)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open the PostgreSQL store: {e}"))?;
+            Ok((Arc::new(store), Some(folder)))
+        }
+    }
+}
+
+/// Once a second while the service lives: expire undecided approvals,
+/// purge expired sessions, and (shared stores) interrupt the calls of
+/// hosts whose lease expired.
 fn spawn_sweeper(service: &Arc<Service>) {
     let weak = Arc::downgrade(service);
     tokio::spawn(async move {
@@ -251,6 +292,14 @@ fn spawn_sweeper(service: &Arc<Service>) {
             }
             if let Err(e) = service.purge_expired_sessions().await {
                 tracing::warn!("session expiry sweep failed: {e}");
+            }
+            // Other hosts' calls, once their lease expired (shared stores).
+            if !service.caches() {
+                match service.recover().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!("{n} calls of hosts whose lease expired ended interrupted"),
+                    Err(e) => tracing::warn!("lease sweep failed: {e}"),
+                }
             }
         }
     });

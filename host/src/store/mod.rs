@@ -18,6 +18,7 @@
 //! - [`state_cache`]: committed tool state in memory (single-host backends).
 
 mod error;
+pub mod postgres;
 pub mod sqlite;
 pub mod state_cache;
 
@@ -69,7 +70,15 @@ pub struct FinishedCall {
     /// Audit notes of the run (secret reads, egress, denials).
     pub notes: Vec<Event>,
     pub actor: String,
+    /// The call's turn on its tool's state across hosts, if the backend
+    /// gave one ([`Store::take_turn`]): the outcome commits under it.
+    pub turn: Option<HeldTurn>,
 }
+
+/// A call's turn on a (session, tool) held in the database, so that hosts
+/// sharing it run one call of a tool in a session at a time; released
+/// when its outcome commits, or when dropped.
+pub type HeldTurn = Box<dyn std::any::Any + Send + Sync>;
 
 /// Counters for `/metrics`, read at scrape time.
 #[derive(Default)]
@@ -97,6 +106,13 @@ pub enum Sharing {
 /// The store every backend implements. Reads return what is committed.
 pub trait Store: Send + Sync + 'static {
     fn sharing(&self) -> Sharing;
+
+    /// Waits for the turn of a call on `tool`'s state in `session` among
+    /// every host sharing the store, after this host's own queue gave it
+    /// its turn. `None`: one host owns the store, its queue is enough.
+    fn take_turn(&self, _session: &str, _tool: &str) -> Pending<Option<HeldTurn>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 
     // ---- sessions and messages ----
     fn session(&self, id: &str) -> Pending<Option<Session>>;

@@ -7,7 +7,7 @@ use crate::caps::CallEnv;
 use crate::model::{Call, CallError, CallStatus, Session, Usage};
 use crate::runtime::invoke::Outcome;
 use crate::service::{Result, Service, ServiceError};
-use crate::store::{Abandoned, FinishedCall, Link, Rejection, StoreError};
+use crate::store::{Abandoned, FinishedCall, HeldTurn, Link, Rejection, StoreError};
 use crate::util;
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -68,10 +68,19 @@ impl Service {
             Some(turn) => turn.await,
             None => self.tool_lock(&session.id, &call.tool).lock_owned().await,
         };
+        // Then its turn among the hosts sharing the store, if they do.
+        let held = match self.store.take_turn(&session.id, &call.tool).await {
+            Ok(held) => held,
+            Err(e) => {
+                self.abandon(Abandoned::without_outcome(session.id.clone(), call.id.clone(), unstored()));
+                return Err(e.into());
+            }
+        };
         // The boundary as it stands now: a PATCH or DELETE may have come
         // while this call waited its turn. When no boundary changed since
-        // the session was read, that read is current.
-        let session = if epoch == Some(self.boundary_epoch()) {
+        // the session was read, that read is current (on this host alone:
+        // with a shared store another host may have changed it).
+        let session = if epoch == Some(self.boundary_epoch()) && self.caches() {
             session
         } else {
             match self.store.session(&session.id).await {
@@ -105,7 +114,7 @@ impl Service {
         // the audit notes (secrets read, egress), without the state writes.
         // (Notes are usually none: cloning them allocates nothing.)
         let (id, usage, notes) = (call.id.clone(), outcome.usage, outcome.notes.clone());
-        let result = self.record_outcome(call, outcome, &actor, link).await;
+        let result = self.record_outcome(call, outcome, &actor, (link, held)).await;
         match &result {
             Ok(call) => {
                 // Free the slot and the tool's turn before waking long-polls:
@@ -157,7 +166,7 @@ impl Service {
         mut call: Call,
         outcome: Outcome,
         actor: &str,
-        link: Link,
+        (link, turn): (Link, Option<HeldTurn>),
     ) -> Result<Call> {
         call.status = outcome.status;
         call.output = outcome.output;
@@ -172,7 +181,7 @@ impl Service {
             true => self.state_cache.take(&call.session, &call.tool),
             false => None,
         };
-        let finished = FinishedCall { call, writes, notes: outcome.notes, actor: actor.to_string() };
+        let finished = FinishedCall { call, writes, notes: outcome.notes, actor: actor.to_string(), turn };
         // The store hands the call and its writes back once committed.
         let FinishedCall { call, writes, .. } =
             self.store.submit_outcome(finished, link, self.busy())?.await.map_err(|e| match e {

@@ -8,6 +8,11 @@ use crate::service::{Result, Service, ServiceError};
 use crate::util;
 use std::time::Duration;
 
+/// How often a long-poll re-reads a call with a shared store: first
+/// after this, then twice as long each time, up to `SHARED_POLL_MAX`.
+const SHARED_POLL_FIRST: Duration = Duration::from_millis(50);
+const SHARED_POLL_MAX: Duration = Duration::from_secs(1);
+
 impl Service {
     /// One call; with `wait`, holds until it leaves `pending_approval` or
     /// `running` or the wait ends (no database connection is held meanwhile).
@@ -25,6 +30,9 @@ impl Service {
         // the wait is not missed; a subscriber counts as a waiter in /metrics.
         let mut finished = self.finished.subscribe();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+        // With a shared store the call may end on another host, which no
+        // broadcast here announces: re-read it now and then as well.
+        let mut poll = (!self.caches()).then_some(SHARED_POLL_FIRST);
         loop {
             let call = read().await?;
             if !call.status.is_open() {
@@ -33,7 +41,12 @@ impl Service {
             // Wake on any finished call; re-read when it is this one (or the
             // channel lagged and it might have been).
             let woke = loop {
-                match tokio::time::timeout_at(deadline, finished.recv()).await {
+                let until = poll.map_or(deadline, |p| deadline.min(tokio::time::Instant::now() + p));
+                match tokio::time::timeout_at(until, finished.recv()).await {
+                    Err(_) if until < deadline => {
+                        poll = poll.map(|p| (p * 2).min(SHARED_POLL_MAX));
+                        break true;
+                    }
                     Err(_) => break false,
                     Ok(Ok(id)) if id != cid => continue,
                     Ok(_) => break true,

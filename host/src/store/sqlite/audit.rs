@@ -48,7 +48,7 @@ pub fn hash_of(e: &AuditEvent) -> String {
 /// The canonical form is written field by field, keys in sorted order,
 /// exactly as serde_json prints a map of these fields (checked by a test);
 /// building a `Value` for every event cost more than the append's SQL.
-fn hash_with_data(e: &AuditEvent, data: &str) -> String {
+pub(crate) fn hash_with_data(e: &AuditEvent, data: &str) -> String {
     fn field(out: &mut Vec<u8>, key: &str, value: &impl serde::Serialize) {
         out.extend_from_slice(key.as_bytes());
         serde_json::to_writer(&mut *out, value).expect("strings and integers serialize");

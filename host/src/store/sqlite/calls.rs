@@ -40,11 +40,11 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 /// thread, which every call shares.
 pub struct Encoded {
     pub input: String,
-    output: Option<String>,
-    error: Option<String>,
-    usage: String,
-    approval: Option<String>,
-    logs: Option<String>,
+    pub(crate) output: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) usage: String,
+    pub(crate) approval: Option<String>,
+    pub(crate) logs: Option<String>,
 }
 
 impl Encoded {

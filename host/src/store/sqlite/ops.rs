@@ -218,7 +218,7 @@ impl Store for SqliteStore {
         let finished = Event::from(CallFinished::of(&outcome.call));
         let encoded = calls::Encoded::of(&outcome.call);
         self.submit_now(link, busy, move |c| {
-            let FinishedCall { call, writes, notes, actor } = &outcome;
+            let FinishedCall { call, writes, notes, actor, .. } = &outcome;
             // First, so a session deleted while the call ran is a clean
             // NotFound before anything else is touched.
             sessions::finish_call(c, &call.session, &call.usage)?;
