@@ -324,17 +324,27 @@ async fn run_in(config: Config, bundle: &Path, input: serde_json::Value, data_di
 
 async fn audit_verify(config_path: Option<&Path>) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
-    if !config.data_dir.join(crate::store::sqlite::DB_FILE).exists() {
-        bail!("no database in {}", config.data_dir.display());
-    }
-    // Read-only: verifying writes nothing (no migration, no filing), so it
-    // can run beside a live host.
-    let conn = rusqlite::Connection::open_with_flags(
-        config.data_dir.join(crate::store::sqlite::DB_FILE),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    match audit::verify_all(&conn)? {
+    let verified = match config.storage.backend {
+        crate::config::Backend::Postgres => {
+            let var = config.storage.url_env.as_deref().unwrap_or_default();
+            let url = std::env::var(var).with_context(|| format!("storage.url_env names {var}, which is not set"))?;
+            crate::store::postgres::verify_url(&url).await?
+        }
+        crate::config::Backend::Sqlite => {
+            if !config.data_dir.join(crate::store::sqlite::DB_FILE).exists() {
+                bail!("no database in {}", config.data_dir.display());
+            }
+            // Read-only: verifying writes nothing (no migration, no filing), so it
+            // can run beside a live host.
+            let conn = rusqlite::Connection::open_with_flags(
+                config.data_dir.join(crate::store::sqlite::DB_FILE),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            audit::verify_all(&conn)?
+        }
+    };
+    match verified {
         Ok(n) => {
             println!("audit trail intact: {n} events verified");
             Ok(ExitCode::SUCCESS)

@@ -246,10 +246,8 @@ async fn deleting_a_session_removes_it_but_keeps_its_audit_chain() -> anyhow::Re
     // The call path keeps sessions in memory; a deletion ends that.
     let (status, _) = api.call(&sid, "counter", json!({})).await?;
     assert_eq!(status, StatusCode::NOT_FOUND, "a call after the deletion");
-    let db = rusqlite::Connection::open(host.db_path())?;
-    let state_rows: i64 = db.query_row("SELECT COUNT(*) FROM tool_state WHERE session = ?1", [&sid], |r| r.get(0))?;
-    let last: String =
-        db.query_row("SELECT kind FROM audit WHERE session = ?1 ORDER BY seq DESC LIMIT 1", [&sid], |r| r.get(0))?;
-    assert_eq!((state_rows, last.as_str()), (0, "session_deleted"));
+    let state_rows = host.db_value("SELECT COUNT(*) FROM tool_state WHERE session = $1", &sid).await?;
+    let last = host.db_value("SELECT kind FROM audit WHERE session = $1 ORDER BY seq DESC LIMIT 1", &sid).await?;
+    assert_eq!((state_rows.as_deref(), last.as_deref()), (Some("0"), Some("session_deleted")));
     Ok(())
 }

@@ -73,6 +73,54 @@ pub fn manifest(name: &str, wasm: &str, extra: &str) -> String {
     format!("name = \"{name}\"\nversion = \"0.0.0\"\ncomponent = \"{wasm}\"\n{extra}\n")
 }
 
+/// The backend the suite runs against: `BULKHEAD_TEST_BACKEND=postgres`
+/// gives every host that configures no `[storage]` of its own a database
+/// of its own on the harness's PostgreSQL server ([`postgres::shared`]);
+/// otherwise (default `sqlite`) hosts use their data folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn backend() -> Backend {
+    match std::env::var("BULKHEAD_TEST_BACKEND").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        _ => Backend::Sqlite,
+    }
+}
+
+/// For a test of SQLite's own files (its bytes, its WAL, its size cap):
+/// false, with a line saying so, when the suite runs on PostgreSQL.
+pub fn sqlite_only(test: &str) -> bool {
+    let runs = backend() == Backend::Sqlite;
+    if !runs {
+        eprintln!("{test}: SQLite-specific, skipped on the postgres backend");
+    }
+    runs
+}
+
+/// The variable the test hosts read their PostgreSQL URL from.
+pub const PG_URL_ENV: &str = "BULKHEAD_TEST_PG_URL";
+
+/// A new database on the shared server, from sync code (a runtime of its own).
+pub fn new_test_database() -> Result<String> {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!("t{}_{}", std::process::id(), COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async { postgres::shared().await?.create_database(&name).await })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("creating a test database panicked"))?
+}
+
+/// The `[storage]` table of a host on the PostgreSQL database in
+/// [`PG_URL_ENV`], with a short lease (tests wait for leases to expire).
+pub fn postgres_storage(lease_seconds: u64) -> String {
+    format!("\n[storage]\nbackend = \"postgres\"\nurl_env = \"{PG_URL_ENV}\"\nlease_seconds = {lease_seconds}\n")
+}
+
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
@@ -124,6 +172,8 @@ pub struct HostBuilder {
     listen: Option<String>,
     config: String,
     setup: Vec<Setup>,
+    /// The PostgreSQL database of the host, if it uses one.
+    pg_url: Option<String>,
 }
 
 impl HostBuilder {
@@ -152,6 +202,14 @@ impl HostBuilder {
         self
     }
 
+    /// The host stores its data in the PostgreSQL database at `url` (shared
+    /// with other hosts given the same URL), with a lease of `lease_seconds`.
+    pub fn postgres(mut self, url: &str, lease_seconds: u64) -> Self {
+        self.pg_url = Some(url.to_string());
+        self.config.push_str(&postgres_storage(lease_seconds));
+        self
+    }
+
     /// Extra TOML appended to the config (e.g. a `[limits]` table).
     pub fn config(mut self, toml: &str) -> Self {
         self.config.push_str(toml);
@@ -175,7 +233,10 @@ impl HostBuilder {
     }
 
     /// Writes the folder without starting a host.
-    pub fn layout(self) -> Result<PathBuf> {
+    pub fn layout(mut self) -> Result<PathBuf> {
+        if self.pg_url.is_none() && backend() == Backend::Postgres && !self.config.contains("[storage]") {
+            self = self.postgres(&new_test_database()?, 2);
+        }
         let dir = unique_dir("bulkhead-test");
         let tools = dir.join("tools");
         std::fs::create_dir_all(&tools)?;
@@ -216,6 +277,9 @@ impl HostBuilder {
             ));
         }
         std::fs::write(dir.join("bulkhead.toml"), config)?;
+        if let Some(url) = &self.pg_url {
+            std::fs::write(dir.join(PG_URL_FILE), url)?;
+        }
         for f in self.setup {
             f(&dir)?;
         }
@@ -227,6 +291,9 @@ impl HostBuilder {
         TestHost::start_in(dir).await
     }
 }
+
+/// Where a laid-out folder keeps its host's PostgreSQL URL (for `spawn`).
+const PG_URL_FILE: &str = "pg_url";
 
 pub struct TestHost {
     pub dir: PathBuf,
@@ -249,7 +316,11 @@ impl TestHost {
 
     async fn spawn(&mut self) -> Result<()> {
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr_path)?;
-        let mut child = Command::new(binary())
+        let mut command = Command::new(binary());
+        if let Ok(url) = std::fs::read_to_string(self.dir.join(PG_URL_FILE)) {
+            command.env(PG_URL_ENV, url);
+        }
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(self.dir.join("bulkhead.toml"))
@@ -301,6 +372,30 @@ impl TestHost {
 
     pub fn db_path(&self) -> PathBuf {
         self.dir.join("data/bulkhead.sqlite3")
+    }
+
+    /// One value of a query on the host's database, whichever backend it
+    /// uses (`$1` is `param`): a count as a string, or a text column.
+    pub async fn db_value(&self, sql: &str, param: &str) -> Result<Option<String>> {
+        match std::fs::read_to_string(self.dir.join(PG_URL_FILE)) {
+            Ok(url) => {
+                let client = postgres::connect(&url).await?;
+                let rows = client.query(&format!("SELECT ({sql})::text"), &[&param]).await?;
+                Ok(rows.first().and_then(|r| r.get::<_, Option<String>>(0)))
+            }
+            Err(_) => {
+                let db = rusqlite::Connection::open(self.db_path())?;
+                let value: Option<rusqlite::types::Value> = db
+                    .query_row(&sql.replace("$1", "?1"), [param], |r| r.get(0))
+                    .map(Some)
+                    .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+                Ok(value.and_then(|v| match v {
+                    rusqlite::types::Value::Integer(n) => Some(n.to_string()),
+                    rusqlite::types::Value::Text(t) => Some(t),
+                    _ => None,
+                }))
+            }
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -486,7 +581,16 @@ pub fn free_port() -> u16 {
 
 /// Runs the binary with arguments; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> Result<(i32, String, String)> {
-    let out = Command::new(binary()).args(args).env("RUST_LOG", "warn").output()?;
+    let mut command = Command::new(binary());
+    // A host folder's PostgreSQL URL goes with its config.
+    if let Some(at) = args.iter().position(|a| *a == "--config")
+        && let Some(config) = args.get(at + 1)
+        && let Some(dir) = Path::new(config).parent()
+        && let Ok(url) = std::fs::read_to_string(dir.join(PG_URL_FILE))
+    {
+        command.env(PG_URL_ENV, url);
+    }
+    let out = command.args(args).env("RUST_LOG", "warn").output()?;
     Ok((
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -154,7 +154,9 @@ impl PgServer {
             "\n# The bulkhead tests' server.\nlisten_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{quoted}'\n\
              # Off for speed: the tests kill processes, never the machine, and\n\
-             # the OS keeps what was written without fsync.\nfsync = off\n"
+             # the OS keeps what was written without fsync.\nfsync = off\n\
+             # Hosts under test open up to 2 x pool_size connections each.\n\
+             max_connections = 400\n"
         );
         let conf = self.dir.join("postgresql.conf");
         let mut file =

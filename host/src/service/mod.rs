@@ -297,7 +297,9 @@ fn spawn_sweeper(service: &Arc<Service>) {
             if !service.caches() {
                 match service.recover().await {
                     Ok(0) => {}
-                    Ok(n) => tracing::warn!("{n} calls of hosts whose lease expired ended interrupted"),
+                    Ok(n) => {
+                        tracing::warn!("{n} call(s) left running by a host whose lease expired are now interrupted")
+                    }
                     Err(e) => tracing::warn!("lease sweep failed: {e}"),
                 }
             }

@@ -182,6 +182,20 @@ impl PgStore {
     }
 }
 
+/// Verifies every audit chain in the database at `url`, reading only
+/// (`bulkhead audit verify`): the events checked, or the first break.
+pub async fn verify_url(url: &str) -> super::Result<std::result::Result<u64, super::sqlite::audit::Break>> {
+    let options = PgOptions {
+        url: url.to_string(),
+        pool_size: 1,
+        statement_timeout: Duration::ZERO,
+        lease: Duration::from_secs(10),
+    };
+    let pool = pool(&options, 1)?;
+    let client = pool.get().await.map_err(Fail::from)?;
+    verify_all(&client).await
+}
+
 fn config(options: &PgOptions) -> super::Result<tokio_postgres::Config> {
     let mut config = tokio_postgres::Config::from_str(&options.url)
         // The URL may hold a password: never repeat it.

@@ -60,7 +60,8 @@ async fn share_session(tx: &Transaction<'_>, id: &str) -> Result<i64, Fail> {
 
 /// Bumps a session's version, locking its row; `NotFound` when it is gone.
 async fn bump_version(tx: &Transaction<'_>, id: &str) -> Result<i64, Fail> {
-    let found = rows_in(tx, "UPDATE sessions SET version = version + 1 WHERE id = $1 RETURNING version", &[&id]).await?;
+    let found =
+        rows_in(tx, "UPDATE sessions SET version = version + 1 WHERE id = $1 RETURNING version", &[&id]).await?;
     let row = found.first().ok_or(Rejection::NotFound)?;
     Ok(row.try_get(0)?)
 }
@@ -204,11 +205,12 @@ async fn narrow_session(
     let current: i64 = found.first().ok_or(Rejection::NotFound)?.try_get(0)?;
     check_version(current, if_match)?;
     let boundary = to_json(tools);
-    let updated =
-        rows_in(&tx, "UPDATE sessions SET version = version + 1, boundary = $2 WHERE id = $1 RETURNING version", &[
-            &id, &boundary,
-        ])
-        .await?;
+    let updated = rows_in(
+        &tx,
+        "UPDATE sessions SET version = version + 1, boundary = $2 WHERE id = $1 RETURNING version",
+        &[&id, &boundary],
+    )
+    .await?;
     let version: i64 = updated.first().ok_or(Rejection::NotFound)?.try_get(0)?;
     audit::append(&tx, id, &[Note { actor, call: None, event: narrowed }]).await?;
     tx.commit().await?;
@@ -390,7 +392,8 @@ async fn interrupt(inner: &Inner, session: &str, id: &str) -> Result<bool, Fail>
     if share_session(&tx, session).await.is_err() {
         return Ok(false);
     }
-    let error = to_json(&CallError { code: "interrupted".into(), message: "the host stopped while the call ran".into() });
+    let error =
+        to_json(&CallError { code: "interrupted".into(), message: "the host stopped while the call ran".into() });
     let now = crate::util::now_rfc3339();
     let found = rows_in(
         &tx,
@@ -437,7 +440,8 @@ async fn fail_abandoned(inner: &Inner, a: &Abandoned, finished_at: &str) -> Resu
     finish_session(&tx, &call.session, &call.usage).await?;
     finish_call(&tx, &call, &Encoded::of(&call)).await?;
     let finished = Event::from(CallFinished::of(&call));
-    let mut notes: Vec<Note> = a.notes.iter().map(|event| Note { actor: "bulkhead", call: Some(&a.id), event }).collect();
+    let mut notes: Vec<Note> =
+        a.notes.iter().map(|event| Note { actor: "bulkhead", call: Some(&a.id), event }).collect();
     notes.push(Note { actor: "bulkhead", call: Some(&a.id), event: &finished });
     audit::append(&tx, &call.session, &notes).await?;
     tx.commit().await?;
@@ -543,9 +547,9 @@ impl Store for PgStore {
         metadata: Option<Value>,
     ) -> Pending<Message> {
         let (inner, id, actor) = (self.inner.clone(), session.to_string(), actor.to_string());
-        Box::pin(async move {
-            retrying(|| append_message(&inner, &id, &actor, &role, &content, metadata.as_ref())).await
-        })
+        Box::pin(
+            async move { retrying(|| append_message(&inner, &id, &actor, &role, &content, metadata.as_ref())).await },
+        )
     }
 
     fn messages(&self, session: &str, after: i64, limit: u32) -> Pending<Vec<Message>> {
@@ -628,9 +632,9 @@ impl Store for PgStore {
         let (inner, call, actor) = (self.inner.clone(), call.clone(), actor.to_string());
         let json = Encoded::of(&call);
         let requested: Event = CallRequested::of(&call, &json.input).into();
-        Ok(Box::pin(async move {
-            retrying(|| submit_request(&inner, &call, &json, &actor, if_match, &requested)).await
-        }))
+        Ok(Box::pin(
+            async move { retrying(|| submit_request(&inner, &call, &json, &actor, if_match, &requested)).await },
+        ))
     }
 
     fn submit_outcome(&self, mut outcome: FinishedCall, _link: Link, _busy: bool) -> Result<Pending<FinishedCall>> {
@@ -762,7 +766,8 @@ impl Store for PgStore {
         let (inner, sid, tool, prefix) =
             (self.inner.clone(), session.to_string(), tool.to_string(), prefix.to_string());
         pending(async move {
-            let sql = "SELECT key FROM tool_state WHERE session = $1 AND tool = $2 AND starts_with(key, $3) ORDER BY key";
+            let sql =
+                "SELECT key FROM tool_state WHERE session = $1 AND tool = $2 AND starts_with(key, $3) ORDER BY key";
             let found = query(&inner, sql, &[&sid, &tool, &prefix]).await?;
             Ok(found.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
         })
