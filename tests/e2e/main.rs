@@ -6,6 +6,7 @@ mod durability;
 mod files;
 mod loading;
 mod mcp;
+mod multihost;
 mod network;
 mod postgres;
 mod review;
