@@ -96,6 +96,19 @@ enum Command {
         #[arg(long)]
         session: Option<String>,
     },
+    /// Copy a SQLite data folder into an empty PostgreSQL database:
+    /// sessions, messages, tool state, calls and approvals, audit chains.
+    ///
+    /// Stop the host on the folder first (the folder is locked while it is
+    /// read). Every copied chain is verified before the copy commits.
+    Migrate {
+        /// `sqlite:PATH`, the data folder (or its bulkhead.sqlite3).
+        #[arg(long)]
+        from: String,
+        /// The environment variable holding the target's PostgreSQL URL.
+        #[arg(long)]
+        to_env: String,
+    },
     /// Check the audit trail.
     Audit {
         #[command(subcommand)]
@@ -141,6 +154,7 @@ pub fn main() -> ExitCode {
             Command::Tools { command: ToolsCommand::Check { config } } => tools_check(config.as_deref()),
             Command::Run { bundle, input, state_dir } => run(&bundle, &input, state_dir.as_deref()).await,
             Command::Audit { command: AuditCommand::Verify { config } } => audit_verify(config.as_deref()).await,
+            Command::Migrate { from, to_env } => migrate(&from, &to_env).await,
             Command::Mcp { connect, token_env, session } => mcp_bridge(&connect, &token_env, session).await,
             Command::Review { paths, format, baseline, fail_on } => {
                 review(&paths, &format, baseline.as_deref(), &fail_on)
@@ -320,6 +334,19 @@ async fn run_in(config: Config, bundle: &Path, input: serde_json::Value, data_di
     });
     println!("{}", serde_json::to_string_pretty(&printed)?);
     Ok(if call.status == crate::model::CallStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn migrate(from: &str, to_env: &str) -> Result<ExitCode> {
+    let Some(path) = from.strip_prefix("sqlite:") else {
+        bail!("--from {from:?}: give sqlite:PATH (the data folder of a SQLite host)");
+    };
+    let url = std::env::var(to_env).with_context(|| format!("--to-env {to_env}: the variable is not set"))?;
+    let copied = crate::store::postgres::copy::from_sqlite(Path::new(path), &url).await?;
+    for (table, n) in &copied.tables {
+        println!("{table}: {n} rows");
+    }
+    println!("audit trail intact: {} events verified in the copy", copied.events_verified);
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn audit_verify(config_path: Option<&Path>) -> Result<ExitCode> {

@@ -275,3 +275,92 @@ async fn postgres_restarted_under_load_answers_503_then_recovers_losing_nothing(
     verify_audit(&host)?;
     Ok(())
 }
+
+/// `bulkhead migrate` copies a SQLite host's folder into PostgreSQL: a host
+/// on the copy answers the same sessions, messages, state, calls, approvals
+/// and audit, continues each chain, and `audit verify` passes. A running
+/// host's folder and a database already holding data are refused.
+#[tokio::test]
+async fn migrate_copies_a_sqlite_folder_that_a_postgres_host_then_serves() -> anyhow::Result<()> {
+    if skip_in_the_postgres_pass("migrate_copies_a_sqlite_folder") {
+        return Ok(());
+    }
+    let mut old = TestHost::builder().bundle("counter", example_tool("counter")).start().await?;
+    let agent = old.agent();
+    let sid = agent.session(json!({"labels": {"team": "ops"}})).await?;
+    agent.post(&format!("/v1/sessions/{sid}/messages"), json!({"role": "user", "content": "héllo"})).await?;
+    for i in 0..3 {
+        let body = json!({"tool": "counter", "input": {}, "idempotency_key": format!("k{i}")});
+        agent.post(&format!("/v1/sessions/{sid}/calls"), body).await?;
+    }
+    let gated = agent.session(json!({"approval_required": ["counter"]})).await?;
+    let (_, pending) = agent.call(&gated, "counter", json!({})).await?;
+    let (_, decided) = agent.call(&gated, "counter", json!({})).await?;
+    let decided_id = decided["id"].as_str().unwrap();
+    old.api(APPROVER).post(&format!("/v1/approvals/{decided_id}"), json!({"decision": "deny", "reason": "no"})).await?;
+
+    let url = postgres::shared().await?.create_database("migrated").await?;
+    let from = format!("sqlite:{}", old.dir.join("data").display());
+    let migrate = |from: String, url: String| {
+        std::process::Command::new(binary())
+            .args(["migrate", "--from", &from, "--to-env", "TARGET_URL"])
+            .env("TARGET_URL", url)
+            .output()
+    };
+    let busy = migrate(from.clone(), url.clone())?;
+    assert!(!busy.status.success(), "a folder a host is running on is refused");
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("another"), "{}", String::from_utf8_lossy(&busy.stderr));
+
+    let read_all = |api: Api| {
+        let (sid, gated) = (sid.clone(), gated.clone());
+        async move {
+            let mut seen = Vec::new();
+            for path in [
+                format!("/v1/sessions/{sid}"),
+                format!("/v1/sessions/{sid}/messages"),
+                format!("/v1/sessions/{sid}/calls"),
+                format!("/v1/sessions/{sid}/audit"),
+                format!("/v1/sessions/{sid}/state/counter"),
+                format!("/v1/sessions/{gated}/calls"),
+                format!("/v1/sessions/{gated}/audit"),
+            ] {
+                let (status, body) = api.get(&path).await?;
+                anyhow::ensure!(status == StatusCode::OK, "{path}: {status} {body}");
+                seen.push(body);
+            }
+            Ok::<_, anyhow::Error>(seen)
+        }
+    };
+    let before = read_all(old.agent()).await?;
+    let pending_for_approver = old.api(APPROVER).get("/v1/approvals").await?.1;
+    old.kill9();
+    let done = migrate(from.clone(), url.clone())?;
+    let out = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{out}{}", String::from_utf8_lossy(&done.stderr));
+    assert!(out.contains("sessions: 2 rows") && out.contains("events verified"), "{out}");
+
+    let new = TestHost::builder().bundle("counter", example_tool("counter")).postgres(&url, 2).start().await?;
+    let mut after = read_all(new.agent()).await?;
+    // `stored_bytes` is computed on read, by each backend's own measure.
+    for s in [&mut after[0]] {
+        s["usage"]["stored_bytes"] = before[0]["usage"]["stored_bytes"].clone();
+    }
+    assert_eq!(after, before, "the copy answers what the SQLite host did");
+    assert_eq!(new.api(APPROVER).get("/v1/approvals").await?.1, pending_for_approver);
+    assert_eq!(pending["status"], "pending_approval");
+    verify_audit(&new)?;
+    // The copy goes on: the counter and the chain continue.
+    let (_, next) = new.agent().call(&sid, "counter", json!({})).await?;
+    assert_eq!(next["output"]["value"], 4, "{next}");
+    let out = verify_audit(&new)?;
+    assert!(out.contains("events verified"), "{out}");
+
+    let again = migrate(from, url)?;
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    Ok(())
+}

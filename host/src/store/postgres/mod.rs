@@ -28,8 +28,10 @@
 //! - `ops`: the [`Store`](super::Store) interface.
 //! - `turn`: the cross-host turn of a call.
 //! - `lease`: the host's lease and its heartbeat.
+//! - [`copy`]: `bulkhead migrate`, a SQLite folder copied into a new database.
 
 mod audit;
+pub mod copy;
 mod lease;
 mod ops;
 mod rows;
