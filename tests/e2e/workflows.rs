@@ -460,6 +460,10 @@ async fn a_queued_call_whose_tool_leaves_the_boundary_ends_failed() -> anyhow::R
     assert_eq!(status, StatusCode::ACCEPTED);
     let (_, now) = agent.get(&format!("{calls}/{}", first["id"].as_str().unwrap())).await?;
     assert_eq!(now["status"], "running", "the second was answered while the first ran");
+    // Recorded `running` is not yet running its tool: with a shared store
+    // the call first takes its turn in the database (a new connection the
+    // first time). Well inside the first's 1.5 s, so it is running by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let narrow = agent.request(Method::PATCH, &format!("/v1/sessions/{sid}")).json(&json!({"tools": ["counter"]}));
     assert_eq!(Api::send(narrow).await?.0, StatusCode::OK);

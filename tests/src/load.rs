@@ -54,6 +54,15 @@ impl Run {
         l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default()
     }
 
+    /// Two runs made at the same time, as one (the longer elapsed time).
+    pub fn merged(mut a: Run, b: Run) -> Run {
+        a.requests += b.requests;
+        a.errors += b.errors;
+        a.elapsed = a.elapsed.max(b.elapsed);
+        a.latencies.extend(b.latencies);
+        a
+    }
+
     pub fn rate(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
