@@ -14,9 +14,8 @@ use bulkhead_tests::{TestHost, example_tool};
 use std::time::Duration;
 
 async fn host(pg_url: Option<&str>) -> anyhow::Result<TestHost> {
-    let mut builder = TestHost::builder()
-        .bundle("counter", example_tool("counter"))
-        .config("[limits]\nmax_concurrent_calls = 256");
+    let mut builder =
+        TestHost::builder().bundle("counter", example_tool("counter")).config("[limits]\nmax_concurrent_calls = 256");
     if let Some(url) = pg_url {
         builder = builder.postgres(url, 10).config("pool_size = 32");
     }

@@ -6,9 +6,16 @@ use super::{Fail, rows};
 use crate::events::Event;
 use crate::model::AuditEvent;
 use crate::store::sqlite::audit::{Break, GENESIS, hash_of, hash_with_data};
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
+
+pub const HEAD: &str = "INSERT INTO audit_heads (session, seq, hash) VALUES ($1, 0, $2) \
+     ON CONFLICT (session) DO UPDATE SET seq = audit_heads.seq RETURNING seq, hash";
+pub const INSERT: &str = "INSERT INTO audit (session, seq, at, kind, actor, call, data, prev_hash, hash) \
+     SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+     $8::text[], $9::text[])";
+pub const ADVANCE: &str = "UPDATE audit_heads SET seq = $2, hash = $3 WHERE session = $1";
 
 /// One event to append: who, for which call, what.
 pub struct Note<'a> {
@@ -19,7 +26,7 @@ pub struct Note<'a> {
 
 /// Appends `notes` to `session`'s chain, in order, inside `tx`: [`head`],
 /// then [`extend`]. Three statements whatever the number of events.
-pub async fn append(tx: &Transaction<'_>, session: &str, notes: &[Note<'_>]) -> Result<(), Fail> {
+pub async fn append(tx: &impl GenericClient, session: &str, notes: &[Note<'_>]) -> Result<(), Fail> {
     if notes.is_empty() {
         return Ok(());
     }
@@ -30,20 +37,20 @@ pub async fn append(tx: &Transaction<'_>, session: &str, notes: &[Note<'_>]) -> 
 /// The chain's head (last seq and hash; genesis for a new chain), its row
 /// locked until `tx` ends: a concurrent append to the same chain waits and
 /// then continues from what this transaction appends.
-pub async fn head(tx: &Transaction<'_>, session: &str) -> Result<(i64, String), Fail> {
-    let st = tx
-        .prepare_cached(
-            "INSERT INTO audit_heads (session, seq, hash) VALUES ($1, 0, $2) \
-             ON CONFLICT (session) DO UPDATE SET seq = audit_heads.seq RETURNING seq, hash",
-        )
-        .await?;
+pub async fn head(tx: &impl GenericClient, session: &str) -> Result<(i64, String), Fail> {
+    let st = tx.prepare_cached(HEAD).await?;
     let row = tx.query_one(&st, &[&session, &GENESIS]).await?;
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
 /// Writes `notes` after `head` (taken by [`head`] in this transaction) and
 /// moves the head: two statements, pipelined.
-pub async fn extend(tx: &Transaction<'_>, session: &str, head: (i64, String), notes: &[Note<'_>]) -> Result<(), Fail> {
+pub async fn extend(
+    tx: &impl GenericClient,
+    session: &str,
+    head: (i64, String),
+    notes: &[Note<'_>],
+) -> Result<(), Fail> {
     if notes.is_empty() {
         return Ok(());
     }
@@ -83,14 +90,7 @@ pub async fn extend(tx: &Transaction<'_>, session: &str, head: (i64, String), no
         prevs.push(e.prev_hash);
         hashes.push(e.hash);
     }
-    let (insert, advance) = tokio::try_join!(
-        tx.prepare_cached(
-            "INSERT INTO audit (session, seq, at, kind, actor, call, data, prev_hash, hash) \
-             SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
-             $7::text[], $8::text[], $9::text[])",
-        ),
-        tx.prepare_cached("UPDATE audit_heads SET seq = $2, hash = $3 WHERE session = $1"),
-    )?;
+    let (insert, advance) = tokio::try_join!(tx.prepare_cached(INSERT), tx.prepare_cached(ADVANCE))?;
     // Pipelined: both are sent before either answer is read.
     let events: [&(dyn ToSql + Sync); 9] = [&session, &seqs, &ats, &kinds, &actors, &calls, &datas, &prevs, &hashes];
     let moved: [&(dyn ToSql + Sync); 3] = [&session, &seq, &prev];

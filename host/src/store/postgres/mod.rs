@@ -26,11 +26,13 @@
 //! - `rows`: row to record conversions.
 //! - `audit`: appending to a chain, listing, verifying.
 //! - `ops`: the [`Store`](super::Store) interface.
+//! - `calls`: a call's record and outcome, each pipelined in two round trips.
 //! - `turn`: the cross-host turn of a call.
 //! - `lease`: the host's lease and its heartbeat.
 //! - [`copy`]: `bulkhead migrate`, a SQLite folder copied into a new database.
 
 mod audit;
+mod calls;
 pub mod copy;
 mod lease;
 mod ops;

@@ -5,7 +5,7 @@
 
 use super::audit::{self, Note};
 use super::turn::{self, PgTurn};
-use super::{Fail, Inner, PgStore, lease, retrying, rows};
+use super::{Fail, Inner, PgStore, calls, lease, retrying, rows};
 use crate::events::{ApprovalDecided, CallFinished, CallRequested, Event, MessageAppended, StateCommitted};
 use crate::model::{AuditEvent, Call, CallError, CallStatus, Message, Session, ToolBoundary, Usage};
 use crate::store::sqlite::calls::Encoded;
@@ -14,7 +14,7 @@ use crate::store::{
     Abandoned, FinishedCall, HeldTurn, Link, Pending, Rejection, Result, Sharing, Started, StateWrites, Store,
     StoreError, StoreStats,
 };
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,49 +36,51 @@ async fn query(inner: &Inner, sql: &str, params: Params<'_>) -> Result<Vec<Row>,
     Ok(c.query(&st, params).await?)
 }
 
-async fn run(tx: &Transaction<'_>, sql: &str, params: Params<'_>) -> Result<u64, Fail> {
+pub(super) async fn run(tx: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u64, Fail> {
     let st = tx.prepare_cached(sql).await?;
     Ok(tx.execute(&st, params).await?)
 }
 
-async fn rows_in(tx: &Transaction<'_>, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Fail> {
+pub(super) async fn rows_in(tx: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Fail> {
     let st = tx.prepare_cached(sql).await?;
     Ok(tx.query(&st, params).await?)
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> String {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("records serialize")
 }
 
 /// Locks a session's row for a write that adds to it (several may hold
 /// it at once); its version, or `NotFound`.
-async fn share_session(tx: &Transaction<'_>, id: &str) -> Result<i64, Fail> {
-    let found = rows_in(tx, "SELECT version FROM sessions WHERE id = $1 FOR SHARE", &[&id]).await?;
+pub(super) const SHARE_SESSION: &str = "SELECT version FROM sessions WHERE id = $1 FOR SHARE";
+
+pub(super) async fn share_session(tx: &impl GenericClient, id: &str) -> Result<i64, Fail> {
+    let found = rows_in(tx, SHARE_SESSION, &[&id]).await?;
     let row = found.first().ok_or(Rejection::NotFound)?;
     Ok(row.try_get(0)?)
 }
 
 /// Bumps a session's version, locking its row; `NotFound` when it is gone.
-async fn bump_version(tx: &Transaction<'_>, id: &str) -> Result<i64, Fail> {
+pub(super) async fn bump_version(tx: &impl GenericClient, id: &str) -> Result<i64, Fail> {
     let found =
         rows_in(tx, "UPDATE sessions SET version = version + 1 WHERE id = $1 RETURNING version", &[&id]).await?;
     let row = found.first().ok_or(Rejection::NotFound)?;
     Ok(row.try_get(0)?)
 }
 
-fn check_version(current: i64, expected: Option<i64>) -> Result<(), Fail> {
+pub(super) fn check_version(current: i64, expected: Option<i64>) -> Result<(), Fail> {
     match expected {
         Some(v) if v != current => Err(Rejection::StaleVersion { current }.into()),
         _ => Ok(()),
     }
 }
 
-const FINISH_SESSION: &str = "UPDATE sessions SET version = version + 1, calls = calls + 1, wall_ms = wall_ms + $2, \
+pub(super) const FINISH_SESSION: &str = "UPDATE sessions SET version = version + 1, calls = calls + 1, wall_ms = wall_ms + $2, \
      fuel = fuel + $3, state_bytes_written = state_bytes_written + $4, egress_requests = egress_requests + $5, \
      egress_bytes = egress_bytes + $6 WHERE id = $1";
 
 /// Adds a finished call's usage to its session (and bumps its version).
-async fn finish_session(tx: &Transaction<'_>, id: &str, u: &Usage) -> Result<(), Fail> {
+pub(super) async fn finish_session(tx: &impl GenericClient, id: &str, u: &Usage) -> Result<(), Fail> {
     let big = |n: u64| n.min(i64::MAX as u64) as i64;
     let (wall, fuel, state, requests, bytes) =
         (big(u.wall_ms), big(u.fuel), big(u.state_bytes_written), big(u.egress_requests), big(u.egress_bytes));
@@ -91,11 +93,13 @@ async fn finish_session(tx: &Transaction<'_>, id: &str, u: &Usage) -> Result<(),
 /// Writes a running call's outcome; `NotFound` when it is no longer
 /// running (its session was deleted, or its host's lease expired and it
 /// was interrupted): a call is finished once.
-async fn finish_call(tx: &Transaction<'_>, call: &Call, json: &Encoded) -> Result<(), Fail> {
+pub(super) const FINISH_CALL: &str = "UPDATE calls SET status = $2, output = $3, error = $4, started_at = $5, \
+     finished_at = $6, usage = $7, approval = $8, logs = $9 WHERE id = $1 AND status = 'running'";
+
+pub(super) async fn finish_call(tx: &impl GenericClient, call: &Call, json: &Encoded) -> Result<(), Fail> {
     let n = run(
         tx,
-        "UPDATE calls SET status = $2, output = $3, error = $4, started_at = $5, finished_at = $6, usage = $7, \
-         approval = $8, logs = $9 WHERE id = $1 AND status = 'running'",
+        FINISH_CALL,
         &[
             &call.id,
             &call.status.as_str(),
@@ -115,8 +119,17 @@ async fn finish_call(tx: &Transaction<'_>, call: &Call, json: &Encoded) -> Resul
     Ok(())
 }
 
+pub(super) const STATE_SET: &str = "INSERT INTO tool_state (session, tool, key, value) \
+     SELECT $1, $2, * FROM unnest($3::text[], $4::bytea[]) ON CONFLICT (session, tool, key) DO UPDATE SET value = excluded.value";
+pub(super) const STATE_DELETE: &str = "DELETE FROM tool_state WHERE session = $1 AND tool = $2 AND key = ANY($3)";
+
 /// Applies a call's buffered state writes: two statements at most.
-async fn apply_state(tx: &Transaction<'_>, session: &str, tool: &str, writes: &StateWrites) -> Result<(), Fail> {
+pub(super) async fn apply_state(
+    tx: &impl GenericClient,
+    session: &str,
+    tool: &str,
+    writes: &StateWrites,
+) -> Result<(), Fail> {
     let (mut keys, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
     for (key, value) in writes {
         match value {
@@ -131,27 +144,20 @@ async fn apply_state(tx: &Transaction<'_>, session: &str, tool: &str, writes: &S
         if keys.is_empty() {
             return Ok(0);
         }
-        run(
-            tx,
-            "INSERT INTO tool_state (session, tool, key, value) SELECT $1, $2, * FROM unnest($3::text[], $4::bytea[]) \
-             ON CONFLICT (session, tool, key) DO UPDATE SET value = excluded.value",
-            &[&session, &tool, &keys, &values],
-        )
-        .await
+        run(tx, STATE_SET, &[&session, &tool, &keys, &values]).await
     };
     let delete = async {
         if gone.is_empty() {
             return Ok(0);
         }
-        run(tx, "DELETE FROM tool_state WHERE session = $1 AND tool = $2 AND key = ANY($3)", &[&session, &tool, &gone])
-            .await
+        run(tx, STATE_DELETE, &[&session, &tool, &gone]).await
     };
     tokio::try_join!(set, delete)?;
     Ok(())
 }
 
 impl Inner {
-    fn committed(&self) {
+    pub(super) fn committed(&self) {
         self.commits.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -249,111 +255,14 @@ async fn append_message(
     Ok(msg)
 }
 
-async fn by_key(c: &impl GenericClient, session: &str, key: &str) -> Result<Option<Call>, Fail> {
-    let st = c
-        .prepare_cached(&format!("SELECT {} FROM calls WHERE session = $1 AND idempotency_key = $2", rows::CALL))
-        .await?;
+pub(super) static BY_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("SELECT {} FROM calls WHERE session = $1 AND idempotency_key = $2", rows::CALL)
+});
+
+pub(super) async fn by_key(c: &impl GenericClient, session: &str, key: &str) -> Result<Option<Call>, Fail> {
+    let st = c.prepare_cached(&BY_KEY).await?;
     let found = c.query(&st, &[&session, &key]).await?;
     Ok(found.first().map(rows::call).transpose()?)
-}
-
-async fn submit_request(
-    inner: &Inner,
-    call: &Call,
-    json: &Encoded,
-    actor: &str,
-    if_match: Option<i64>,
-    requested: &Event,
-) -> Result<Started, Fail> {
-    let mut c = inner.pool.get().await?;
-    let tx = c.transaction().await?;
-    let version = share_session(&tx, &call.session).await?;
-    if let Some(key) = &call.idempotency_key
-        && let Some(first) = by_key(&tx, &call.session, key).await?
-    {
-        return Ok(Started::Existing(Box::new(first)));
-    }
-    check_version(version, if_match)?;
-    let approval = call.approval.as_ref().map(to_json);
-    // A request with the same key committed by another host meanwhile:
-    // this insert waits for it, then inserts nothing, and the first is
-    // read (a new statement sees what committed before it began).
-    let inserted = run(
-        &tx,
-        "INSERT INTO calls (id, session, principal, tool, status, input, created_at, started_at, usage, approval, \
-         idempotency_key, host) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-         ON CONFLICT (session, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-        &[
-            &call.id,
-            &call.session,
-            &actor,
-            &call.tool,
-            &call.status.as_str(),
-            &json.input,
-            &call.created_at,
-            &call.started_at,
-            &json.usage,
-            &approval,
-            &call.idempotency_key,
-            &inner.host,
-        ],
-    )
-    .await?;
-    if inserted == 0 {
-        let key = call.idempotency_key.as_deref().unwrap_or_default();
-        let first = by_key(&tx, &call.session, key).await?.ok_or(Rejection::NotFound)?;
-        return Ok(Started::Existing(Box::new(first)));
-    }
-    audit::append(&tx, &call.session, &[Note { actor, call: Some(&call.id), event: requested }]).await?;
-    tx.commit().await?;
-    inner.committed();
-    Ok(Started::New)
-}
-
-/// A call's outcome in one transaction, on the connection that holds its
-/// turn when it has one: the session's usage, the call's record, its state
-/// writes and the head of its chain are sent together, then its events.
-async fn submit_outcome(
-    inner: &Inner,
-    turn: Option<&mut PgTurn>,
-    outcome: &FinishedCall,
-    json: &Encoded,
-    events: &[&Event],
-) -> Result<(), Fail> {
-    let mut pooled;
-    let conn = match turn {
-        Some(turn) => turn.conn(),
-        None => {
-            pooled = inner.pool.get().await?;
-            &mut pooled
-        }
-    };
-    let tx = conn.transaction().await?;
-    let FinishedCall { call, writes, actor, .. } = outcome;
-    let timeout = async {
-        // Turn connections have no statement timeout of their own.
-        tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", inner.statement_timeout_ms)).await?;
-        Ok::<_, Fail>(())
-    };
-    let state = async {
-        if call.status == CallStatus::Succeeded && !writes.is_empty() {
-            apply_state(&tx, &call.session, &call.tool, writes).await?;
-        }
-        Ok(())
-    };
-    // In this order on the server: the session row, then the chain's head.
-    let ((), (), (), (), head) = tokio::try_join!(
-        timeout,
-        finish_session(&tx, &call.session, &call.usage),
-        finish_call(&tx, call, json),
-        state,
-        audit::head(&tx, &call.session),
-    )?;
-    let notes: Vec<Note> = events.iter().map(|event| Note { actor, call: Some(&call.id), event }).collect();
-    audit::extend(&tx, &call.session, head, &notes).await?;
-    tx.commit().await?;
-    inner.committed();
-    Ok(())
 }
 
 async fn record_decision(inner: &Inner, call: &Call, actor: &str, events: &[&Event]) -> Result<(), Fail> {
@@ -632,9 +541,9 @@ impl Store for PgStore {
         let (inner, call, actor) = (self.inner.clone(), call.clone(), actor.to_string());
         let json = Encoded::of(&call);
         let requested: Event = CallRequested::of(&call, &json.input).into();
-        Ok(Box::pin(
-            async move { retrying(|| submit_request(&inner, &call, &json, &actor, if_match, &requested)).await },
-        ))
+        Ok(Box::pin(async move {
+            retrying(|| calls::submit_request(&inner, &call, &json, &actor, if_match, &requested)).await
+        }))
     }
 
     fn submit_outcome(&self, mut outcome: FinishedCall, _link: Link, _busy: bool) -> Result<Pending<FinishedCall>> {
@@ -650,7 +559,7 @@ impl Store for PgStore {
             // `retrying`, with the turn lent to each attempt.
             let mut done = Err(StoreError::Unavailable("no attempt".into()));
             for attempt in 1..=super::RETRIES {
-                match submit_outcome(&inner, turn.as_deref_mut(), &outcome, &json, &events).await {
+                match calls::submit_outcome(&inner, turn.as_deref_mut(), &outcome, &json, &events).await {
                     Err(Fail::Retry(detail)) if attempt < super::RETRIES => {
                         tracing::debug!("retrying a call's outcome: {detail}")
                     }
@@ -663,12 +572,12 @@ impl Store for PgStore {
             drop(events);
             // Unlocked only once the outcome committed; a failed one drops
             // the turn, which closes its connection.
-            if done.is_ok()
-                && let Some(turn) = turn.take()
-            {
-                turn.release().await;
+            match (&done, turn.take()) {
+                (Ok(true), Some(turn)) => turn.unlocked(),
+                (Ok(false), Some(turn)) => turn.release().await,
+                _ => {}
             }
-            done.map(|()| outcome)
+            done.map(|_| outcome)
         }))
     }
 

@@ -15,6 +15,8 @@ use super::{Fail, Inner};
 use deadpool_postgres::Object;
 use sha2::{Digest, Sha256};
 
+pub const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+
 pub struct PgTurn {
     conn: Option<Object>,
     key: i64,
@@ -48,12 +50,22 @@ impl PgTurn {
         self.conn.as_mut().expect("a turn keeps its connection until released")
     }
 
+    pub fn key(&self) -> i64 {
+        self.key
+    }
+
+    /// The lock was released by a statement of the outcome's pipeline
+    /// ([`UNLOCK`]): the connection goes back to the pool.
+    pub fn unlocked(mut self) {
+        drop(self.conn.take());
+    }
+
     /// After the outcome committed: unlocks and returns the connection to
     /// the pool (or closes it, when the unlock fails).
     pub async fn release(mut self) {
         let Some(conn) = self.conn.take() else { return };
         let unlocked = async {
-            let unlock = conn.prepare_cached("SELECT pg_advisory_unlock($1)").await?;
+            let unlock = conn.prepare_cached(UNLOCK).await?;
             conn.query_one(&unlock, &[&self.key]).await?.try_get::<_, bool>(0)
         };
         match unlocked.await {
