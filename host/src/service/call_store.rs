@@ -16,6 +16,10 @@ pub struct ScopedStore {
     /// Committed tool state in memory (one-host backends); the call holds
     /// its pair's turn.
     cache: Option<Arc<StateCache>>,
+    /// Without a cache: the committed state read before the call ran (the
+    /// call holds its pair's turn, so no host changes it meanwhile), for
+    /// the first read, so the tool does not wait on the database.
+    prefetched: std::sync::Mutex<Option<Committed>>,
     session: String,
     tool: String,
 }
@@ -23,7 +27,19 @@ pub struct ScopedStore {
 impl ScopedStore {
     pub fn new(store: Arc<dyn Store>, cache: Arc<StateCache>, session: &str, tool: &str) -> ScopedStore {
         let cache = (store.sharing() == Sharing::OneHost).then_some(cache);
-        ScopedStore { store, cache, session: session.to_string(), tool: tool.to_string() }
+        let prefetched = std::sync::Mutex::new(None);
+        ScopedStore { store, cache, prefetched, session: session.to_string(), tool: tool.to_string() }
+    }
+
+    /// With a shared store, reads the committed state now, asynchronously
+    /// (a failure is left for the call's own read to meet).
+    pub async fn prefetch(self) -> ScopedStore {
+        if self.cache.is_none()
+            && let Ok(state) = self.store.committed_state(&self.session, &self.tool, UNCACHED_LARGEST).await
+        {
+            *self.prefetched.lock().expect("prefetched state poisoned") = Some(state);
+        }
+        self
     }
 }
 
@@ -31,7 +47,10 @@ impl CallStore for ScopedStore {
     fn committed_state(&self) -> Result<Committed, StoreError> {
         match &self.cache {
             Some(cache) => cache.committed(&*self.store, &self.session, &self.tool),
-            None => wait(self.store.committed_state(&self.session, &self.tool, UNCACHED_LARGEST)),
+            None => match self.prefetched.lock().expect("prefetched state poisoned").take() {
+                Some(state) => Ok(state),
+                None => wait(self.store.committed_state(&self.session, &self.tool, UNCACHED_LARGEST)),
+            },
         }
     }
 

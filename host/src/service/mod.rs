@@ -218,8 +218,8 @@ impl Service {
     }
 
     /// The store handle a call of `tool` in `session` reads through.
-    pub fn call_store(&self, session: &str, tool: &str) -> Arc<dyn crate::caps::CallStore> {
-        Arc::new(call_store::ScopedStore::new(self.store.clone(), self.state_cache.clone(), session, tool))
+    pub async fn call_store(&self, session: &str, tool: &str) -> Arc<dyn crate::caps::CallStore> {
+        Arc::new(call_store::ScopedStore::new(self.store.clone(), self.state_cache.clone(), session, tool).prefetch().await)
     }
 
     fn tool_lock(&self, session: &str, tool: &str) -> Arc<tokio::sync::Mutex<()>> {

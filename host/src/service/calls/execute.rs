@@ -149,7 +149,7 @@ impl Service {
             tool: call.tool.clone(),
             grant,
             session_env: session.env.clone(),
-            store: self.call_store(&session.id, &call.tool),
+            store: self.call_store(&session.id, &call.tool).await,
             secrets: self.secrets.clone(),
             state_quota_bytes: tool.limits.state_kb << 10,
             mounts,
