@@ -219,7 +219,9 @@ impl Service {
 
     /// The store handle a call of `tool` in `session` reads through.
     pub async fn call_store(&self, session: &str, tool: &str) -> Arc<dyn crate::caps::CallStore> {
-        Arc::new(call_store::ScopedStore::new(self.store.clone(), self.state_cache.clone(), session, tool).prefetch().await)
+        Arc::new(
+            call_store::ScopedStore::new(self.store.clone(), self.state_cache.clone(), session, tool).prefetch().await,
+        )
     }
 
     fn tool_lock(&self, session: &str, tool: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -69,7 +69,11 @@ impl Service {
             None => self.tool_lock(&session.id, &call.tool).lock_owned().await,
         };
         // Then its turn among the hosts sharing the store, if they do.
-        let held = match self.store.take_turn(&session.id, &call.tool).await {
+        let held = match self.caches() {
+            true => Ok(None), // one host: its queue is the turn
+            false => self.store.take_turn(&session.id, &call.tool).await,
+        };
+        let held = match held {
             Ok(held) => held,
             Err(e) => {
                 self.abandon(Abandoned::without_outcome(session.id.clone(), call.id.clone(), unstored()));
