@@ -12,10 +12,10 @@ use tokio_postgres::types::ToSql;
 
 pub const HEAD: &str = "INSERT INTO audit_heads (session, seq, hash) VALUES ($1, 0, $2) \
      ON CONFLICT (session) DO UPDATE SET seq = audit_heads.seq RETURNING seq, hash";
-pub const INSERT: &str = "INSERT INTO audit (session, seq, at, kind, actor, call, data, prev_hash, hash) \
-     SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-     $8::text[], $9::text[])";
-pub const ADVANCE: &str = "UPDATE audit_heads SET seq = $2, hash = $3 WHERE session = $1";
+/// The events and the head's move, one statement.
+pub const EXTEND: &str = "WITH appended AS (INSERT INTO audit (session, seq, at, kind, actor, call, data, \
+     prev_hash, hash) SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
+     $7::text[], $8::text[], $9::text[])) UPDATE audit_heads SET seq = $10, hash = $11 WHERE session = $1";
 
 /// One event to append: who, for which call, what.
 pub struct Note<'a> {
@@ -44,7 +44,7 @@ pub async fn head(tx: &impl GenericClient, session: &str) -> Result<(i64, String
 }
 
 /// Writes `notes` after `head` (taken by [`head`] in this transaction) and
-/// moves the head: two statements, pipelined.
+/// moves the head, in one statement.
 pub async fn extend(
     tx: &impl GenericClient,
     session: &str,
@@ -90,11 +90,10 @@ pub async fn extend(
         prevs.push(e.prev_hash);
         hashes.push(e.hash);
     }
-    let (insert, advance) = tokio::try_join!(tx.prepare_cached(INSERT), tx.prepare_cached(ADVANCE))?;
-    // Pipelined: both are sent before either answer is read.
-    let events: [&(dyn ToSql + Sync); 9] = [&session, &seqs, &ats, &kinds, &actors, &calls, &datas, &prevs, &hashes];
-    let moved: [&(dyn ToSql + Sync); 3] = [&session, &seq, &prev];
-    tokio::try_join!(tx.execute(&insert, &events), tx.execute(&advance, &moved))?;
+    let extend = tx.prepare_cached(EXTEND).await?;
+    let params: [&(dyn ToSql + Sync); 11] =
+        [&session, &seqs, &ats, &kinds, &actors, &calls, &datas, &prevs, &hashes, &seq, &prev];
+    tx.execute(&extend, &params).await?;
     Ok(())
 }
 

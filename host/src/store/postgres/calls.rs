@@ -7,7 +7,7 @@
 //!   call if any, the chain head; then the call, its event, the head moved
 //!   and `COMMIT`.
 //! - outcome: `BEGIN`, the session's usage, the call's record, its state
-//!   writes, the chain head; then its events, the head moved, `COMMIT`,
+//!   writes, the chain head; then its events with the head moved, `COMMIT`,
 //!   and the unlock of its turn.
 //!
 //! A statement sent out of order could break the lock order or land after
@@ -17,10 +17,7 @@
 //! connection whose `ROLLBACK` fails is closed, never reused).
 
 use super::audit::{self, Note};
-use super::ops::{
-    BY_KEY, FINISH_CALL, FINISH_SESSION, SHARE_SESSION, STATE_DELETE, STATE_SET, apply_state, by_key, check_version,
-    finish_call, finish_session, run, to_json,
-};
+use super::ops::{BY_KEY, SHARE_SESSION, STATE_DELETE, STATE_SET, apply_state, by_key, check_version, run, to_json};
 use super::turn::{PgTurn, UNLOCK};
 use super::{Fail, Inner};
 use crate::events::Event;
@@ -81,7 +78,7 @@ async fn request(
     if_match: Option<i64>,
     requested: &Event,
 ) -> Result<Started, Fail> {
-    warm(conn, &[SHARE_SESSION, &BY_KEY, audit::HEAD, INSERT_CALL, audit::INSERT, audit::ADVANCE]).await?;
+    warm(conn, &[SHARE_SESSION, &BY_KEY, audit::HEAD, INSERT_CALL, audit::EXTEND]).await?;
     let first = async {
         match &call.idempotency_key {
             Some(key) => by_key(conn, &call.session, key).await,
@@ -134,6 +131,47 @@ async fn request(
     Ok(Started::New)
 }
 
+/// The session's usage and version, and the call's outcome (only while it
+/// is `running`: a call is finished once), in one statement.
+const FINISH: &str = "WITH s AS (UPDATE sessions SET version = version + 1, calls = calls + 1, \
+     wall_ms = wall_ms + $2, fuel = fuel + $3, state_bytes_written = state_bytes_written + $4, \
+     egress_requests = egress_requests + $5, egress_bytes = egress_bytes + $6 WHERE id = $1 RETURNING 1), \
+     c AS (UPDATE calls SET status = $8, output = $9, error = $10, started_at = $11, finished_at = $12, \
+     usage = $13, approval = $14, logs = $15 WHERE id = $7 AND status = 'running' RETURNING 1) \
+     SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM c)";
+
+/// `FINISH`; `NotFound` when the session is gone or the call no longer runs.
+async fn finish(conn: &Object, call: &Call, json: &Encoded) -> Result<(), Fail> {
+    let big = |n: u64| n.min(i64::MAX as u64) as i64;
+    let u = &call.usage;
+    let (wall, fuel, state, requests, bytes) =
+        (big(u.wall_ms), big(u.fuel), big(u.state_bytes_written), big(u.egress_requests), big(u.egress_bytes));
+    let status = call.status.as_str();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
+        &call.session,
+        &wall,
+        &fuel,
+        &state,
+        &requests,
+        &bytes,
+        &call.id,
+        &status,
+        &json.output,
+        &json.error,
+        &call.started_at,
+        &call.finished_at,
+        &json.usage,
+        &json.approval,
+        &json.logs,
+    ];
+    let row = conn.query_one(&conn.prepare_cached(FINISH).await?, &params).await?;
+    let (sessions, calls): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    if sessions == 0 || calls == 0 {
+        return Err(Rejection::NotFound.into());
+    }
+    Ok(())
+}
+
 /// A call's outcome in one transaction, on the connection that holds its
 /// turn when it has one (then the unlock follows the commit).
 pub async fn submit_outcome(
@@ -173,7 +211,7 @@ async fn outcome_in(
     let FinishedCall { call, writes, actor, .. } = outcome;
     warm(
         conn,
-        &[FINISH_SESSION, FINISH_CALL, STATE_SET, STATE_DELETE, audit::HEAD, audit::INSERT, audit::ADVANCE, UNLOCK],
+        &[FINISH, STATE_SET, STATE_DELETE, audit::HEAD, audit::EXTEND, UNLOCK],
     )
     .await?;
     let begin = async {
@@ -188,13 +226,7 @@ async fn outcome_in(
         Ok(())
     };
     // In this order on the server: the session's row, then the chain's head.
-    let ((), (), (), (), head) = tokio::try_join!(
-        begin,
-        finish_session(conn, &call.session, &call.usage),
-        finish_call(conn, call, json),
-        state,
-        audit::head(conn, &call.session),
-    )?;
+    let ((), (), (), head) = tokio::try_join!(begin, finish(conn, call, json), state, audit::head(conn, &call.session))?;
     let notes: Vec<Note> = events.iter().map(|event| Note { actor, call: Some(&call.id), event }).collect();
     let unlock = async {
         match turn {
