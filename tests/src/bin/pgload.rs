@@ -17,7 +17,7 @@ async fn host(pg_url: Option<&str>) -> anyhow::Result<TestHost> {
     let mut builder =
         TestHost::builder().bundle("counter", example_tool("counter")).config("[limits]\nmax_concurrent_calls = 256");
     if let Some(url) = pg_url {
-        builder = builder.postgres(url, 10).config("pool_size = 32");
+        builder = builder.postgres(url, 10);
     }
     builder.start().await
 }
@@ -39,6 +39,11 @@ async fn main() -> anyhow::Result<()> {
 
     let pg = PgServer::start().await?;
     let url = pg.create_database("bench").await?;
+    // PGLOAD_UNIX=1: over the server's Unix socket instead of loopback TCP.
+    let url = match std::env::var("PGLOAD_UNIX").is_ok() {
+        true => format!("host={} port={} user=postgres dbname=bench", pg.dir().display(), pg.port()),
+        false => url,
+    };
     let first = host(Some(&url)).await?;
     let apis = clients(&first, connections).await?;
     drive(&apis, Duration::from_secs(1), Request::CounterCall).await;
