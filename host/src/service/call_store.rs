@@ -9,16 +9,16 @@ use crate::store::{Sharing, Store, StoreError, wait};
 use std::sync::Arc;
 
 /// A snapshot larger than this is read key by key when no cache is kept.
-const UNCACHED_LARGEST: u64 = 2 << 20;
+pub(crate) const UNCACHED_LARGEST: u64 = 2 << 20;
 
 pub struct ScopedStore {
     store: Arc<dyn Store>,
     /// Committed tool state in memory (one-host backends); the call holds
     /// its pair's turn.
     cache: Option<Arc<StateCache>>,
-    /// Without a cache: the committed state read before the call ran (the
-    /// call holds its pair's turn, so no host changes it meanwhile), for
-    /// the first read, so the tool does not wait on the database.
+    /// Without a cache: the committed state read under the call's turn (so
+    /// no host changes it meanwhile), for the first read, so the tool does
+    /// not wait on the database.
     prefetched: std::sync::Mutex<Option<Committed>>,
     session: String,
     tool: String,
@@ -31,13 +31,12 @@ impl ScopedStore {
         ScopedStore { store, cache, prefetched, session: session.to_string(), tool: tool.to_string() }
     }
 
-    /// With a shared store, reads the committed state now, asynchronously
-    /// (a failure is left for the call's own read to meet).
-    pub async fn prefetch(self) -> ScopedStore {
-        if self.cache.is_none()
-            && let Ok(state) = self.store.committed_state(&self.session, &self.tool, UNCACHED_LARGEST).await
-        {
-            *self.prefetched.lock().expect("prefetched state poisoned") = Some(state);
+    /// The committed state read under the call's turn (shared stores:
+    /// [`Store::take_turn`]), for the first read; the one-host cache
+    /// ignores it.
+    pub fn with_state(self, prefetched: Option<Committed>) -> ScopedStore {
+        if self.cache.is_none() {
+            *self.prefetched.lock().expect("prefetched state poisoned") = prefetched;
         }
         self
     }

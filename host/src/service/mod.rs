@@ -217,11 +217,17 @@ impl Service {
         self.store.sharing() == Sharing::OneHost
     }
 
-    /// The store handle a call of `tool` in `session` reads through.
-    pub async fn call_store(&self, session: &str, tool: &str) -> Arc<dyn crate::caps::CallStore> {
-        Arc::new(
-            call_store::ScopedStore::new(self.store.clone(), self.state_cache.clone(), session, tool).prefetch().await,
-        )
+    /// The store handle a call of `tool` in `session` reads through;
+    /// `prefetched`: the tool's committed state read under the call's turn
+    /// (shared stores), for its first read.
+    pub fn call_store(
+        &self,
+        session: &str,
+        tool: &str,
+        prefetched: Option<crate::store::state_cache::Committed>,
+    ) -> Arc<dyn crate::caps::CallStore> {
+        let store = call_store::ScopedStore::new(self.store.clone(), self.state_cache.clone(), session, tool);
+        Arc::new(store.with_state(prefetched))
     }
 
     fn tool_lock(&self, session: &str, tool: &str) -> Arc<tokio::sync::Mutex<()>> {

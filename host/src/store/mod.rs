@@ -75,6 +75,15 @@ pub struct FinishedCall {
     pub turn: Option<HeldTurn>,
 }
 
+/// What [`Store::take_turn`] hands back.
+pub struct Turned {
+    pub held: HeldTurn,
+    /// The session as it stands once the turn is held (`None`: deleted).
+    pub session: Option<Session>,
+    /// The tool's committed state, as [`Store::committed_state`] answers.
+    pub state: state_cache::Committed,
+}
+
 /// A call's turn on a (session, tool) held in the database, so that hosts
 /// sharing it run one call of a tool in a session at a time; released
 /// when its outcome commits, or when dropped.
@@ -109,8 +118,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Waits for the turn of a call on `tool`'s state in `session` among
     /// every host sharing the store, after this host's own queue gave it
-    /// its turn. `None`: one host owns the store, its queue is enough.
-    fn take_turn(&self, _session: &str, _tool: &str) -> Pending<Option<HeldTurn>> {
+    /// its turn, and reads under it what the call reads first (in the same
+    /// round trip where the backend can). `None`: one host owns the store,
+    /// its queue is the turn.
+    fn take_turn(&self, _session: &str, _tool: &str, _largest: u64) -> Pending<Option<Turned>> {
         Box::pin(std::future::ready(Ok(None)))
     }
 

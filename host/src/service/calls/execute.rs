@@ -68,13 +68,15 @@ impl Service {
             Some(turn) => turn.await,
             None => self.tool_lock(&session.id, &call.tool).lock_owned().await,
         };
-        // Then its turn among the hosts sharing the store, if they do.
-        let held = match self.caches() {
+        // Then its turn among the hosts sharing the store, if they do,
+        // with the session and the tool's state as they stand under it.
+        let taken = match self.caches() {
             true => Ok(None), // one host: its queue is the turn
-            false => self.store.take_turn(&session.id, &call.tool).await,
+            false => self.store.take_turn(&session.id, &call.tool, super::super::call_store::UNCACHED_LARGEST).await,
         };
-        let held = match held {
-            Ok(held) => held,
+        let (held, fresh, prefetched) = match taken {
+            Ok(Some(t)) => (Some(t.held), Some(t.session), Some(t.state)),
+            Ok(None) => (None, None, None),
             Err(e) => {
                 self.abandon(Abandoned::without_outcome(session.id.clone(), call.id.clone(), unstored()));
                 return Err(e.into());
@@ -83,8 +85,10 @@ impl Service {
         // The boundary as it stands now: a PATCH or DELETE may have come
         // while this call waited its turn. When no boundary changed since
         // the session was read, that read is current (on this host alone:
-        // with a shared store another host may have changed it).
-        let session = if epoch == Some(self.boundary_epoch()) && self.caches() {
+        // with a shared store, the read made under the turn is).
+        let session = if let Some(fresh) = fresh {
+            Arc::new(fresh.ok_or_else(|| ServiceError::not_found("session"))?)
+        } else if epoch == Some(self.boundary_epoch()) {
             session
         } else {
             match self.store.session(&session.id).await {
@@ -97,7 +101,7 @@ impl Service {
             }
         };
         let outcome = match self.tools.get(&call.tool).filter(|_| session.tools.contains_key(&call.tool)) {
-            Some(tool) => self.run(tool, &call, &session).await,
+            Some(tool) => self.run(tool, &call, &session, prefetched).await,
             // Recorded `running` but never run: finish it, so it does not
             // wait for a restart to end `interrupted`.
             None => Outcome {
@@ -144,6 +148,7 @@ impl Service {
         tool: &crate::runtime::loader::LoadedTool,
         call: &Call,
         session: &Session,
+        prefetched: Option<crate::store::state_cache::Committed>,
     ) -> Outcome {
         let grant = session.tools.get(&call.tool).map(|b| b.grants.clone()).unwrap_or_default();
         let mounts = self.mounts(&session.id, &grant).await;
@@ -153,7 +158,7 @@ impl Service {
             tool: call.tool.clone(),
             grant,
             session_env: session.env.clone(),
-            store: self.call_store(&session.id, &call.tool).await,
+            store: self.call_store(&session.id, &call.tool, prefetched),
             secrets: self.secrets.clone(),
             state_quota_bytes: tool.limits.state_kb << 10,
             mounts,

@@ -209,11 +209,7 @@ async fn outcome_in(
     events: &[&Event],
 ) -> Result<bool, Fail> {
     let FinishedCall { call, writes, actor, .. } = outcome;
-    warm(
-        conn,
-        &[FINISH, STATE_SET, STATE_DELETE, audit::HEAD, audit::EXTEND, UNLOCK],
-    )
-    .await?;
+    warm(conn, &[FINISH, STATE_SET, STATE_DELETE, audit::HEAD, audit::EXTEND, UNLOCK]).await?;
     let begin = async {
         // Turn connections have no statement timeout of their own.
         let timeout = format!("BEGIN; SET LOCAL statement_timeout = {}", inner.statement_timeout_ms);
@@ -226,7 +222,8 @@ async fn outcome_in(
         Ok(())
     };
     // In this order on the server: the session's row, then the chain's head.
-    let ((), (), (), head) = tokio::try_join!(begin, finish(conn, call, json), state, audit::head(conn, &call.session))?;
+    let ((), (), (), head) =
+        tokio::try_join!(begin, finish(conn, call, json), state, audit::head(conn, &call.session))?;
     let notes: Vec<Note> = events.iter().map(|event| Note { actor, call: Some(&call.id), event }).collect();
     let unlock = async {
         match turn {

@@ -11,8 +11,8 @@ use crate::model::{AuditEvent, Call, CallError, CallStatus, Message, Session, To
 use crate::store::sqlite::calls::Encoded;
 use crate::store::state_cache::{Committed, Snapshot};
 use crate::store::{
-    Abandoned, FinishedCall, HeldTurn, Link, Pending, Rejection, Result, Sharing, Started, StateWrites, Store,
-    StoreError, StoreStats,
+    Abandoned, FinishedCall, Link, Pending, Rejection, Result, Sharing, Started, StateWrites, Store, StoreError,
+    StoreStats, Turned,
 };
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
@@ -363,9 +363,9 @@ impl Store for PgStore {
         Sharing::Shared
     }
 
-    fn take_turn(&self, session: &str, tool: &str) -> Pending<Option<HeldTurn>> {
+    fn take_turn(&self, session: &str, tool: &str, largest: u64) -> Pending<Option<Turned>> {
         let (inner, session, tool) = (self.inner.clone(), session.to_string(), tool.to_string());
-        pending(async move { Ok(Some(Box::new(turn::take(&inner, &session, &tool).await?) as HeldTurn)) })
+        pending(async move { Ok(Some(turn::take(&inner, &session, &tool, largest).await?)) })
     }
 
     fn session(&self, id: &str) -> Pending<Option<Session>> {
