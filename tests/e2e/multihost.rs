@@ -364,3 +364,47 @@ async fn migrate_copies_a_sqlite_folder_that_a_postgres_host_then_serves() -> an
     );
     Ok(())
 }
+
+/// A host that loses its lease while a call runs (stopped with SIGSTOP
+/// past the lease) finds the call ended `interrupted` by the other host
+/// when it resumes: its outcome is not stored (a call is finished once)
+/// and its client is told so with 409 `call_interrupted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_lost_its_lease_does_not_overwrite_the_interrupted_call() -> anyhow::Result<()> {
+    if skip_in_the_postgres_pass("a_host_that_lost_its_lease_does_not_overwrite") {
+        return Ok(());
+    }
+    let url = postgres::shared().await?.create_database("multihost_lost_lease").await?;
+    let short = "name = \"spin-forever\"\nversion = \"0.0.0\"\ncomponent = \"spin_forever.wasm\"\n[limits]\ntimeout_ms = 3000\n";
+    let start = || {
+        TestHost::builder().bundle_with_manifest("spin", test_program("spin-forever"), short).postgres(&url, 2).start()
+    };
+    let (a, b) = (start().await?, start().await?);
+    let sid = a.agent().session(json!({})).await?;
+    let spinning = tokio::spawn({
+        let (api, sid) = (a.agent(), sid.clone());
+        async move { api.call(&sid, "spin-forever", json!({})).await }
+    });
+    let (api_b, sid_b) = (b.agent(), sid.clone());
+    let cid = eventually("the call to run on host A", || async {
+        let (_, list) = api_b.get(&format!("/v1/sessions/{sid_b}/calls?status=running")).await?;
+        Ok(list["calls"].as_array().unwrap().first().map(|c| c["id"].as_str().unwrap().to_string()))
+    })
+    .await?;
+    let pid = a.pid().unwrap().to_string();
+    std::process::Command::new("kill").args(["-STOP", &pid]).status()?;
+    let interrupted = eventually("B to end A's call interrupted", || async {
+        let (_, call) = b.agent().get(&format!("/v1/sessions/{sid}/calls/{cid}")).await?;
+        Ok((call["status"] != "running").then_some(call))
+    })
+    .await;
+    std::process::Command::new("kill").args(["-CONT", &pid]).status()?;
+    let interrupted = interrupted?;
+    assert_eq!(interrupted["status"], "interrupted", "{interrupted}");
+    let (status, body) = spinning.await??;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("call_interrupted")), "{body}");
+    let (_, after) = b.agent().get(&format!("/v1/sessions/{sid}/calls/{cid}")).await?;
+    assert_eq!(after["status"], "interrupted", "the resumed host did not overwrite it: {after}");
+    verify_audit(&b)?;
+    Ok(())
+}

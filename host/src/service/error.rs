@@ -81,6 +81,12 @@ impl From<StoreError> for ServiceError {
                 code: "already_decided",
                 message: "the call is not pending approval (already decided or expired)".into(),
             },
+            StoreError::Rejected(Rejection::NotRunning) => ServiceError::Conflict {
+                code: "call_interrupted",
+                message:
+                    "the call was ended interrupted while it ran (its host's lease expired); its outcome was not stored"
+                        .into(),
+            },
             StoreError::Rejected(Rejection::IdempotencyConflict) => ServiceError::Conflict {
                 code: "idempotency_conflict",
                 message: "idempotency_key was already used with another tool or input".into(),

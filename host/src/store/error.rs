@@ -23,6 +23,9 @@ pub enum Rejection {
     IdempotencyConflict,
     /// A decision on a call that is no longer pending approval.
     NotPending,
+    /// An outcome for a call that is no longer running: another host ended
+    /// it `interrupted` when this host's lease expired (shared stores).
+    NotRunning,
 }
 
 impl From<rusqlite::Error> for StoreError {

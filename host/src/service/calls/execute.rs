@@ -133,6 +133,11 @@ impl Service {
             }
             // No record to finish: its request was refused, or its session deleted.
             Err(ServiceError::NotFound { .. }) => {}
+            // Another host ended it `interrupted` (this host's lease had
+            // expired): a call is finished once.
+            Err(ServiceError::Conflict { code: "call_interrupted", .. }) => {
+                tracing::warn!("call {id} was interrupted by another host while it ran; its outcome is dropped");
+            }
             Err(e) => {
                 tracing::error!("cannot record a call's outcome: {e}");
                 let usage = Usage { state_bytes_written: 0, ..usage };

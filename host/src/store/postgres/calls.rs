@@ -140,7 +140,8 @@ const FINISH: &str = "WITH s AS (UPDATE sessions SET version = version + 1, call
      usage = $13, approval = $14, logs = $15 WHERE id = $7 AND status = 'running' RETURNING 1) \
      SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM c)";
 
-/// `FINISH`; `NotFound` when the session is gone or the call no longer runs.
+/// `FINISH`; `NotFound` when the session is gone, `NotRunning` when the
+/// call no longer runs.
 async fn finish(conn: &Object, call: &Call, json: &Encoded) -> Result<(), Fail> {
     let big = |n: u64| n.min(i64::MAX as u64) as i64;
     let u = &call.usage;
@@ -166,10 +167,12 @@ async fn finish(conn: &Object, call: &Call, json: &Encoded) -> Result<(), Fail> 
     ];
     let row = conn.query_one(&conn.prepare_cached(FINISH).await?, &params).await?;
     let (sessions, calls): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-    if sessions == 0 || calls == 0 {
-        return Err(Rejection::NotFound.into());
+    match (sessions, calls) {
+        (0, _) => Err(Rejection::NotFound.into()),
+        // The session is there but the call no longer runs.
+        (_, 0) => Err(Rejection::NotRunning.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// A call's outcome in one transaction, on the connection that holds its
