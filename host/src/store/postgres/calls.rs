@@ -17,7 +17,7 @@
 //! connection whose `ROLLBACK` fails is closed, never reused).
 
 use super::audit::{self, Note};
-use super::ops::{BY_KEY, SHARE_SESSION, STATE_DELETE, STATE_SET, apply_state, by_key, check_version, run, to_json};
+use super::sql::{BY_KEY, SHARE_SESSION, STATE_DELETE, STATE_SET, apply_state, by_key, check_version, run, to_json};
 use super::turn::{PgTurn, UNLOCK};
 use super::{Fail, Inner};
 use crate::events::Event;

@@ -25,6 +25,7 @@
 //! - `schema`: versioned migrations.
 //! - `rows`: row to record conversions.
 //! - `audit`: appending to a chain, listing, verifying.
+//! - `sql`: the statements the writes share.
 //! - `ops`: the [`Store`](super::Store) interface.
 //! - `calls`: a call's record and outcome, each pipelined in two round trips.
 //! - `turn`: the cross-host turn of a call.
@@ -38,6 +39,7 @@ mod lease;
 mod ops;
 mod rows;
 mod schema;
+mod sql;
 mod turn;
 
 pub use audit::verify_all;

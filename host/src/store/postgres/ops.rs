@@ -4,15 +4,17 @@
 //! before its audit head (see the module's lock order).
 
 use super::audit::{self, Note};
+use super::sql::{
+    Params, bump_version, by_key, check_version, finish_call, finish_session, rows_in, run, share_session, to_json,
+};
 use super::turn::{self, PgTurn};
 use super::{Fail, Inner, PgStore, calls, lease, retrying, rows};
 use crate::events::{ApprovalDecided, CallFinished, CallRequested, Event, MessageAppended, StateCommitted};
-use crate::model::{AuditEvent, Call, CallError, CallStatus, Message, Session, ToolBoundary, Usage};
+use crate::model::{AuditEvent, Call, CallError, CallStatus, Message, Session, ToolBoundary};
 use crate::store::sqlite::calls::Encoded;
 use crate::store::state_cache::{Committed, Snapshot};
 use crate::store::{
-    Abandoned, FinishedCall, Link, Pending, Rejection, Result, Sharing, Started, StateWrites, Store, StoreError,
-    StoreStats, Turned,
+    Abandoned, FinishedCall, Link, Pending, Rejection, Result, Sharing, Started, Store, StoreError, StoreStats, Turned,
 };
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
@@ -20,9 +22,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
-
-type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// A future of the store's, its failure reported as a [`StoreError`].
 fn pending<T: Send + 'static>(f: impl Future<Output = Result<T, Fail>> + Send + 'static) -> Pending<T> {
@@ -34,126 +33,6 @@ async fn query(inner: &Inner, sql: &str, params: Params<'_>) -> Result<Vec<Row>,
     let c = inner.pool.get().await?;
     let st = c.prepare_cached(sql).await?;
     Ok(c.query(&st, params).await?)
-}
-
-pub(super) async fn run(tx: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u64, Fail> {
-    let st = tx.prepare_cached(sql).await?;
-    Ok(tx.execute(&st, params).await?)
-}
-
-pub(super) async fn rows_in(tx: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Fail> {
-    let st = tx.prepare_cached(sql).await?;
-    Ok(tx.query(&st, params).await?)
-}
-
-pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("records serialize")
-}
-
-/// Locks a session's row for a write that adds to it (several may hold
-/// it at once); its version, or `NotFound`.
-pub(super) const SHARE_SESSION: &str = "SELECT version FROM sessions WHERE id = $1 FOR SHARE";
-
-pub(super) async fn share_session(tx: &impl GenericClient, id: &str) -> Result<i64, Fail> {
-    let found = rows_in(tx, SHARE_SESSION, &[&id]).await?;
-    let row = found.first().ok_or(Rejection::NotFound)?;
-    Ok(row.try_get(0)?)
-}
-
-/// Bumps a session's version, locking its row; `NotFound` when it is gone.
-pub(super) async fn bump_version(tx: &impl GenericClient, id: &str) -> Result<i64, Fail> {
-    let found =
-        rows_in(tx, "UPDATE sessions SET version = version + 1 WHERE id = $1 RETURNING version", &[&id]).await?;
-    let row = found.first().ok_or(Rejection::NotFound)?;
-    Ok(row.try_get(0)?)
-}
-
-pub(super) fn check_version(current: i64, expected: Option<i64>) -> Result<(), Fail> {
-    match expected {
-        Some(v) if v != current => Err(Rejection::StaleVersion { current }.into()),
-        _ => Ok(()),
-    }
-}
-
-pub(super) const FINISH_SESSION: &str = "UPDATE sessions SET version = version + 1, calls = calls + 1, wall_ms = wall_ms + $2, \
-     fuel = fuel + $3, state_bytes_written = state_bytes_written + $4, egress_requests = egress_requests + $5, \
-     egress_bytes = egress_bytes + $6 WHERE id = $1";
-
-/// Adds a finished call's usage to its session (and bumps its version).
-pub(super) async fn finish_session(tx: &impl GenericClient, id: &str, u: &Usage) -> Result<(), Fail> {
-    let big = |n: u64| n.min(i64::MAX as u64) as i64;
-    let (wall, fuel, state, requests, bytes) =
-        (big(u.wall_ms), big(u.fuel), big(u.state_bytes_written), big(u.egress_requests), big(u.egress_bytes));
-    if run(tx, FINISH_SESSION, &[&id, &wall, &fuel, &state, &requests, &bytes]).await? == 0 {
-        return Err(Rejection::NotFound.into());
-    }
-    Ok(())
-}
-
-/// Writes a running call's outcome; `NotFound` when it is no longer
-/// running (its session was deleted, or its host's lease expired and it
-/// was interrupted): a call is finished once.
-pub(super) const FINISH_CALL: &str = "UPDATE calls SET status = $2, output = $3, error = $4, started_at = $5, \
-     finished_at = $6, usage = $7, approval = $8, logs = $9 WHERE id = $1 AND status = 'running'";
-
-pub(super) async fn finish_call(tx: &impl GenericClient, call: &Call, json: &Encoded) -> Result<(), Fail> {
-    let n = run(
-        tx,
-        FINISH_CALL,
-        &[
-            &call.id,
-            &call.status.as_str(),
-            &json.output,
-            &json.error,
-            &call.started_at,
-            &call.finished_at,
-            &json.usage,
-            &json.approval,
-            &json.logs,
-        ],
-    )
-    .await?;
-    if n == 0 {
-        return Err(Rejection::NotFound.into());
-    }
-    Ok(())
-}
-
-pub(super) const STATE_SET: &str = "INSERT INTO tool_state (session, tool, key, value) \
-     SELECT $1, $2, * FROM unnest($3::text[], $4::bytea[]) ON CONFLICT (session, tool, key) DO UPDATE SET value = excluded.value";
-pub(super) const STATE_DELETE: &str = "DELETE FROM tool_state WHERE session = $1 AND tool = $2 AND key = ANY($3)";
-
-/// Applies a call's buffered state writes: two statements at most.
-pub(super) async fn apply_state(
-    tx: &impl GenericClient,
-    session: &str,
-    tool: &str,
-    writes: &StateWrites,
-) -> Result<(), Fail> {
-    let (mut keys, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
-    for (key, value) in writes {
-        match value {
-            Some(v) => {
-                keys.push(key.as_str());
-                values.push(v.as_slice());
-            }
-            None => gone.push(key.as_str()),
-        }
-    }
-    let set = async {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        run(tx, STATE_SET, &[&session, &tool, &keys, &values]).await
-    };
-    let delete = async {
-        if gone.is_empty() {
-            return Ok(0);
-        }
-        run(tx, STATE_DELETE, &[&session, &tool, &gone]).await
-    };
-    tokio::try_join!(set, delete)?;
-    Ok(())
 }
 
 impl Inner {
@@ -253,16 +132,6 @@ async fn append_message(
     tx.commit().await?;
     inner.committed();
     Ok(msg)
-}
-
-pub(super) static BY_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!("SELECT {} FROM calls WHERE session = $1 AND idempotency_key = $2", rows::CALL)
-});
-
-pub(super) async fn by_key(c: &impl GenericClient, session: &str, key: &str) -> Result<Option<Call>, Fail> {
-    let st = c.prepare_cached(&BY_KEY).await?;
-    let found = c.query(&st, &[&session, &key]).await?;
-    Ok(found.first().map(rows::call).transpose()?)
 }
 
 async fn record_decision(inner: &Inner, call: &Call, actor: &str, events: &[&Event]) -> Result<(), Fail> {
