@@ -15,8 +15,10 @@
 //! lets a short call run while its record commits ([`Store::new_link`]).
 //!
 //! - `error`: [`StoreError`], [`Rejection`].
+//! - [`chain`]: the audit chain's hash and verification, for every backend.
 //! - [`state_cache`]: committed tool state in memory (single-host backends).
 
+pub mod chain;
 mod error;
 pub mod postgres;
 pub mod sqlite;

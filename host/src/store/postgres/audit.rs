@@ -5,7 +5,7 @@
 use super::{Fail, rows};
 use crate::events::Event;
 use crate::model::AuditEvent;
-use crate::store::sqlite::audit::{Break, GENESIS, hash_of, hash_with_data};
+use crate::store::chain::{Break, GENESIS, Verifier, hash_with_data};
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
@@ -119,30 +119,18 @@ pub async fn verify_all(c: &impl GenericClient) -> crate::store::Result<std::res
         ))
         .await
         .map_err(Fail::from)?;
-    let (mut checked, mut current, mut expect_seq, mut expect_prev) = (0u64, String::new(), 1i64, GENESIS.to_string());
+    let mut chains = Verifier::default();
     let mut from = (String::new(), 0i64);
     loop {
         let found = c.query(&page, &[&from.0, &from.1]).await.map_err(Fail::from)?;
         if found.is_empty() {
-            return Ok(Ok(checked));
+            return Ok(Ok(chains.checked()));
         }
         for row in &found {
             let e = rows::audit(row).map_err(Fail::from)?;
-            if e.session != current {
-                (current, expect_seq, expect_prev) = (e.session.clone(), 1, GENESIS.to_string());
+            if let Err(broken) = chains.check(&e) {
+                return Ok(Err(broken));
             }
-            let fail = |reason: &str| Ok(Err(Break { session: e.session.clone(), seq: e.seq, reason: reason.into() }));
-            if e.seq != expect_seq {
-                return fail(&format!("expected seq {expect_seq}: a record is missing or reordered"));
-            }
-            if e.prev_hash != expect_prev {
-                return fail("prev_hash does not match the previous record's hash");
-            }
-            if hash_of(&e) != e.hash {
-                return fail("hash does not match the record's contents");
-            }
-            (expect_seq, expect_prev) = (e.seq + 1, e.hash.clone());
-            checked += 1;
             from = (e.session, e.seq);
         }
     }

@@ -190,7 +190,7 @@ impl PgStore {
 
 /// Verifies every audit chain in the database at `url`, reading only
 /// (`bulkhead audit verify`): the events checked, or the first break.
-pub async fn verify_url(url: &str) -> super::Result<std::result::Result<u64, super::sqlite::audit::Break>> {
+pub async fn verify_url(url: &str) -> super::Result<std::result::Result<u64, super::chain::Break>> {
     let options = PgOptions {
         url: url.to_string(),
         pool_size: 1,

@@ -1,9 +1,6 @@
-//! The `audit` table: a hash chain per session (contract §9).
-//!
-//! `hash = sha256(prev_hash || canonical JSON of the event without hash)`;
-//! canonical JSON is compact with keys sorted (serde_json's default map is
-//! ordered). The first event of a session chains to [`GENESIS`]. Events are
-//! appended in the same transaction as the change they record.
+//! The `audit` table: a hash chain per session (contract §9; the hash and
+//! the checks are `store::chain`'s). Events are appended in the same
+//! transaction as the change they record.
 //!
 //! The writer keeps each recently used chain's head (last seq and hash) in
 //! memory ([`Heads`]), so an append is one INSERT instead of a SELECT and an
@@ -16,12 +13,11 @@
 use super::{Result, Tx, filing};
 use crate::events::Event;
 use crate::model::AuditEvent;
+pub use crate::store::chain::{Break, GENESIS, hash_of};
+use crate::store::chain::{Verifier, hash_with_data};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 fn from_row(r: &Row) -> rusqlite::Result<AuditEvent> {
     let data: String = r.get(6)?;
@@ -36,40 +32,6 @@ fn from_row(r: &Row) -> rusqlite::Result<AuditEvent> {
         prev_hash: r.get(7)?,
         hash: r.get(8)?,
     })
-}
-
-/// The hash of an event from its fields (all but `hash`).
-pub fn hash_of(e: &AuditEvent) -> String {
-    hash_with_data(e, &e.data.to_string())
-}
-
-/// `hash_of` with the event's data already serialized (compact JSON).
-///
-/// The canonical form is written field by field, keys in sorted order,
-/// exactly as serde_json prints a map of these fields (checked by a test);
-/// building a `Value` for every event cost more than the append's SQL.
-pub(crate) fn hash_with_data(e: &AuditEvent, data: &str) -> String {
-    fn field(out: &mut Vec<u8>, key: &str, value: &impl serde::Serialize) {
-        out.extend_from_slice(key.as_bytes());
-        serde_json::to_writer(&mut *out, value).expect("strings and integers serialize");
-    }
-    let mut body = Vec::with_capacity(256 + data.len());
-    field(&mut body, "{\"actor\":", &e.actor);
-    field(&mut body, ",\"at\":", &e.at);
-    if let Some(call) = &e.call {
-        field(&mut body, ",\"call\":", call);
-    }
-    body.extend_from_slice(b",\"data\":");
-    body.extend_from_slice(data.as_bytes());
-    field(&mut body, ",\"kind\":", &e.kind);
-    field(&mut body, ",\"prev_hash\":", &e.prev_hash);
-    field(&mut body, ",\"seq\":", &e.seq);
-    field(&mut body, ",\"session\":", &e.session);
-    body.push(b'}');
-    let mut h = Sha256::new();
-    h.update(e.prev_hash.as_bytes());
-    h.update(&body);
-    hex::encode(h.finalize())
 }
 
 /// Chain heads (last seq, hash) as the writer knows them: committed, and
@@ -212,14 +174,6 @@ pub fn list(conn: &Connection, session: &str, after: i64, limit: u32) -> Result<
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// A break in a chain: the first record that does not verify.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Break {
-    pub session: String,
-    pub seq: i64,
-    pub reason: String,
-}
-
 /// Verifies every session's chain; returns the number of events checked or
 /// the first broken record.
 pub fn verify_all(conn: &Connection) -> Result<std::result::Result<u64, Break>> {
@@ -227,26 +181,13 @@ pub fn verify_all(conn: &Connection) -> Result<std::result::Result<u64, Break>> 
         "SELECT session, seq, at, kind, actor, call, data, prev_hash, hash FROM audit ORDER BY session, seq",
     )?;
     let mut rows = stmt.query([])?;
-    let (mut checked, mut current, mut expect_seq, mut expect_prev) = (0u64, String::new(), 1i64, GENESIS.to_string());
+    let mut chains = Verifier::default();
     while let Some(row) = rows.next()? {
-        let e = from_row(row)?;
-        if e.session != current {
-            (current, expect_seq, expect_prev) = (e.session.clone(), 1, GENESIS.to_string());
+        if let Err(broken) = chains.check(&from_row(row)?) {
+            return Ok(Err(broken));
         }
-        let fail = |reason: &str| Ok(Err(Break { session: e.session.clone(), seq: e.seq, reason: reason.into() }));
-        if e.seq != expect_seq {
-            return fail(&format!("expected seq {expect_seq}: a record is missing or reordered"));
-        }
-        if e.prev_hash != expect_prev {
-            return fail("prev_hash does not match the previous record's hash");
-        }
-        if hash_of(&e) != e.hash {
-            return fail("hash does not match the record's contents");
-        }
-        (expect_seq, expect_prev) = (e.seq + 1, e.hash.clone());
-        checked += 1;
     }
-    Ok(Ok(checked))
+    Ok(Ok(chains.checked()))
 }
 
 #[cfg(test)]
@@ -254,6 +195,7 @@ mod tests {
     use super::*;
     use crate::store::sqlite::{Db, Durability, Link, Rejection, StoreError};
     use serde_json::json;
+    use sha2::{Digest, Sha256};
 
     fn event(call: Option<&str>, actor: &str, data: Value) -> AuditEvent {
         AuditEvent {
