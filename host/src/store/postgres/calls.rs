@@ -17,7 +17,9 @@
 //! connection whose `ROLLBACK` fails is closed, never reused).
 
 use super::audit::{self, Note};
-use super::sql::{BY_KEY, SHARE_SESSION, STATE_DELETE, STATE_SET, apply_state, by_key, check_version, run, to_json};
+use super::sql::{
+    BY_KEY, FINISH, SHARE_SESSION, STATE_DELETE, STATE_SET, apply_state, by_key, check_version, finish, run, to_json,
+};
 use super::turn::{PgTurn, UNLOCK};
 use super::{Fail, Inner};
 use crate::events::Event;
@@ -92,7 +94,8 @@ async fn request(
     let ((), version, first, head) = tokio::try_join!(begin(conn), share, first, audit::head(conn, &call.session))?;
     let version = version.ok_or(Rejection::NotFound)?;
     if let Some(first) = first {
-        commit(conn).await?; // nothing written: ends the transaction
+        // Nothing to keep (the head's upsert only locked its row).
+        conn.batch_execute("ROLLBACK").await?;
         return Ok(Started::Existing(Box::new(first)));
     }
     check_version(version, if_match)?;
@@ -120,7 +123,7 @@ async fn request(
         // read. So the insert goes alone, before the event.
         if insert.await? == 0 {
             let first = by_key(conn, &call.session, key).await?.ok_or(Rejection::NotFound)?;
-            commit(conn).await?;
+            conn.batch_execute("ROLLBACK").await?;
             return Ok(Started::Existing(Box::new(first)));
         }
         tokio::try_join!(audit::extend(conn, &call.session, head, &note), commit(conn))?;
@@ -129,50 +132,6 @@ async fn request(
     }
     inner.committed();
     Ok(Started::New)
-}
-
-/// The session's usage and version, and the call's outcome (only while it
-/// is `running`: a call is finished once), in one statement.
-const FINISH: &str = "WITH s AS (UPDATE sessions SET version = version + 1, calls = calls + 1, \
-     wall_ms = wall_ms + $2, fuel = fuel + $3, state_bytes_written = state_bytes_written + $4, \
-     egress_requests = egress_requests + $5, egress_bytes = egress_bytes + $6 WHERE id = $1 RETURNING 1), \
-     c AS (UPDATE calls SET status = $8, output = $9, error = $10, started_at = $11, finished_at = $12, \
-     usage = $13, approval = $14, logs = $15 WHERE id = $7 AND status = 'running' RETURNING 1) \
-     SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM c)";
-
-/// `FINISH`; `NotFound` when the session is gone, `NotRunning` when the
-/// call no longer runs.
-async fn finish(conn: &Object, call: &Call, json: &Encoded) -> Result<(), Fail> {
-    let big = |n: u64| n.min(i64::MAX as u64) as i64;
-    let u = &call.usage;
-    let (wall, fuel, state, requests, bytes) =
-        (big(u.wall_ms), big(u.fuel), big(u.state_bytes_written), big(u.egress_requests), big(u.egress_bytes));
-    let status = call.status.as_str();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
-        &call.session,
-        &wall,
-        &fuel,
-        &state,
-        &requests,
-        &bytes,
-        &call.id,
-        &status,
-        &json.output,
-        &json.error,
-        &call.started_at,
-        &call.finished_at,
-        &json.usage,
-        &json.approval,
-        &json.logs,
-    ];
-    let row = conn.query_one(&conn.prepare_cached(FINISH).await?, &params).await?;
-    let (sessions, calls): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-    match (sessions, calls) {
-        (0, _) => Err(Rejection::NotFound.into()),
-        // The session is there but the call no longer runs.
-        (_, 0) => Err(Rejection::NotRunning.into()),
-        _ => Ok(()),
-    }
 }
 
 /// A call's outcome in one transaction, on the connection that holds its
@@ -213,11 +172,9 @@ async fn outcome_in(
 ) -> Result<bool, Fail> {
     let FinishedCall { call, writes, actor, .. } = outcome;
     warm(conn, &[FINISH, STATE_SET, STATE_DELETE, audit::HEAD, audit::EXTEND, UNLOCK]).await?;
-    let begin = async {
-        // Turn connections have no statement timeout of their own.
-        let timeout = format!("BEGIN; SET LOCAL statement_timeout = {}", inner.statement_timeout_ms);
-        Ok::<_, Fail>(conn.batch_execute(if turn.is_some() { &timeout } else { "BEGIN" }).await?)
-    };
+    // Turn connections have no statement timeout of their own.
+    let begin = conn.batch_execute(if turn.is_some() { &inner.begin_on_turn } else { "BEGIN" });
+    let begin = async { Ok::<_, Fail>(begin.await?) };
     let state = async {
         if call.status == CallStatus::Succeeded && !writes.is_empty() {
             apply_state(conn, &call.session, &call.tool, writes).await?;

@@ -147,8 +147,9 @@ pub(crate) struct Inner {
     /// This host's id in `hosts`.
     host: String,
     lease: Duration,
-    /// `statement_timeout` in ms, set again in outcomes on turn connections.
-    statement_timeout_ms: u64,
+    /// `BEGIN` with the statement timeout, for outcomes on turn connections
+    /// (which run without one, so a turn can wait).
+    begin_on_turn: String,
     /// Since when this host's heartbeats have succeeded without a break.
     healthy_since: std::sync::Mutex<Option<std::time::Instant>>,
     commits: AtomicU64,
@@ -173,18 +174,13 @@ impl PgStore {
             turns,
             host: crate::util::new_id(),
             lease: options.lease,
-            statement_timeout_ms: options.statement_timeout.as_millis() as u64,
+            begin_on_turn: format!("BEGIN; SET LOCAL statement_timeout = {}", options.statement_timeout.as_millis()),
             healthy_since: std::sync::Mutex::new(None),
             commits: AtomicU64::new(0),
         });
         lease::take(&inner, host_name).await?;
         lease::spawn_heartbeat(Arc::downgrade(&inner));
         Ok(PgStore { inner })
-    }
-
-    /// This host's id in the `hosts` table.
-    pub fn host_id(&self) -> &str {
-        &self.inner.host
     }
 }
 

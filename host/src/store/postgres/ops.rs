@@ -4,9 +4,7 @@
 //! before its audit head (see the module's lock order).
 
 use super::audit::{self, Note};
-use super::sql::{
-    Params, bump_version, by_key, check_version, finish_call, finish_session, rows_in, run, share_session, to_json,
-};
+use super::sql::{Params, bump_version, by_key, check_version, finish, rows_in, run, share_session, to_json};
 use super::turn::{self, PgTurn};
 use super::{Fail, Inner, PgStore, calls, lease, retrying, rows};
 use crate::events::{ApprovalDecided, CallFinished, CallRequested, Event, MessageAppended, StateCommitted};
@@ -215,8 +213,7 @@ async fn fail_abandoned(inner: &Inner, a: &Abandoned, finished_at: &str) -> Resu
     call.error = Some(a.error.clone());
     call.usage = a.usage;
     call.finished_at = Some(finished_at.to_string());
-    finish_session(&tx, &call.session, &call.usage).await?;
-    finish_call(&tx, &call, &Encoded::of(&call)).await?;
+    finish(&tx, &call, &Encoded::of(&call)).await?;
     let finished = Event::from(CallFinished::of(&call));
     let mut notes: Vec<Note> =
         a.notes.iter().map(|event| Note { actor: "bulkhead", call: Some(&a.id), event }).collect();

@@ -4,7 +4,7 @@
 //! that `ops` and `calls` compose them inside one transaction.
 
 use super::{Fail, rows};
-use crate::model::{Call, Usage};
+use crate::model::Call;
 use crate::store::sqlite::calls::Encoded;
 use crate::store::{Rejection, StateWrites};
 use deadpool_postgres::GenericClient;
@@ -52,48 +52,48 @@ pub(super) fn check_version(current: i64, expected: Option<i64>) -> Result<(), F
     }
 }
 
-pub(super) const FINISH_SESSION: &str = "UPDATE sessions SET version = version + 1, calls = calls + 1, wall_ms = wall_ms + $2, \
-     fuel = fuel + $3, state_bytes_written = state_bytes_written + $4, egress_requests = egress_requests + $5, \
-     egress_bytes = egress_bytes + $6 WHERE id = $1";
+/// The session's usage and version, and the call's outcome (only while it
+/// is `running`: a call is finished once), in one statement.
+pub(super) const FINISH: &str = "WITH s AS (UPDATE sessions SET version = version + 1, calls = calls + 1, \
+     wall_ms = wall_ms + $2, fuel = fuel + $3, state_bytes_written = state_bytes_written + $4, \
+     egress_requests = egress_requests + $5, egress_bytes = egress_bytes + $6 WHERE id = $1 RETURNING 1), \
+     c AS (UPDATE calls SET status = $8, output = $9, error = $10, started_at = $11, finished_at = $12, \
+     usage = $13, approval = $14, logs = $15 WHERE id = $7 AND status = 'running' RETURNING 1) \
+     SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM c)";
 
-/// Adds a finished call's usage to its session (and bumps its version).
-pub(super) async fn finish_session(tx: &impl GenericClient, id: &str, u: &Usage) -> Result<(), Fail> {
+/// `FINISH`; `NotFound` when the session is gone, `NotRunning` when the
+/// call no longer runs.
+pub(super) async fn finish(conn: &impl GenericClient, call: &Call, json: &Encoded) -> Result<(), Fail> {
     let big = |n: u64| n.min(i64::MAX as u64) as i64;
+    let u = &call.usage;
     let (wall, fuel, state, requests, bytes) =
         (big(u.wall_ms), big(u.fuel), big(u.state_bytes_written), big(u.egress_requests), big(u.egress_bytes));
-    if run(tx, FINISH_SESSION, &[&id, &wall, &fuel, &state, &requests, &bytes]).await? == 0 {
-        return Err(Rejection::NotFound.into());
+    let status = call.status.as_str();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
+        &call.session,
+        &wall,
+        &fuel,
+        &state,
+        &requests,
+        &bytes,
+        &call.id,
+        &status,
+        &json.output,
+        &json.error,
+        &call.started_at,
+        &call.finished_at,
+        &json.usage,
+        &json.approval,
+        &json.logs,
+    ];
+    let row = conn.query_one(&conn.prepare_cached(FINISH).await?, &params).await?;
+    let (sessions, calls): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    match (sessions, calls) {
+        (0, _) => Err(Rejection::NotFound.into()),
+        // The session is there but the call no longer runs.
+        (_, 0) => Err(Rejection::NotRunning.into()),
+        _ => Ok(()),
     }
-    Ok(())
-}
-
-/// Writes a running call's outcome; `NotFound` when it is no longer
-/// running (its session was deleted, or its host's lease expired and it
-/// was interrupted): a call is finished once.
-pub(super) const FINISH_CALL: &str = "UPDATE calls SET status = $2, output = $3, error = $4, started_at = $5, \
-     finished_at = $6, usage = $7, approval = $8, logs = $9 WHERE id = $1 AND status = 'running'";
-
-pub(super) async fn finish_call(tx: &impl GenericClient, call: &Call, json: &Encoded) -> Result<(), Fail> {
-    let n = run(
-        tx,
-        FINISH_CALL,
-        &[
-            &call.id,
-            &call.status.as_str(),
-            &json.output,
-            &json.error,
-            &call.started_at,
-            &call.finished_at,
-            &json.usage,
-            &json.approval,
-            &json.logs,
-        ],
-    )
-    .await?;
-    if n == 0 {
-        return Err(Rejection::NotFound.into());
-    }
-    Ok(())
 }
 
 pub(super) const STATE_SET: &str = "INSERT INTO tool_state (session, tool, key, value) \
