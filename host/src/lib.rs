@@ -24,6 +24,7 @@
 //! - [`web`]: what the two HTTP front ends share: the contract's error
 //!   body, the caller extractor, JSON extractors.
 //! - [`api`]: the axum HTTP API (contract §7).
+//! - [`console`]: the web console at `/ui/` for approvers and auditors.
 //! - [`mcp`]: the same sessions over the Model Context Protocol (`/mcp`, stdio bridge).
 //! - [`tls`]: the TLS client of outbound connections (egress, the bridge).
 //! - [`cli`]: the `bulkhead` commands.
@@ -33,6 +34,7 @@ pub mod auth;
 pub mod caps;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod events;
 pub mod manifest;
 pub mod mcp;

@@ -1,7 +1,7 @@
 //! `/v1/sessions`, `/v1/sessions/{sid}` and `/v1/sessions/{sid}/messages`.
 
 use crate::service::Service;
-use crate::service::sessions::{CreateSession, Narrowing, NewMessage};
+use crate::service::sessions::{CreateSession, Narrowing, NewMessage, SessionFilter};
 use crate::web::error::ApiError;
 use crate::web::extract::{Body, Caller, Path, Query};
 use axum::Json;
@@ -37,13 +37,31 @@ pub async fn create(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(session)).into_response())
 }
 
+/// `GET /v1/sessions`: a page, optionally filtered (see [`SessionFilter`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionQuery {
+    after: Option<String>,
+    limit: Option<u32>,
+    principal: Option<String>,
+    label: Option<String>,
+    status: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
 pub async fn list(
     State(s): State<Arc<Service>>,
     Caller(p): Caller,
-    Query(q): Query<SessionPage>,
+    Query(q): Query<SessionQuery>,
 ) -> Result<Response, ApiError> {
-    let sessions = s.list_sessions(&p, q.after, q.limit).await?;
-    Ok(Json(json!({ "sessions": sessions })).into_response())
+    let filter = SessionFilter { principal: q.principal, label: q.label, status: q.status, from: q.from, to: q.to };
+    let page = s.find_sessions(&p, &filter, q.after, q.limit).await?;
+    let mut body = json!({ "sessions": page.sessions });
+    if let Some(next) = page.next {
+        body["next"] = json!(next);
+    }
+    Ok(Json(body).into_response())
 }
 
 pub async fn get(

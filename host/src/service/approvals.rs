@@ -47,14 +47,23 @@ impl Service {
         require_approver(p)?;
         let (me, after, limit) = (p.name.clone(), after.unwrap_or_default(), page(limit));
         let rows = self.store.pending_approvals_for(&me, after, limit).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(call, requester)| {
-                let mut v = serde_json::to_value(&call).expect("a call serializes");
-                v["requested_by"] = Value::String(requester);
-                v
-            })
-            .collect())
+        let mut out = Vec::with_capacity(rows.len());
+        for (call, requester) in rows {
+            // What an approver needs to decide: whose session it is, what the
+            // tool may do in it, and what its review found.
+            let session = self.store.session(&call.session).await?;
+            let mut v = serde_json::to_value(&call).expect("a call serializes");
+            v["requested_by"] = Value::String(requester);
+            v["session_principal"] = session.as_ref().map(|s| Value::String(s.principal.clone())).unwrap_or_default();
+            v["boundary"] = session
+                .as_ref()
+                .and_then(|s| s.tools.get(&call.tool))
+                .map(|b| serde_json::to_value(b).expect("a boundary serializes"))
+                .unwrap_or_default();
+            v["review"] = self.reviews.get(&call.tool).cloned().unwrap_or_default();
+            out.push(v);
+        }
+        Ok(out)
     }
 
     /// Approves (runs the call and answers with it finished) or denies.

@@ -4,6 +4,7 @@ use super::sessions::page;
 use super::{Result, Service};
 use crate::auth::Principal;
 use crate::model::AuditEvent;
+use crate::store::chain::{Break, Verifier};
 
 impl Service {
     pub async fn list_audit(
@@ -16,5 +17,24 @@ impl Service {
         let session = self.owned_session(p, sid).await?;
         let (after, limit) = (after.unwrap_or(0), page(limit));
         Ok(self.store.audit(&session.id, after, limit).await?)
+    }
+
+    /// Verifies a session's whole chain (contract §9) as the API serves it:
+    /// how many events verified, and the first break if there is one.
+    pub async fn verify_session_audit(&self, p: &Principal, sid: &str) -> Result<(u64, Option<Break>)> {
+        let session = self.owned_session(p, sid).await?;
+        let (mut verifier, mut after) = (Verifier::default(), 0);
+        loop {
+            let events = self.store.audit(&session.id, after, super::sessions::MAX_PAGE).await?;
+            for e in &events {
+                if let Err(b) = verifier.check(e) {
+                    return Ok((verifier.checked(), Some(b)));
+                }
+                after = e.seq;
+            }
+            if events.len() < super::sessions::MAX_PAGE as usize {
+                return Ok((verifier.checked(), None));
+            }
+        }
     }
 }

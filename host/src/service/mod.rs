@@ -187,6 +187,11 @@ impl Service {
         self.principals.authenticate(token)
     }
 
+    /// Ids of calls as they leave `running` or `pending_approval` on this host.
+    pub fn subscribe_finished(&self) -> broadcast::Receiver<String> {
+        self.finished.subscribe()
+    }
+
     pub fn calls_in_flight(&self) -> usize {
         self.config.limits.max_concurrent_calls as usize - self.call_slots.available_permits()
     }

@@ -45,6 +45,97 @@ pub struct NewMessage {
     pub metadata: Option<Value>,
 }
 
+/// Sessions read from the store per filtered request, at most.
+pub const MAX_FILTER_SCAN: usize = 5000;
+const FILTER_BATCH: u32 = 250;
+
+/// Which sessions to list (all fields optional; all given must match).
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct SessionFilter {
+    /// Only this principal's sessions (others than one's own: admins only).
+    pub principal: Option<String>,
+    /// `key` (has the label) or `key=value`.
+    pub label: Option<String>,
+    /// `active` or `expired`.
+    pub status: Option<String>,
+    /// Created on or after this day (`YYYY-MM-DD`, UTC).
+    pub from: Option<String>,
+    /// Created on or before this day (`YYYY-MM-DD`, UTC).
+    pub to: Option<String>,
+}
+
+/// A page of sessions and the cursor (`after`) of the next, if any.
+#[derive(Debug, Default)]
+pub struct SessionsPage {
+    pub sessions: Vec<Session>,
+    pub next: Option<String>,
+}
+
+/// A [`SessionFilter`], checked once.
+struct SessionCheck<'a> {
+    label: Option<(&'a str, Option<&'a str>)>,
+    expired: Option<bool>,
+    from: Option<&'a str>,
+    to: Option<&'a str>,
+}
+
+impl SessionFilter {
+    fn parse(&self) -> Result<SessionCheck<'_>> {
+        // An empty field (a form left blank) filters nothing.
+        fn given(v: &Option<String>) -> Option<&str> {
+            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+        }
+        let date = |what: &str, v: Option<&str>| -> Result<Option<String>> {
+            match v {
+                None => Ok(None),
+                Some(d) if is_date(d) => Ok(Some(d.to_string())),
+                Some(_) => Err(ServiceError::bad_request(format!("{what} must be a date, YYYY-MM-DD"))),
+            }
+        };
+        date("from", given(&self.from))?;
+        date("to", given(&self.to))?;
+        let expired = match given(&self.status) {
+            None => None,
+            Some("active") => Some(false),
+            Some("expired") => Some(true),
+            Some(_) => return Err(ServiceError::bad_request("status must be active or expired")),
+        };
+        let label = given(&self.label).map(|l| match l.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (l, None),
+        });
+        Ok(SessionCheck { label, expired, from: given(&self.from), to: given(&self.to) })
+    }
+}
+
+fn is_date(d: &str) -> bool {
+    let b = d.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+impl SessionCheck<'_> {
+    fn is_empty(&self) -> bool {
+        self.label.is_none() && self.expired.is_none() && self.from.is_none() && self.to.is_none()
+    }
+
+    fn matches(&self, s: &Session) -> bool {
+        let day = s.created_at.get(..10).unwrap_or("");
+        let label_ok = match self.label {
+            None => true,
+            Some((k, None)) => s.labels.contains_key(k),
+            Some((k, Some(v))) => s.labels.get(k).is_some_and(|have| have == v),
+        };
+        let expired = s.expires_at.as_deref().is_some_and(util::is_past);
+        label_ok
+            && self.expired.is_none_or(|want| want == expired)
+            && self.from.is_none_or(|f| day >= f)
+            && self.to.is_none_or(|t| day <= t)
+    }
+}
+
 pub fn page(limit: Option<u32>) -> u32 {
     limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
 }
@@ -234,10 +325,50 @@ impl Service {
         after: Option<String>,
         limit: Option<u32>,
     ) -> Result<Vec<Session>> {
-        let owner = (!p.is_admin()).then(|| p.name.clone());
-        let after = after.unwrap_or_default();
-        let limit = page(limit);
-        Ok(self.store.sessions(owner, after, limit).await?)
+        Ok(self.find_sessions(p, &SessionFilter::default(), after, limit).await?.sessions)
+    }
+
+    /// The sessions `p` may see (its own; all for admins) that match `f`,
+    /// in id (creation) order after `after`. Filters are checked on pages
+    /// read from the store, at most [`MAX_FILTER_SCAN`] sessions a request;
+    /// `next` says where to go on when the page filled up or the scan ended.
+    pub async fn find_sessions(
+        &self,
+        p: &Principal,
+        f: &SessionFilter,
+        after: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<SessionsPage> {
+        let check = f.parse()?;
+        let owner = match (p.is_admin(), &f.principal) {
+            (true, wanted) => wanted.clone(),
+            (false, Some(wanted)) if *wanted != p.name => return Ok(SessionsPage::default()),
+            (false, _) => Some(p.name.clone()),
+        };
+        let limit = page(limit) as usize;
+        let mut cursor = after.unwrap_or_default();
+        let (mut out, mut scanned) = (Vec::new(), 0);
+        loop {
+            let batch = if check.is_empty() { limit as u32 } else { FILTER_BATCH };
+            let rows = self.store.sessions(owner.clone(), cursor.clone(), batch).await?;
+            let full = rows.len() == batch as usize;
+            for s in rows {
+                scanned += 1;
+                cursor = s.id.clone();
+                if check.matches(&s) {
+                    out.push(s);
+                    if out.len() == limit {
+                        return Ok(SessionsPage { sessions: out, next: Some(cursor) });
+                    }
+                }
+            }
+            if !full {
+                return Ok(SessionsPage { sessions: out, next: None });
+            }
+            if scanned >= MAX_FILTER_SCAN {
+                return Ok(SessionsPage { sessions: out, next: Some(cursor) });
+            }
+        }
     }
 
     pub async fn delete_session(&self, p: &Principal, sid: &str) -> Result<()> {

@@ -1,0 +1,45 @@
+//! Tools: the bundles the viewer may use (all, for admins), each with its
+//! grants, real WIT imports, digest and `bulkhead review` findings: the
+//! same `visible_tools` and reviews `GET /v1/tools` answers with.
+
+use super::approvals::review_line;
+use super::layout::{self, json};
+use super::signin::Viewer;
+use crate::service::Service;
+use axum::extract::State;
+use axum::response::Response;
+use maud::html;
+use std::sync::Arc;
+
+pub async fn list(State(s): State<Arc<Service>>, viewer: Viewer) -> Response {
+    let tools = s.visible_tools(&viewer.principal);
+    let body = html! {
+        @if tools.is_empty() { p.empty { "No tool is visible to you." } }
+        @for t in &tools {
+            @let m = &t.manifest;
+            @let review = s.reviews.get(&m.name).cloned().unwrap_or_default();
+            article.tool id={ "tool-" (m.name) } {
+                h2 { code { (m.name) } " " span.version { (m.version) } }
+                @if !m.description.is_empty() { p { (m.description) } }
+                dl.facts {
+                    dt { "Digest" } dd { code { (t.digest) } }
+                    dt { "Approval" } dd { @if m.approval.required { "every call waits for an approver" } @else { "not required by the manifest" } }
+                    dt { "Review" } dd { (review_line(&review)) }
+                }
+                details {
+                    summary { "Grants (the most this tool may ever use)" }
+                    (json(&serde_json::to_value(&m.grant).unwrap_or_default()))
+                }
+                details {
+                    summary { "Imports (" (t.imports.len()) ")" }
+                    ul.imports { @for i in &t.imports { li { code { (i) } } } }
+                }
+                details {
+                    summary { "Review findings" }
+                    (json(&review))
+                }
+            }
+        }
+    };
+    layout::ok(layout::page("Tools", Some(&viewer), body))
+}
