@@ -2,6 +2,7 @@
 //! `src/lib.rs`). One module per area of the contract.
 
 mod api;
+mod console;
 mod durability;
 mod files;
 mod loading;
