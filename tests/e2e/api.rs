@@ -251,3 +251,41 @@ async fn deleting_a_session_removes_it_but_keeps_its_audit_chain() -> anyhow::Re
     assert_eq!((state_rows.as_deref(), last.as_deref()), (Some("0"), Some("session_deleted")));
     Ok(())
 }
+
+#[tokio::test]
+async fn session_lists_filter_by_label_status_date_and_principal() -> anyhow::Result<()> {
+    let host = counter_host("").await?;
+    let agent = host.agent();
+    let tagged = agent.session(json!({"labels": {"team": "ledger"}})).await?;
+    let other_label = agent.session(json!({"labels": {"team": "ops"}})).await?;
+    let theirs = host.api(OTHER_AGENT).session(json!({"labels": {"team": "ledger"}})).await?;
+    let ids = |body: &Value| -> Vec<String> {
+        body["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+    };
+    let (_, body) = agent.get("/v1/sessions?label=team%3Dledger").await?;
+    assert_eq!(ids(&body), [tagged.clone()], "only its own session with that label");
+    let (_, body) = agent.get("/v1/sessions?label=team").await?;
+    assert_eq!(ids(&body), [tagged.clone(), other_label.clone()]);
+    let (_, body) = agent.get("/v1/sessions?status=expired").await?;
+    assert_eq!(ids(&body), Vec::<String>::new());
+    let (_, body) = agent.get("/v1/sessions?from=2000-01-01&to=2000-12-31").await?;
+    assert_eq!(ids(&body), Vec::<String>::new(), "none created in 2000");
+    // Another principal's name filters to nothing for an agent; an admin
+    // filters by it.
+    let (_, body) = agent.get("/v1/sessions?principal=other-agent").await?;
+    assert_eq!(ids(&body), Vec::<String>::new());
+    let (_, body) = host.api(ADMIN).get("/v1/sessions?principal=other-agent").await?;
+    assert_eq!(ids(&body), [theirs]);
+    // A page that filled up says where the next begins.
+    let (_, body) = agent.get("/v1/sessions?label=team&limit=1").await?;
+    assert_eq!((ids(&body), body["next"].as_str()), (vec![tagged.clone()], Some(tagged.as_str())));
+    for bad in ["status=gone", "from=yesterday", "to=2026-1-1", "colour=red"] {
+        let (status, body) = agent.get(&format!("/v1/sessions?{bad}")).await?;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            "{bad}"
+        );
+    }
+    Ok(())
+}

@@ -7,7 +7,8 @@ use bulkhead_tests::*;
 use reqwest::StatusCode;
 use std::path::PathBuf;
 
-const GATED_COUNTER: &str = "name = \"gated-counter\"\nversion = \"0.1.0\"\ncomponent = \"counter.wasm\"\n[approval]\nrequired = true\n";
+const GATED_COUNTER: &str =
+    "name = \"gated-counter\"\nversion = \"0.1.0\"\ncomponent = \"counter.wasm\"\n[approval]\nrequired = true\n";
 
 /// Playwright's Python: `$BULKHEAD_CONSOLE_PYTHON`, or the virtual
 /// environment `scripts/test` makes in `target/console-venv`.

@@ -48,6 +48,11 @@ async fn a_gated_call_waits_survives_a_restart_and_runs_when_approved() -> anyho
     assert_eq!(listed[0]["id"], cid.as_str());
     assert_eq!(listed[0]["requested_by"], "agent");
     assert_eq!(listed[0]["input"]["by"], 7);
+    // What the approver needs to decide, beside the call.
+    assert_eq!(listed[0]["session_principal"], "agent");
+    assert_eq!(listed[0]["boundary"]["approval_required"], true);
+    assert!(listed[0]["boundary"]["grants"].is_object(), "{}", listed[0]);
+    assert!(listed[0]["review"]["surface"].is_object() || listed[0]["review"]["surface"].is_array(), "{}", listed[0]);
 
     let (status, done) =
         approver.post(&format!("/v1/approvals/{cid}"), json!({"decision": "approve", "reason": "looks right"})).await?;

@@ -31,7 +31,11 @@ fn require_approver(v: &Viewer) -> Result<(), PageError> {
     if v.principal.has_role(Role::Approver) {
         Ok(())
     } else {
-        Err(PageError::new(StatusCode::FORBIDDEN, "Not allowed", "Only principals with role approver decide approvals."))
+        Err(PageError::new(
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            "Only principals with role approver decide approvals.",
+        ))
     }
 }
 

@@ -59,11 +59,7 @@ pub fn router() -> Router<Arc<Service>> {
 }
 
 async fn home(viewer: Viewer) -> Redirect {
-    if viewer.principal.has_role(Role::Approver) {
-        Redirect::to("/ui/approvals")
-    } else {
-        Redirect::to("/ui/sessions")
-    }
+    if viewer.principal.has_role(Role::Approver) { Redirect::to("/ui/approvals") } else { Redirect::to("/ui/sessions") }
 }
 
 async fn not_found(_viewer: Viewer) -> layout::PageError {

@@ -101,7 +101,8 @@ fn encode(v: &str) -> String {
 
 fn url_with(f: &SessionFilter) -> String {
     let mut url = String::from("/ui/sessions?");
-    for (k, v) in [("principal", &f.principal), ("label", &f.label), ("status", &f.status), ("from", &f.from), ("to", &f.to)]
+    for (k, v) in
+        [("principal", &f.principal), ("label", &f.label), ("status", &f.status), ("from", &f.from), ("to", &f.to)]
     {
         if let Some(v) = v {
             url.push_str(&format!("{k}={}&", encode(v)));

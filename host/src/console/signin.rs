@@ -201,7 +201,8 @@ pub async fn submit(
     form: Result<Form<SigninForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
-        return PageError::new(StatusCode::BAD_REQUEST, "Bad request", "The sign-in form was malformed.").into_response();
+        return PageError::new(StatusCode::BAD_REQUEST, "Bad request", "The sign-in form was malformed.")
+            .into_response();
     };
     let expected = cookie(&headers, FORM_COOKIE).unwrap_or("");
     if expected.is_empty() || !same(&form.csrf, expected) {
