@@ -49,7 +49,7 @@ pub async fn inbox(State(s): State<Arc<Service>>, viewer: Viewer) -> Result<Resp
         }
         div #inbox data-events="/ui/approvals/events" { (list(&viewer, &items)) }
     };
-    Ok(layout::ok(layout::page("Approvals", Some(&viewer), body)))
+    Ok(layout::ok(layout::page("Approvals", Some(viewer.nav()), body)))
 }
 
 fn list(viewer: &Viewer, items: &[Value]) -> Markup {
@@ -161,7 +161,7 @@ pub async fn decide(
         (decided(&call))
         p { a href="/ui/approvals" { "Back to the inbox" } }
     };
-    Ok(layout::ok(layout::page(title, Some(&viewer), body)))
+    Ok(layout::ok(layout::page(title, Some(viewer.nav()), body)))
 }
 
 /// A decided call as its approver sees it: the answer of the decision.

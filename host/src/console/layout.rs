@@ -5,7 +5,7 @@
 //! value: content from agents and tools (messages, inputs, labels,
 //! outputs) is always text, never markup.
 
-use super::signin::Viewer;
+use crate::auth::Principal;
 use crate::config::Role;
 use crate::service::ServiceError;
 use axum::http::{StatusCode, header};
@@ -13,7 +13,13 @@ use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 
-pub fn page(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
+/// Who is signed in, as the header shows it (with the sign-out form's token).
+pub struct Nav<'a> {
+    pub principal: &'a Principal,
+    pub csrf: &'a str,
+}
+
+pub fn page(title: &str, viewer: Option<Nav<'_>>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {

@@ -84,7 +84,7 @@ pub async fn list(
         }
         @if let Some(next) = next { p.paging { a rel="next" href=(next) { "Next page" } } }
     };
-    Ok(layout::ok(layout::page("Sessions", Some(&viewer), body)))
+    Ok(layout::ok(layout::page("Sessions", Some(viewer.nav()), body)))
 }
 
 fn encode(v: &str) -> String {
@@ -193,7 +193,7 @@ pub async fn show(
             (audit_table(&audit))
         }
     };
-    Ok(layout::ok(layout::page("Session", Some(&viewer), body)))
+    Ok(layout::ok(layout::page("Session", Some(viewer.nav()), body)))
 }
 
 fn facts(s: &Session) -> Markup {
@@ -282,5 +282,5 @@ pub async fn call(
             pre.logs { @for l in &c.logs { "[" (l.level) "] " (l.message) "\n" } }
         }
     };
-    Ok(layout::ok(layout::page("Call", Some(&viewer), body)))
+    Ok(layout::ok(layout::page("Call", Some(viewer.nav()), body)))
 }

@@ -110,6 +110,10 @@ pub struct Viewer {
 }
 
 impl Viewer {
+    pub fn nav(&self) -> layout::Nav<'_> {
+        layout::Nav { principal: &self.principal, csrf: &self.csrf }
+    }
+
     /// A form's `csrf` field must be this sign-in's token.
     pub fn check_csrf(&self, field: &str) -> Result<(), PageError> {
         if same(field, &self.csrf) {

@@ -41,5 +41,5 @@ pub async fn list(State(s): State<Arc<Service>>, viewer: Viewer) -> Response {
             }
         }
     };
-    layout::ok(layout::page("Tools", Some(&viewer), body))
+    layout::ok(layout::page("Tools", Some(viewer.nav()), body))
 }

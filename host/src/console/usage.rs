@@ -79,7 +79,7 @@ pub async fn page(State(s): State<Arc<Service>>, viewer: Viewer) -> Result<Respo
             }
         }
     };
-    Ok(layout::ok(layout::page("Usage", Some(&viewer), body)))
+    Ok(layout::ok(layout::page("Usage", Some(viewer.nav()), body)))
 }
 
 fn add(sum: &mut SessionUsage, u: &SessionUsage) {
