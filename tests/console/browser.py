@@ -197,9 +197,13 @@ def main():
         shot(agent, "session")
         agent.goto(BASE + f"/ui/sessions/{sid}/calls/{cid}")
         assert agent.locator("#call-status").inner_text() == "succeeded"
+        assert SHORT in agent.locator("#call-output").inner_text(), "the output is shown as text"
+        no_injection(agent, gdialogs)
         shot(agent, "call")
         agent.goto(BASE + "/ui/sessions?label=team")
         assert agent.locator(f'a[href="/ui/sessions/{sid}"]').count() == 1
+        assert HOSTILE[:40] in agent.locator("table.sessions").inner_text(), "the label is shown as text"
+        no_injection(agent, gdialogs)
         agent.goto(BASE + "/ui/sessions?label=nosuchlabel")
         assert agent.locator("p.empty").count() == 1
         print("ok a session's page shows its record and a verified chain; filters narrow the list", flush=True)
