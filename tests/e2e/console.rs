@@ -77,6 +77,9 @@ async fn console_forms_refuse_a_missing_or_foreign_csrf_token() -> Result<()> {
     // A signed-in POST without the sign-in's token decides nothing.
     let r = client.post(url("/ui/signout")).header("cookie", &cookie).form(&[("csrf", "wrong")]).send().await?;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = client.post(url("/ui/signout")).header("cookie", &cookie).body("not a form").send().await?;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a body that is no form is no CSRF token");
+    assert!(r.headers()["content-type"].to_str()?.starts_with("text/html"));
     let r = client.get(url("/ui/approvals")).header("cookie", &cookie).send().await?;
     assert_eq!(r.status(), StatusCode::OK, "still signed in");
     // Behind a TLS proxy the cookie is Secure.

@@ -240,9 +240,10 @@ pub async fn signout(
     viewer: Viewer,
     axum::Extension(signins): axum::Extension<Arc<Signins>>,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, PageError> {
-    viewer.check_csrf(&form.csrf)?;
+    let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    viewer.check_csrf(&csrf)?;
     signins.remove(&viewer);
     let mut response = Redirect::to("/ui/signin").into_response();
     response.headers_mut().append(header::SET_COOKIE, set_cookie(&headers, COOKIE, "", "/ui", 0));
