@@ -275,7 +275,10 @@ async fn session_lists_filter_by_label_status_date_and_principal() -> anyhow::Re
     let (_, body) = agent.get("/v1/sessions?principal=other-agent").await?;
     assert_eq!(ids(&body), Vec::<String>::new());
     let (_, body) = host.api(ADMIN).get("/v1/sessions?principal=other-agent").await?;
-    assert_eq!(ids(&body), [theirs]);
+    assert_eq!(ids(&body), [theirs.clone()]);
+    // A field left blank (as a form sends it) filters nothing.
+    let (_, body) = host.api(ADMIN).get("/v1/sessions?principal=&label=team%3Dledger&status=").await?;
+    assert_eq!(ids(&body), [tagged.clone(), theirs]);
     // A page that filled up says where the next begins.
     let (_, body) = agent.get("/v1/sessions?label=team&limit=1").await?;
     assert_eq!((ids(&body), body["next"].as_str()), (vec![tagged.clone()], Some(tagged.as_str())));

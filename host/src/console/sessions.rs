@@ -17,7 +17,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 const PAGE: u32 = 50;
-/// Newest entries of each kind a session page shows.
+/// Messages and calls a session page shows, the first (oldest) ones.
 const SHOWN: u32 = 200;
 
 #[derive(Deserialize, Default)]

@@ -1,7 +1,7 @@
 //! Usage: the host's deterministic meters per session and per principal,
 //! and a chart (inline SVG) of finished calls and capability denials per
 //! hour over the last day, counted from the audit trails of the newest
-//! sessions the viewer may see.
+//! of the (first 1,000) sessions the viewer may see.
 
 use super::layout::{self, PageError};
 use super::signin::Viewer;
@@ -52,7 +52,7 @@ pub async fn page(State(s): State<Arc<Service>>, viewer: Viewer) -> Result<Respo
     let body = html! {
         section #chart {
             h2 { "Calls and denials, last 24 hours" }
-            p.lead { "From the audit trails of your newest " (shown) " sessions, per hour (the rightmost bar is the current hour)." }
+            p.lead { "From the audit trails of the newest " (shown) " of the sessions listed below, per hour (the rightmost bar is the current hour)." }
             (chart(&calls, &denials))
         }
         section #per-principal {

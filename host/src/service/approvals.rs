@@ -48,10 +48,15 @@ impl Service {
         let (me, after, limit) = (p.name.clone(), after.unwrap_or_default(), page(limit));
         let rows = self.store.pending_approvals_for(&me, after, limit).await?;
         let mut out = Vec::with_capacity(rows.len());
+        // Several pending calls often share a session: each is read once.
+        let mut sessions = std::collections::HashMap::new();
         for (call, requester) in rows {
             // What an approver needs to decide: whose session it is, what the
             // tool may do in it, and what its review found.
-            let session = self.store.session(&call.session).await?;
+            if !sessions.contains_key(&call.session) {
+                sessions.insert(call.session.clone(), self.store.session(&call.session).await?);
+            }
+            let session = &sessions[&call.session];
             let mut v = serde_json::to_value(&call).expect("a call serializes");
             v["requested_by"] = Value::String(requester);
             v["session_principal"] = session.as_ref().map(|s| Value::String(s.principal.clone())).unwrap_or_default();

@@ -50,7 +50,7 @@ pub const MAX_FILTER_SCAN: usize = 5000;
 const FILTER_BATCH: u32 = 250;
 
 /// Which sessions to list (all fields optional; all given must match).
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct SessionFilter {
     /// Only this principal's sessions (others than one's own: admins only).
     pub principal: Option<String>,
@@ -79,21 +79,20 @@ struct SessionCheck<'a> {
     to: Option<&'a str>,
 }
 
+/// A filter field as given: an empty one (a form left blank) filters nothing.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
 impl SessionFilter {
     fn parse(&self) -> Result<SessionCheck<'_>> {
-        // An empty field (a form left blank) filters nothing.
-        fn given(v: &Option<String>) -> Option<&str> {
-            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
-        }
-        let date = |what: &str, v: Option<&str>| -> Result<Option<String>> {
-            match v {
-                None => Ok(None),
-                Some(d) if is_date(d) => Ok(Some(d.to_string())),
-                Some(_) => Err(ServiceError::bad_request(format!("{what} must be a date, YYYY-MM-DD"))),
+        fn date<'a>(what: &str, v: &'a Option<String>) -> Result<Option<&'a str>> {
+            match given(v) {
+                Some(d) if !is_date(d) => Err(ServiceError::bad_request(format!("{what} must be a date, YYYY-MM-DD"))),
+                d => Ok(d),
             }
-        };
-        date("from", given(&self.from))?;
-        date("to", given(&self.to))?;
+        }
+        let (from, to) = (date("from", &self.from)?, date("to", &self.to)?);
         let expired = match given(&self.status) {
             None => None,
             Some("active") => Some(false),
@@ -104,7 +103,7 @@ impl SessionFilter {
             Some((k, v)) => (k, Some(v)),
             None => (l, None),
         });
-        Ok(SessionCheck { label, expired, from: given(&self.from), to: given(&self.to) })
+        Ok(SessionCheck { label, expired, from, to })
     }
 }
 
@@ -340,9 +339,9 @@ impl Service {
         limit: Option<u32>,
     ) -> Result<SessionsPage> {
         let check = f.parse()?;
-        let owner = match (p.is_admin(), &f.principal) {
-            (true, wanted) => wanted.clone(),
-            (false, Some(wanted)) if *wanted != p.name => return Ok(SessionsPage::default()),
+        let owner = match (p.is_admin(), given(&f.principal)) {
+            (true, wanted) => wanted.map(str::to_string),
+            (false, Some(wanted)) if wanted != p.name => return Ok(SessionsPage::default()),
             (false, _) => Some(p.name.clone()),
         };
         let limit = page(limit) as usize;
