@@ -307,6 +307,43 @@ pub struct PrincipalConfig {
     pub approval_required: Vec<String>,
 }
 
+/// `[tools]`: where bundles come from besides `tools_dir`, and what proof
+/// of origin they need. Defaults: no signature required, no trusted key, no
+/// OCI source.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    /// True: a bundle without a valid signature by a trusted key is refused.
+    pub require_signature: bool,
+    /// OpenSSH Ed25519 public key files (relative to the config file).
+    pub trusted_keys: Vec<PathBuf>,
+    pub sources: Vec<OciSource>,
+}
+
+/// One `[[tools.sources]]` entry: an OCI reference and the digest it must
+/// resolve to (a moved tag is refused).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciSource {
+    pub oci: String,
+    pub digest: String,
+}
+
+impl ToolsConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.require_signature && self.trusted_keys.is_empty() {
+            return Err("tools.require_signature = true needs at least one tools.trusted_keys file".into());
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            crate::supply::oci::parse_reference(&s.oci).map_err(|e| format!("tools.sources[{i}].oci: {e}"))?;
+            if !crate::supply::bundle::is_digest(&s.digest) {
+                return Err(format!("tools.sources[{i}].digest must be \"sha256:\" and 64 lowercase hex digits"));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -330,6 +367,8 @@ struct RawConfig {
     #[serde(default)]
     mcp: McpConfig,
     #[serde(default)]
+    tools: ToolsConfig,
+    #[serde(default)]
     principals: Vec<PrincipalConfig>,
 }
 
@@ -347,6 +386,10 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub storage: StorageConfig,
     pub mcp: McpConfig,
+    pub tools: ToolsConfig,
+    /// The file this was read from, re-read by a tool reload (`None`: the
+    /// embedded defaults).
+    pub file: Option<PathBuf>,
     /// `None` on embedded defaults: a dev agent and a dev approver are made.
     pub principals: Option<Vec<PrincipalConfig>>,
 }
@@ -380,6 +423,8 @@ impl Config {
             sessions: SessionsConfig::default(),
             storage: StorageConfig::default(),
             mcp: McpConfig::default(),
+            tools: ToolsConfig::default(),
+            file: None,
             principals: None,
         }
     }
@@ -393,7 +438,9 @@ impl Config {
         let err = |message: String| ConfigError { file: file.clone(), message };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, base).map_err(err)
+        let mut config = Config::parse(&text, base).map_err(err)?;
+        config.file = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses config text; relative paths are resolved against `base`.
@@ -411,6 +458,7 @@ impl Config {
         }
         raw.mcp.validate()?;
         raw.storage.validate()?;
+        raw.tools.validate()?;
         for (name, source) in &raw.secrets {
             if source.env.is_some() == source.file.is_some() {
                 return Err(format!("secrets.{name}: give exactly one of `env` or `file`"));
@@ -450,6 +498,11 @@ impl Config {
             sessions: raw.sessions,
             storage: raw.storage,
             mcp: raw.mcp,
+            tools: ToolsConfig {
+                trusted_keys: raw.tools.trusted_keys.iter().map(|p| rel(p)).collect(),
+                ..raw.tools
+            },
+            file: None,
             principals: Some(raw.principals),
         })
     }

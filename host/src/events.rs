@@ -17,9 +17,10 @@
 //! | `call_requested` | [`CallRequested`] | `tool`, `input_sha256`, `status`, `idempotency_key` |
 //! | `approval_decided` | [`ApprovalDecided`] | `tool`, `decision`, `reason` |
 //! | `state_committed` | [`StateCommitted`] | `tool`, `keys`, `bytes` |
-//! | `call_finished` | [`CallFinished`] | `tool`, `status`, `error` (its code), `usage` |
+//! | `call_finished` | [`CallFinished`] | `tool`, `status`, `error` (its code), `usage`, `tool_version` when it ran |
 //! | `secret_read` | [`SecretRead`] | `tool`, `name` (never the value) |
 //! | `egress` | [`Egress`] | `method`, `scheme`, `host`, `port`, `status`, `bytes`, `duration_ms` |
+//! | `tool_updated` | [`ToolUpdated`] | `tool`, `old`, `new` (version, digests), `capability_diff`, `signature`, `source` (chain `tools`) |
 //! | `capability_denied` | [`CapabilityDenied`] | `tool`, `capability`, and `target`/`reason` or `detail` |
 
 use crate::model::{Call, CallStatus, Message, Session, ToolBoundary, Usage};
@@ -227,17 +228,70 @@ pub struct CallFinished<'a> {
     /// The error's code; its message may quote the tool.
     error: Option<&'a str>,
     usage: Usage,
+    /// The version of the tool that ran (absent when nothing ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_version: Option<&'a ToolVersion>,
 }
 kind!(CallFinished, "call_finished");
 
 impl<'a> CallFinished<'a> {
     pub fn of(call: &'a Call) -> CallFinished<'a> {
+        CallFinished::ran(call, None)
+    }
+
+    /// A call that ran on `version` of its tool.
+    pub fn ran(call: &'a Call, version: Option<&'a ToolVersion>) -> CallFinished<'a> {
         CallFinished {
             tool: &call.tool,
             status: call.status,
             error: call.error.as_ref().map(|e| e.code.as_str()),
             usage: call.usage,
+            tool_version: version,
         }
+    }
+}
+
+/// One version of a tool: its manifest's version and the digests of the
+/// bytes that were loaded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolVersion {
+    pub version: String,
+    pub digest: String,
+    pub manifest_digest: String,
+}
+
+/// The tool set of a host changed (reload, or a start that found another
+/// version than the last recorded): written to the [`TOOLS_CHAIN`].
+#[derive(Serialize)]
+pub struct ToolUpdated<'a> {
+    tool: &'a str,
+    /// Absent for a tool that appeared.
+    old: Option<&'a ToolVersion>,
+    /// Absent for a tool that was removed.
+    new: Option<&'a ToolVersion>,
+    /// What `bulkhead review` found changed in the capability surface.
+    capability_diff: &'a Value,
+    /// The signature verdict of the new version.
+    signature: &'a Value,
+    /// Where the new version came from (`dir` or the OCI reference).
+    source: &'a Value,
+}
+kind!(ToolUpdated, "tool_updated");
+
+/// The audit chain of the host's tool set, beside the sessions' chains.
+/// Not an id the host generates, so no session ever shares it.
+pub const TOOLS_CHAIN: &str = "tools";
+
+impl<'a> ToolUpdated<'a> {
+    pub fn of(
+        tool: &'a str,
+        old: Option<&'a ToolVersion>,
+        new: Option<&'a ToolVersion>,
+        capability_diff: &'a Value,
+        signature: &'a Value,
+        source: &'a Value,
+    ) -> ToolUpdated<'a> {
+        ToolUpdated { tool, old, new, capability_diff, signature, source }
     }
 }
 

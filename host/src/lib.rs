@@ -15,6 +15,7 @@
 //!   (network, files, names) and the import table; pure code, no wasmtime.
 //! - [`auth`]: principals, bearer tokens, dev tokens.
 //! - [`review`]: the security review of bundles (`bulkhead review`).
+//! - [`supply`]: the tool supply chain: bundle signatures, OCI artifacts.
 //! - [`runtime`]: the wasmtime engine, bundle loading, one call's sandbox.
 //! - [`caps`]: the host side of each `bulkhead:tool` interface, one per file.
 //! - [`store`]: SQLite persistence through one write connection: a lone
@@ -44,6 +45,7 @@ pub mod review;
 pub mod runtime;
 pub mod service;
 pub mod store;
+pub mod supply;
 pub mod tls;
 pub mod util;
 pub mod web;

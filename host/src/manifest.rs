@@ -35,6 +35,10 @@ pub struct Manifest {
     pub limits: ManifestLimits,
     #[serde(default)]
     pub approval: Approval,
+    /// `sha256:<hex>` of the manifest's text (filled by `parse`): with the
+    /// component's digest, what names this version of the tool.
+    #[serde(skip)]
+    pub digest: String,
 }
 
 fn any_object() -> serde_json::Value {
@@ -122,6 +126,7 @@ impl Manifest {
         jsonschema::validator_for(&m.input_schema)
             .map_err(|e| format!("input_schema is not a valid JSON Schema: {e}"))?;
         m.grant = Grant::from_manifest(&m.grants)?;
+        m.digest = crate::supply::bundle::digest(text.as_bytes());
         m.limits(ceilings)?;
         Ok(m)
     }

@@ -92,6 +92,20 @@ pub fn catch_panic<F: std::future::Future>(
     })
 }
 
+/// Writes `path` through a temporary file in its folder and a rename, so a
+/// reader sees the old file or the whole new one, never half of it.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[tokio::test]
@@ -109,3 +123,4 @@ mod tests {
         assert_eq!(super::catch_panic(async { 7 }).await.ok(), Some(7));
     }
 }
+

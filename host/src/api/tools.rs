@@ -25,7 +25,7 @@ pub async fn list(State(s): State<Arc<Service>>, Caller(p): Caller) -> Result<Re
                 "approval": m.approval,
                 "imports": t.imports,
                 "digest": t.digest,
-                "review": s.reviews.get(&m.name),
+                "review": s.review_of(&m.name),
             })
         })
         .collect();

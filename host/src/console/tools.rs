@@ -17,7 +17,7 @@ pub async fn list(State(s): State<Arc<Service>>, viewer: Viewer) -> Response {
         @if tools.is_empty() { p.empty { "No tool is visible to you." } }
         @for t in &tools {
             @let m = &t.manifest;
-            @let review = s.reviews.get(&m.name).cloned().unwrap_or_default();
+            @let review = s.review_of(&m.name);
             article.tool id={ "tool-" (m.name) } {
                 h2 { code { (m.name) } " " span.version { (m.version) } }
                 @if !m.description.is_empty() { p { (m.description) } }

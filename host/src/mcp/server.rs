@@ -157,7 +157,7 @@ impl ServerHandler for McpServer {
         let mut tools: Vec<_> = session
             .tools
             .iter()
-            .filter_map(|(name, boundary)| self.service.tools.get(name).map(|t| results::tool(t, boundary)))
+            .filter_map(|(name, boundary)| self.service.tool(name).map(|t| results::tool(&t, boundary)))
             .collect();
         tools.push(results::call_result_tool());
         let mut list = ListToolsResult::with_all_items(tools).with_ttl_ms(0);

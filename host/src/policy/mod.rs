@@ -137,6 +137,18 @@ impl Grant {
         out
     }
 
+    /// What both grants allow: a session's boundary met with the grants of
+    /// the tool version that runs now.
+    pub fn meet(&self, other: &Grant) -> Grant {
+        self.intersect(&Layer {
+            network: Some(other.network.clone()),
+            files: Some(other.files.clone()),
+            secrets: Some(other.secrets.clone()),
+            env: Some(other.env.clone()),
+            history: Some(other.history),
+        })
+    }
+
     /// Narrowing asked by a session: every entry must already be covered by
     /// this grant, or the request would widen it and is refused.
     pub fn narrow(&self, want: &Layer) -> Result<Grant, String> {
@@ -226,6 +238,20 @@ mod tests {
             grant(&["a.example.com"], &[], false).network
         );
         assert_eq!(manifest.intersect(&Layer::default()), manifest);
+    }
+
+    #[test]
+    fn a_session_met_with_a_new_tool_version_never_widens() {
+        let session = grant(&["api.example.com"], &["A"], false);
+        let cases = [
+            ("same version", grant(&["api.example.com"], &["A"], false), session.clone()),
+            ("wider version", grant(&["*.example.com", "evil.org"], &["A", "B"], true), session.clone()),
+            ("narrower version", grant(&[], &["A"], false), grant(&[], &["A"], false)),
+            ("secret dropped", grant(&["api.example.com"], &[], false), grant(&["api.example.com"], &[], false)),
+        ];
+        for (what, version, want) in cases {
+            assert_eq!(session.meet(&version), want, "{what}");
+        }
     }
 
     #[test]

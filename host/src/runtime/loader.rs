@@ -19,6 +19,8 @@ pub struct LoadedTool {
     pub limits: ToolLimits,
     /// `sha256:<hex>` of the component file.
     pub digest: String,
+    /// `sha256:<hex>` of `tool.toml` as loaded.
+    pub manifest_digest: String,
     /// The component's imports, e.g. `bulkhead:tool/state@0.1.0`.
     pub imports: Vec<String>,
     pub exports: Vec<String>,
@@ -42,32 +44,17 @@ impl Runtime {
     pub fn load_dir(&self, dir: &Path, ceilings: &Limits) -> (Vec<LoadedTool>, Vec<LoadError>) {
         let mut tools = Vec::new();
         let mut errors = Vec::new();
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) => {
-                errors.push(LoadError {
-                    file: dir.display().to_string(),
-                    message: format!("cannot read tools folder: {e}"),
-                });
-                return (tools, errors);
-            }
+        let bundles = match bundle_dirs(dir) {
+            Ok(b) => b,
+            Err(e) => return (tools, vec![e]),
         };
-        let mut bundles: Vec<PathBuf> =
-            entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join(MANIFEST_FILE).is_file()).collect();
-        bundles.sort();
         for bundle in bundles {
             match self.load_bundle(&bundle, ceilings) {
-                Ok(tool) if tools.iter().any(|t: &LoadedTool| t.manifest.name == tool.manifest.name) => {
-                    errors.push(LoadError {
-                        file: bundle.join(MANIFEST_FILE).display().to_string(),
-                        message: format!("another bundle already has the name {:?}", tool.manifest.name),
-                    });
-                }
                 Ok(tool) => tools.push(tool),
                 Err(e) => errors.push(e),
             }
         }
-        (tools, errors)
+        refuse_duplicates(tools, &mut errors)
     }
 
     pub fn load_bundle(&self, bundle: &Path, ceilings: &Limits) -> Result<LoadedTool, LoadError> {
@@ -112,6 +99,7 @@ impl Runtime {
         let schema =
             jsonschema::validator_for(&manifest.input_schema).map_err(|e| err(format!("input_schema: {e}")))?;
         Ok(LoadedTool {
+            manifest_digest: manifest.digest.clone(),
             manifest,
             limits,
             digest: format!("sha256:{hex}"),
@@ -123,4 +111,43 @@ impl Runtime {
             cached,
         })
     }
+}
+
+impl LoadedTool {
+    /// What names this version in the audit trail.
+    pub fn version(&self) -> crate::events::ToolVersion {
+        crate::events::ToolVersion {
+            version: self.manifest.version.clone(),
+            digest: self.digest.clone(),
+            manifest_digest: self.manifest_digest.clone(),
+        }
+    }
+}
+
+/// The bundle folders of a tools folder (those with a `tool.toml`), sorted.
+pub fn bundle_dirs(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LoadError {
+        file: dir.display().to_string(),
+        message: format!("cannot read tools folder: {e}"),
+    })?;
+    let mut bundles: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join(MANIFEST_FILE).is_file()).collect();
+    bundles.sort();
+    Ok(bundles)
+}
+
+/// Keeps the first bundle of each name; later ones are refused.
+pub fn refuse_duplicates(loaded: Vec<LoadedTool>, errors: &mut Vec<LoadError>) -> (Vec<LoadedTool>, Vec<LoadError>) {
+    let mut tools: Vec<LoadedTool> = Vec::new();
+    for tool in loaded {
+        if tools.iter().any(|t| t.manifest.name == tool.manifest.name) {
+            errors.push(LoadError {
+                file: tool.bundle.join(MANIFEST_FILE).display().to_string(),
+                message: format!("another bundle already has the name {:?}", tool.manifest.name),
+            });
+        } else {
+            tools.push(tool);
+        }
+    }
+    (tools, std::mem::take(errors))
 }

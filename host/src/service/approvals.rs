@@ -65,7 +65,7 @@ impl Service {
                 .and_then(|s| s.tools.get(&call.tool))
                 .map(|b| serde_json::to_value(b).expect("a boundary serializes"))
                 .unwrap_or_default();
-            v["review"] = self.reviews.get(&call.tool).cloned().unwrap_or_default();
+            v["review"] = self.review_of(&call.tool);
             out.push(v);
         }
         Ok(out)
@@ -102,7 +102,7 @@ impl Service {
             reason: d.reason.clone(),
             decided_at: Some(now.clone()),
         });
-        let in_boundary = session.tools.contains_key(&call.tool) && self.tools.contains_key(&call.tool);
+        let in_boundary = session.tools.contains_key(&call.tool) && self.tool(&call.tool).is_some();
         if approve && in_boundary {
             let slot = self.call_slots.clone().try_acquire_owned().map_err(|_| ServiceError::Busy)?;
             call.status = CallStatus::Running;

@@ -5,7 +5,9 @@
 //! - [`calls`]: run a tool call durably (admission, execution, recovery); read calls.
 //! - [`approvals`]: human decisions on calls that need them.
 //! - [`state`], [`audit`], [`tools`]: what a session's tools hold, its
-//!   audit trail, the tools a principal sees.
+//!   audit trail, the tool set and what a principal sees of it.
+//! - [`reload`]: loading the tool set (tools folder, OCI sources,
+//!   signatures) at start and on reload.
 //! - [`call_store`]: the narrow store handle each call reads through.
 //! - [`workspace`]: session workspaces and operator volumes as mounts.
 //! - [`metrics`], [`error`]: counters for `/metrics`; errors to status codes.
@@ -16,6 +18,7 @@ pub mod call_store;
 pub mod calls;
 pub mod error;
 pub mod metrics;
+pub mod reload;
 pub mod sessions;
 pub mod state;
 pub mod tools;
@@ -27,11 +30,11 @@ use crate::auth::{DevTokens, Principal, Principals};
 use crate::caps::secrets::SecretStore;
 use crate::config::Config;
 use crate::runtime::Runtime;
-use crate::runtime::loader::{LoadError, LoadedTool};
+use crate::runtime::loader::LoadError;
 use crate::store::sqlite::{Db, Durability, SqliteStore};
 use crate::store::state_cache::StateCache;
 use crate::store::{Sharing, Store};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{Semaphore, broadcast};
@@ -66,14 +69,16 @@ pub struct Service {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub runtime: Arc<Runtime>,
-    pub tools: BTreeMap<String, Arc<LoadedTool>>,
+    /// The tools served now, swapped whole by a reload (`tools`, `reload`).
+    tool_set: std::sync::RwLock<Arc<tools::ToolSet>>,
+    tools_changed: tokio::sync::watch::Sender<u64>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
     pub principals: Principals,
     pub secrets: Arc<SecretStore>,
     /// Committed tool state in memory (see its module for the rule that
     /// keeps it coherent: the (session, tool) turn).
     pub state_cache: Arc<StateCache>,
-    /// `bulkhead review` of each loaded tool: surface and findings count.
-    pub reviews: BTreeMap<String, serde_json::Value>,
     pub metrics: metrics::Metrics,
     call_slots: Arc<Semaphore>,
     /// One lock per (session, tool): calls that share state run in order.
@@ -134,30 +139,40 @@ impl Service {
         }
         let (store, data_folder) = open_store(&config, folder).await?;
         let runtime = Runtime::new(&config.limits, Some(&config.data_dir.join("cache")))?;
-        let (loaded, mut refused) = match &source {
-            ToolSource::Dir(dir) => runtime.load_dir(dir, &config.limits),
+        let (found, refused) = match &source {
+            ToolSource::Dir(dir) => {
+                reload::load_all(&runtime, &config, dir, &config.tools).await.map_err(anyhow::Error::msg)?
+            }
+            // `bulkhead run`: one bundle, as its author has it.
             ToolSource::Bundle(bundle) => match runtime.load_bundle(bundle, &config.limits) {
-                Ok(tool) => (vec![tool], vec![]),
+                Ok(tool) => {
+                    let mut refused = Vec::new();
+                    let tools = workspace::check_volumes(vec![tool], &config.volumes, &mut refused);
+                    let found = tools.into_iter().map(|tool| reload::Found {
+                        tool,
+                        signature: crate::supply::signature::Verdict::Unsigned,
+                        source: serde_json::json!({ "kind": "dir", "path": bundle }),
+                    });
+                    (found.collect(), refused)
+                }
                 Err(e) => (vec![], vec![e]),
             },
         };
-        let loaded = workspace::check_volumes(loaded, &config.volumes, &mut refused);
-        let tools: BTreeMap<String, Arc<LoadedTool>> =
-            loaded.into_iter().map(|t| (t.manifest.name.clone(), Arc::new(t))).collect();
-        let metrics = metrics::Metrics::new(tools.keys());
-        let reviews = tools.iter().map(|(name, t)| (name.clone(), tools::review_summary(&t.bundle))).collect();
+        let tool_set = reload::first_set(found);
+        let metrics = metrics::Metrics::new(tool_set.tools.keys());
         let allow_private = Arc::new(config.network.allow_private.clone());
         let service = Arc::new(Service {
             call_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_calls as usize)),
             config,
             store,
             runtime,
-            tools,
+            tool_set: std::sync::RwLock::new(Arc::new(tool_set)),
+            tools_changed: tokio::sync::watch::channel(0).0,
+            reloading: tokio::sync::Mutex::new(()),
             principals,
             secrets,
             state_cache: Arc::new(StateCache::new(STATE_CACHE_BYTES)),
             metrics,
-            reviews,
             tool_locks: Mutex::new(HashMap::new()),
             finished: broadcast::channel(1024).0,
             boundary_epoch: AtomicU64::new(0),
@@ -168,6 +183,9 @@ impl Service {
             _data_folder: data_folder,
         });
         let interrupted = service.recover().await?;
+        if matches!(source, ToolSource::Dir(_)) {
+            service.record_started_tools().await?;
+        }
         // After recovery: a host stopped at its cap must still be able to
         // close the calls it left running, then serve deletes to free space.
         if let Some(mb) = service.config.storage.max_size_mb {
@@ -206,7 +224,7 @@ impl Service {
         Ok(metrics::Gauges {
             calls_in_flight: self.calls_in_flight(),
             call_waiters: self.finished.receiver_count(),
-            tools_loaded: self.tools.len(),
+            tools_loaded: self.tools().len(),
             sessions: stats.sessions,
             pending_approvals: stats.pending_approvals,
             storage_bytes: stats.storage_bytes,

@@ -246,10 +246,12 @@ impl Service {
 
     pub async fn create_session(&self, p: &Principal, req: CreateSession) -> Result<Session> {
         require_agent(p)?;
+        // One snapshot: a reload during the request does not mix two sets.
+        let set = self.tools();
         let names: Vec<String> = match req.tools {
             Some(list) => {
                 for name in &list {
-                    if !self.tools.contains_key(name) {
+                    if !set.tools.contains_key(name) {
                         return Err(ServiceError::NotFound {
                             code: "unknown_tool",
                             message: format!("no tool named {:?}", truncate(name)),
@@ -264,7 +266,7 @@ impl Service {
                 }
                 list
             }
-            None => self.tools.keys().filter(|t| p.may_use_tool(t)).cloned().collect(),
+            None => set.tools.keys().filter(|t| p.may_use_tool(t)).cloned().collect(),
         };
         for name in req.grants.keys().chain(&req.approval_required) {
             if !names.contains(name) {
@@ -287,7 +289,7 @@ impl Service {
 
         let mut tools = BTreeMap::new();
         for name in &names {
-            let tool = &self.tools[name];
+            let tool = &set.tools[name];
             let mut grant = tool.manifest.grant.clone();
             if let Some(policy) = p.grants.get(name) {
                 grant = grant.intersect(policy);

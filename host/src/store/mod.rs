@@ -72,6 +72,8 @@ pub struct FinishedCall {
     /// Audit notes of the run (secret reads, egress, denials).
     pub notes: Vec<Event>,
     pub actor: String,
+    /// The tool version that ran, for `call_finished`.
+    pub tool_version: Option<crate::events::ToolVersion>,
     /// The call's turn on its tool's state across hosts, if the backend
     /// gave one ([`Store::take_turn`]): the outcome commits under it.
     pub turn: Option<HeldTurn>,
@@ -201,6 +203,9 @@ pub trait Store: Send + Sync + 'static {
     /// All of a tool's committed state, or only its size when over `largest`.
     fn committed_state(&self, session: &str, tool: &str, largest: u64) -> Pending<state_cache::Committed>;
     fn audit(&self, session: &str, after: i64, limit: u32) -> Pending<Vec<AuditEvent>>;
+    /// Appends one event to a chain that is no session's (the tool set's,
+    /// `events::TOOLS_CHAIN`).
+    fn record_event(&self, chain: &str, actor: &str, event: Event) -> Pending<()>;
 
     // ---- operations ----
     fn stats(&self) -> Pending<StoreStats>;

@@ -100,7 +100,11 @@ impl Service {
                 }
             }
         };
-        let outcome = match self.tools.get(&call.tool).filter(|_| session.tools.contains_key(&call.tool)) {
+        // The tool as it is now: a call runs on the version current when its
+        // turn came and keeps it to the end, whatever a reload does meanwhile.
+        let tool = self.tool(&call.tool).filter(|_| session.tools.contains_key(&call.tool));
+        let tool_version = tool.as_ref().map(|t| t.version());
+        let outcome = match &tool {
             Some(tool) => self.run(tool, &call, &session, prefetched).await,
             // Recorded `running` but never run: finish it, so it does not
             // wait for a restart to end `interrupted`.
@@ -122,7 +126,7 @@ impl Service {
         // the audit notes (secrets read, egress), without the state writes.
         // (Notes are usually none: cloning them allocates nothing.)
         let (id, usage, notes) = (call.id.clone(), outcome.usage, outcome.notes.clone());
-        let result = self.record_outcome(call, outcome, &actor, (link, held)).await;
+        let result = self.record_outcome(call, outcome, tool_version, &actor, (link, held)).await;
         match &result {
             Ok(call) => {
                 // Free the slot and the tool's turn before waking long-polls:
@@ -155,7 +159,10 @@ impl Service {
         session: &Session,
         prefetched: Option<crate::store::state_cache::Committed>,
     ) -> Outcome {
-        let grant = session.tools.get(&call.tool).map(|b| b.grants.clone()).unwrap_or_default();
+        // The session's boundary was fixed against the version loaded then:
+        // met with this version's grants, a wider new version never widens
+        // it and a narrower one narrows it.
+        let grant = session.tools.get(&call.tool).map(|b| b.grants.meet(&tool.manifest.grant)).unwrap_or_default();
         let mounts = self.mounts(&session.id, &grant).await;
         let env = CallEnv {
             session: session.id.clone(),
@@ -179,6 +186,7 @@ impl Service {
         &self,
         mut call: Call,
         outcome: Outcome,
+        tool_version: Option<crate::events::ToolVersion>,
         actor: &str,
         (link, turn): (Link, Option<HeldTurn>),
     ) -> Result<Call> {
@@ -195,7 +203,8 @@ impl Service {
             true => self.state_cache.take(&call.session, &call.tool),
             false => None,
         };
-        let finished = FinishedCall { call, writes, notes: outcome.notes, actor: actor.to_string(), turn };
+        let finished =
+            FinishedCall { call, writes, notes: outcome.notes, actor: actor.to_string(), tool_version, turn };
         // The store hands the call and its writes back once committed.
         let FinishedCall { call, writes, .. } =
             self.store.submit_outcome(finished, link, self.busy())?.await.map_err(|e| match e {

@@ -84,7 +84,7 @@ impl Service {
     ) -> Result<CallReply> {
         super::sessions::require_agent(p)?;
         let (session, epoch) = self.session_for_call(p, sid).await?;
-        let tool = self.tools.get(&req.tool).cloned().ok_or_else(|| ServiceError::NotFound {
+        let tool = self.tool(&req.tool).ok_or_else(|| ServiceError::NotFound {
             code: "unknown_tool",
             message: format!("no tool named {:?}", req.tool.chars().take(64).collect::<String>()),
         })?;

@@ -418,7 +418,7 @@ impl Store for PgStore {
         let call = &outcome.call;
         let committed = (call.status == CallStatus::Succeeded && !outcome.writes.is_empty())
             .then(|| Event::from(StateCommitted::of(call, &outcome.writes)));
-        let finished = Event::from(CallFinished::of(call));
+        let finished = Event::from(CallFinished::ran(call, outcome.tool_version.as_ref()));
         let json = Encoded::of(call);
         Ok(Box::pin(async move {
             let events: Vec<&Event> = outcome.notes.iter().chain(committed.as_ref()).chain([&finished]).collect();
@@ -565,6 +565,21 @@ impl Store for PgStore {
         pending(async move {
             let c = inner.pool.get().await?;
             audit::list(&c, &sid, after, limit).await
+        })
+    }
+
+    fn record_event(&self, chain: &str, actor: &str, event: Event) -> Pending<()> {
+        let (inner, chain, actor) = (self.inner.clone(), chain.to_string(), actor.to_string());
+        Box::pin(async move {
+            retrying(|| async {
+                let mut c = inner.pool.get().await?;
+                let tx = c.transaction().await?;
+                audit::append(&tx, &chain, &[Note { actor: &actor, call: None, event: &event }]).await?;
+                tx.commit().await?;
+                inner.committed();
+                Ok(())
+            })
+            .await
         })
     }
 

@@ -215,7 +215,7 @@ impl Store for SqliteStore {
     fn submit_outcome(&self, outcome: FinishedCall, link: Link, busy: bool) -> Result<Pending<FinishedCall>> {
         let committed =
             (!outcome.writes.is_empty()).then(|| Event::from(StateCommitted::of(&outcome.call, &outcome.writes)));
-        let finished = Event::from(CallFinished::of(&outcome.call));
+        let finished = Event::from(CallFinished::ran(&outcome.call, outcome.tool_version.as_ref()));
         let encoded = calls::Encoded::of(&outcome.call);
         self.submit_now(link, busy, move |c| {
             let FinishedCall { call, writes, notes, actor, .. } = &outcome;
@@ -333,6 +333,11 @@ impl Store for SqliteStore {
     fn audit(&self, session: &str, after: i64, limit: u32) -> Pending<Vec<AuditEvent>> {
         let sid = session.to_string();
         self.scan(move |c| audit::list(c, &sid, after, limit))
+    }
+
+    fn record_event(&self, chain: &str, actor: &str, event: Event) -> Pending<()> {
+        let (chain, actor) = (chain.to_string(), actor.to_string());
+        self.write(move |c| audit::append(c, &chain, &actor, None, &event).map(drop))
     }
 
     fn stats(&self) -> Pending<StoreStats> {

@@ -181,9 +181,15 @@ fn report_start(report: &StartReport, service: &Service) {
     for e in &report.refused {
         eprintln!("refused bundle: {e}");
     }
-    for t in service.tools.values() {
+    let set = service.tools();
+    for (name, t) in &set.tools {
         let from = if t.cached { "precompiled" } else { "compiled" };
-        eprintln!("tool {} {} ({}, {from})", t.manifest.name, t.manifest.version, t.digest);
+        let signed = match &set.info[name].signature {
+            crate::supply::signature::Verdict::Verified { key } => format!(", signed by {key}"),
+            crate::supply::signature::Verdict::Unsigned => String::new(),
+            other => format!(", signature {}", other.refusal().unwrap_or_default()),
+        };
+        eprintln!("tool {} {} ({}, {from}{signed})", t.manifest.name, t.manifest.version, t.digest);
     }
     if report.interrupted > 0 {
         eprintln!("{} call(s) left running by the previous host are now interrupted", report.interrupted);
@@ -195,7 +201,7 @@ async fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
     let listen = config.listen;
     let (service, report) = Service::start(config).await?;
     report_start(&report, &service);
-    if service.tools.is_empty() {
+    if service.tools().is_empty() {
         eprintln!("warning: no tools loaded from {}", service.config.tools_dir.display());
     }
     match &report.credentials {
@@ -303,7 +309,7 @@ async fn run_in(config: Config, bundle: &Path, input: serde_json::Value, data_di
     if let Some(e) = report.refused.first() {
         bail!("{e}");
     }
-    let tool = service.tools.keys().next().cloned().context("no tool loaded")?;
+    let tool = service.tools().tools.keys().next().cloned().context("no tool loaded")?;
     let me = Principal::local("local");
     let session_file = data_dir.join(RUN_SESSION_FILE);
     let existing = std::fs::read_to_string(&session_file).ok().map(|s| s.trim().to_string());

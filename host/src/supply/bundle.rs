@@ -1,0 +1,105 @@
+//! A bundle's files as the supply chain sees them: the manifest's bytes and
+//! the component's, and the digests that name this version of the tool.
+
+use crate::manifest::MANIFEST_FILE;
+use std::path::{Component, Path, PathBuf};
+
+/// What a bundle may hold besides its manifest and component: bounded so a
+/// hostile folder or artifact cannot make the host read without end.
+pub const MAX_MANIFEST_BYTES: usize = 256 << 10;
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+
+/// The parts of `tool.toml` the supply chain needs; the loader checks the rest.
+#[derive(serde::Deserialize)]
+struct Head {
+    name: String,
+    version: String,
+    component: PathBuf,
+}
+
+/// A bundle read from its folder: every byte that decides what runs.
+pub struct BundleFiles {
+    pub name: String,
+    pub version: String,
+    pub manifest: Vec<u8>,
+    /// The manifest's `component`, relative to the bundle.
+    pub component_path: PathBuf,
+    pub component: Vec<u8>,
+}
+
+impl BundleFiles {
+    pub fn read(bundle: &Path) -> Result<BundleFiles, String> {
+        let manifest_path = bundle.join(MANIFEST_FILE);
+        let manifest = read_capped(&manifest_path, MAX_MANIFEST_BYTES)?;
+        let head = parse_head(&manifest).map_err(|e| format!("{}: {e}", manifest_path.display()))?;
+        let component = read_capped(&bundle.join(&head.component), MAX_COMPONENT_BYTES)?;
+        Ok(BundleFiles {
+            name: head.name,
+            version: head.version,
+            manifest,
+            component_path: head.component,
+            component,
+        })
+    }
+
+    pub fn manifest_digest(&self) -> String {
+        digest(&self.manifest)
+    }
+
+    pub fn component_digest(&self) -> String {
+        digest(&self.component)
+    }
+}
+
+fn parse_head(manifest: &[u8]) -> Result<Head, String> {
+    let text = std::str::from_utf8(manifest).map_err(|_| "is not UTF-8".to_string())?;
+    let head: Head = toml::from_str(text).map_err(|e| crate::util::toml_error(text, &e))?;
+    if !plain_relative(&head.component) {
+        return Err(format!("component = {:?} must be a relative path inside the bundle", head.component));
+    }
+    Ok(head)
+}
+
+/// Only `a/b.wasm`-like paths: nothing that climbs out of the bundle.
+pub fn plain_relative(p: &Path) -> bool {
+    !p.as_os_str().is_empty() && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// `sha256:<hex>`, the form OCI and `GET /v1/tools` use.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", crate::util::sha256_hex(bytes))
+}
+
+/// Whether `s` is `sha256:` and 64 lowercase hex digits.
+pub fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+pub fn read_capped(path: &Path, max: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    if bytes.len() > max {
+        return Err(format!("{}: over the {max}-byte limit", path.display()));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_and_paths() {
+        assert!(is_digest(&digest(b"x")));
+        for bad in ["sha256:", "sha256:ABC", "md5:00", &format!("sha256:{}", "A".repeat(64))] {
+            assert!(!is_digest(bad), "{bad}");
+        }
+        for (path, ok) in [("a.wasm", true), ("dir/a.wasm", true), ("../a.wasm", false), ("/a.wasm", false), ("./a.wasm", true), ("", false)] {
+            assert_eq!(plain_relative(Path::new(path)), ok, "{path}");
+        }
+    }
+}
