@@ -14,10 +14,10 @@ use std::sync::Arc;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditPage {
-    after: Option<i64>,
-    limit: Option<u32>,
+    pub(super) after: Option<i64>,
+    pub(super) limit: Option<u32>,
     /// `json` (default) or `jsonl`: one event per line, for export.
-    format: Option<String>,
+    pub(super) format: Option<String>,
 }
 
 pub async fn list(

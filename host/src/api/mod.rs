@@ -38,6 +38,8 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{cid}", axum::routing::post(approvals::decide))
         .route("/v1/tools", get(tools::list))
+        .route("/v1/tools/reload", axum::routing::post(tools::reload))
+        .route("/v1/tools/audit", get(tools::audit))
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .merge(crate::mcp::router(service.clone()))

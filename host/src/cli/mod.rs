@@ -2,7 +2,6 @@
 
 use crate::auth::Principal;
 use crate::config::Config;
-use crate::runtime::Runtime;
 use crate::service::calls::NewCall;
 use crate::service::sessions::CreateSession;
 use crate::service::{Credentials, Service, StartReport, ToolSource};
@@ -11,6 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+mod tools;
 
 #[derive(Parser)]
 #[command(
@@ -37,10 +38,10 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Inspect tool bundles.
+    /// Tool bundles: check, sign, verify, push to and pull from OCI registries.
     Tools {
         #[command(subcommand)]
-        command: ToolsCommand,
+        command: tools::ToolsCommand,
     },
     /// Run one tool call locally, without a server, and print the call:
     /// output or error, logs, usage, and any capability denials.
@@ -117,16 +118,6 @@ enum Command {
 }
 
 #[derive(Subcommand)]
-enum ToolsCommand {
-    /// Load every bundle of the tools folder and report errors, without
-    /// serving. Exits 1 when any bundle is refused.
-    Check {
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
 enum AuditCommand {
     /// Verify every session's audit hash chain. Exits 1 and names the first
     /// broken record when the trail was tampered with.
@@ -151,7 +142,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => serve(config.as_deref()).await,
-            Command::Tools { command: ToolsCommand::Check { config } } => tools_check(config.as_deref()),
+            Command::Tools { command } => tools::run(command).await,
             Command::Run { bundle, input, state_dir } => run(&bundle, &input, state_dir.as_deref()).await,
             Command::Audit { command: AuditCommand::Verify { config } } => audit_verify(config.as_deref()).await,
             Command::Migrate { from, to_env } => migrate(&from, &to_env).await,
@@ -218,8 +209,39 @@ async fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
     }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     println!("bulkhead listening on http://{}", listener.local_addr()?);
+    spawn_reload_on_sighup(&service);
     axum::serve(listener, crate::api::router(service)).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP reloads the tool set, as `POST /v1/tools/reload` does.
+fn spawn_reload_on_sighup(service: &std::sync::Arc<Service>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            eprintln!("warning: cannot listen for SIGHUP; reload tools with POST /v1/tools/reload");
+            return;
+        };
+        let service = std::sync::Arc::downgrade(service);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let Some(service) = service.upgrade() else { break };
+                match service.reload_tools("operator:sighup").await {
+                    Ok(r) => {
+                        for u in &r.updated {
+                            eprintln!("tool updated: {u}");
+                        }
+                        for e in &r.refused {
+                            eprintln!("reload refused: {}: {}", e["file"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or(""));
+                        }
+                        eprintln!("tools reloaded: {} changed, {} unchanged, {} refused (generation {})", r.updated.len(), r.unchanged.len(), r.refused.len(), r.generation);
+                    }
+                    Err(e) => eprintln!("tool reload failed, the old tools keep serving: {e}"),
+                }
+            }
+        });
+    }
 }
 
 async fn shutdown_signal() {
@@ -233,21 +255,6 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     eprintln!("shutting down");
-}
-
-fn tools_check(config_path: Option<&Path>) -> Result<ExitCode> {
-    let config = Config::load(config_path)?;
-    let runtime = Runtime::new(&config.limits, None)?;
-    let (tools, errors) = runtime.load_dir(&config.tools_dir, &config.limits);
-    for t in &tools {
-        println!("ok     {} {} {}", t.manifest.name, t.manifest.version, t.digest);
-        println!("       imports: {}", t.imports.join(", "));
-    }
-    for e in &errors {
-        println!("error  {e}");
-    }
-    println!("{} loaded, {} refused, from {}", tools.len(), errors.len(), config.tools_dir.display());
-    Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 const RUN_SESSION_FILE: &str = "run-session";

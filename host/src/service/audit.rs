@@ -19,6 +19,12 @@ impl Service {
         Ok(self.store.audit(&session.id, after, limit).await?)
     }
 
+    /// The `tools` chain: every change of the tool set (admins only).
+    pub async fn list_tools_audit(&self, p: &Principal, after: Option<i64>, limit: Option<u32>) -> Result<Vec<AuditEvent>> {
+        require_admin(p)?;
+        Ok(self.store.audit(crate::events::TOOLS_CHAIN, after.unwrap_or(0), page(limit)).await?)
+    }
+
     /// Verifies a session's whole chain (contract §9) as the API serves it:
     /// how many events verified, and the first break if there is one.
     pub async fn verify_session_audit(&self, p: &Principal, sid: &str) -> Result<(u64, Option<Break>)> {
@@ -36,5 +42,13 @@ impl Service {
                 return Ok((verifier.checked(), None));
             }
         }
+    }
+}
+
+pub(super) fn require_admin(p: &Principal) -> Result<()> {
+    if p.is_admin() {
+        Ok(())
+    } else {
+        Err(super::ServiceError::forbidden("role_required", format!("principal {} lacks role admin", p.name)))
     }
 }

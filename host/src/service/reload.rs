@@ -184,6 +184,11 @@ impl Service {
 
     /// Reloads the tool set (see the module's rules); `actor` names who
     /// asked, for the audit trail.
+    pub async fn reload_tools_as(&self, p: &crate::auth::Principal) -> Result<ReloadReport> {
+        super::audit::require_admin(p)?;
+        self.reload_tools(&p.name).await
+    }
+
     pub async fn reload_tools(&self, actor: &str) -> Result<ReloadReport> {
         let _one = self.reloading.lock().await;
         let config = match &self.config.file {

@@ -84,6 +84,8 @@ pub fn parse_reference(s: &str) -> Result<Reference, String> {
 
 /// A registry client for `reference`'s registry.
 fn client(reference: &Reference) -> Client {
+    // reqwest is built without a crypto provider of its own: the host's ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let host = reference.registry().rsplit_once(':').map_or(reference.registry(), |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let loopback =
