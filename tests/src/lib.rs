@@ -19,6 +19,7 @@
 
 pub mod load;
 pub mod postgres;
+pub mod registry;
 
 use anyhow::{Context, Result, bail};
 use reqwest::StatusCode;

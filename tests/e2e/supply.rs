@@ -1,0 +1,219 @@
+//! The tool supply chain (issue 27): signed bundles, OCI artifacts in a
+//! real registry, pinned digests, and reloading the tool set under load.
+
+use bulkhead_tests::registry::Registry;
+use bulkhead_tests::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+fn cli(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    run_cli(args)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// A key pair made by `bulkhead tools keygen` in `dir`: (private, public).
+fn keygen(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let key = dir.join(name);
+    let (code, out, err) = cli(&["tools", "keygen", "--output", s(&key)])?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.trim().starts_with("SHA256:"), "{out}");
+    Ok((key.clone(), dir.join(format!("{name}.pub"))))
+}
+
+fn sign(bundle: &Path, key: &Path) -> anyhow::Result<()> {
+    let (code, out, err) = cli(&["tools", "sign", s(bundle), "--key", s(key)])?;
+    anyhow::ensure!(code == 0, "sign: {out}{err}");
+    Ok(())
+}
+
+/// A copy of an example tool's bundle (manifest and component) in `dir`.
+fn bundle_copy(dir: &Path, tool: &str, manifest: Option<&str>) -> anyhow::Result<PathBuf> {
+    let to = dir.join(tool);
+    std::fs::create_dir_all(&to)?;
+    for entry in std::fs::read_dir(example_tool(tool))? {
+        let p = entry?.path();
+        if p.extension().is_some_and(|e| e == "wasm") || p.file_name().is_some_and(|n| n == "tool.toml") {
+            std::fs::copy(&p, to.join(p.file_name().unwrap()))?;
+        }
+    }
+    if let Some(m) = manifest {
+        std::fs::write(to.join("tool.toml"), m)?;
+    }
+    Ok(to)
+}
+
+async fn tools(host: &TestHost) -> anyhow::Result<Vec<Value>> {
+    let (status, body) = host.api(ADMIN).get("/v1/tools").await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    Ok(body["tools"].as_array().cloned().unwrap_or_default())
+}
+
+fn named<'a>(tools: &'a [Value], name: &str) -> Option<&'a Value> {
+    tools.iter().find(|t| t["name"] == name)
+}
+
+#[tokio::test]
+async fn require_signature_loads_only_bundles_signed_by_a_trusted_key_over_their_bytes() -> anyhow::Result<()> {
+    let keys = ScratchDir::new("bulkhead-keys")?;
+    let (release, release_pub) = keygen(keys.path(), "release")?;
+    let (stranger, _) = keygen(keys.path(), "stranger")?;
+    let dir = TestHost::builder()
+        .bundle("counter", example_tool("counter"))
+        .bundle("notes", example_tool("notes"))
+        .bundle("file-search", example_tool("file-search"))
+        .bundle("audit-report", example_tool("audit-report"))
+        .config(&format!(
+            "[tools]\nrequire_signature = true\ntrusted_keys = [\"{}\"]\n",
+            s(&release_pub)
+        ))
+        .config("[volumes]\ndocs = { path = \"/tmp\", access = \"read-only\" }")
+        .layout()?;
+    let tools_dir = dir.join("tools");
+    sign(&tools_dir.join("counter"), &release)?;
+    // notes: unsigned. file-search: signed by a key nobody trusts.
+    sign(&tools_dir.join("file-search"), &stranger)?;
+    // audit-report: signed, then its manifest changed (a grant, a version):
+    // the signature is over the older manifest.
+    sign(&tools_dir.join("audit-report"), &release)?;
+    let manifest = tools_dir.join("audit-report/tool.toml");
+    let text = std::fs::read_to_string(&manifest)?;
+    std::fs::write(&manifest, text.replace("history = true", "history = true\nenv = [\"TZ\"]"))?;
+
+    let host = TestHost::start_in(dir).await?;
+    let list = tools(&host).await?;
+    let names: Vec<&str> = list.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["counter"], "only the bundle signed by the trusted key over its bytes loads");
+    let counter = named(&list, "counter").unwrap();
+    assert_eq!(counter["signature"]["status"], "verified", "{counter}");
+    assert!(counter["signature"]["key"].as_str().unwrap().starts_with("SHA256:"));
+    let err = host.stderr();
+    for (bundle, why) in [
+        ("notes", "is not signed"),
+        ("file-search", "which is not among [tools] trusted_keys"),
+        ("audit-report", "does not cover this manifest and component"),
+    ] {
+        assert!(
+            err.lines().any(|l| l.contains("refused bundle") && l.contains(bundle) && l.contains(why)),
+            "{bundle}: {why}\n{err}"
+        );
+    }
+    // The signed tool works.
+    let sid = host.agent().session(json!({})).await?;
+    let (status, call) = host.agent().call(&sid, "counter", json!({})).await?;
+    assert_eq!((status, &call["status"]), (StatusCode::OK, &json!("succeeded")), "{call}");
+
+    // `tools verify` says the same, with exit codes.
+    let (code, out, _) = cli(&["tools", "verify", s(&tools_dir.join("counter")), "--key", s(&release_pub)])?;
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = cli(&["tools", "verify", s(&tools_dir.join("audit-report")), "--key", s(&release_pub)])?;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("NOT verified"), "{out}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn require_signature_without_trusted_keys_is_a_config_error() -> anyhow::Result<()> {
+    let dir = TestHost::builder().config("[tools]\nrequire_signature = true\n").layout()?;
+    let (code, out, err) = cli(&["tools", "check", "--config", s(&dir.join("bulkhead.toml"))])?;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("require_signature = true needs at least one tools.trusted_keys"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bundles_travel_through_a_registry_pinned_by_digest_and_checked_byte_for_byte() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let work = ScratchDir::new("bulkhead-oci")?;
+    let (key, key_pub) = keygen(work.path(), "release")?;
+    let bundle = bundle_copy(work.path(), "counter", None)?;
+    sign(&bundle, &key)?;
+    let reference = registry.reference("tools/counter:0.1.0");
+    let (code, out, err) = cli(&["tools", "push", s(&bundle), &reference])?;
+    assert_eq!(code, 0, "{out}{err}");
+    let digest = out.trim().to_string();
+    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{out}");
+
+    // Pull by tag and by digest: the same files, signature included.
+    for (what, r) in [("tag", reference.clone()), ("digest", registry.reference(&format!("tools/counter@{digest}")))] {
+        let out_dir = work.path().join(format!("pulled-{what}"));
+        let (code, out, err) = cli(&["tools", "pull", &r, "--output", s(&out_dir)])?;
+        assert_eq!(code, 0, "{what}: {out}{err}");
+        assert_eq!(out.trim(), digest, "{what}");
+        for file in ["tool.toml", "counter.wasm", "tool.sig"] {
+            assert_eq!(std::fs::read(out_dir.join(file))?, std::fs::read(bundle.join(file))?, "{what}: {file}");
+        }
+        let review: Value = serde_json::from_slice(&std::fs::read(out_dir.join("review.json"))?)?;
+        assert!(review.to_string().contains("counter"), "the review report travels with the bundle");
+    }
+    let (code, out, _) = cli(&["tools", "verify", &reference, "--key", s(&key_pub)])?;
+    assert_eq!(code, 0, "{out}");
+
+    // A host serving it from the registry, signatures required.
+    let source = |d: &str| {
+        format!(
+            "[tools]\nrequire_signature = true\ntrusted_keys = [\"{}\"]\n[[tools.sources]]\noci = \"{reference}\"\ndigest = \"{d}\"\n",
+            s(&key_pub)
+        )
+    };
+    let mut host = TestHost::builder().config(&source(&digest)).start().await?;
+    let list = tools(&host).await?;
+    let counter = named(&list, "counter").expect("served from the registry");
+    assert_eq!(counter["source"]["kind"], "oci");
+    assert_eq!(counter["source"]["digest"], digest.as_str());
+    assert_eq!(counter["signature"]["status"], "verified");
+    let sid = host.agent().session(json!({})).await?;
+    let (_, call) = host.agent().call(&sid, "counter", json!({})).await?;
+    assert_eq!(call["status"], "succeeded", "{call}");
+
+    // A byte changed in the cache is caught when the bundle is opened and
+    // the bundle is fetched again from the registry.
+    let cached = host.dir.join("data/oci").join(digest.trim_start_matches("sha256:")).join("counter.wasm");
+    let good = std::fs::read(&cached)?;
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    std::fs::write(&cached, &bad)?;
+    host.restart().await?;
+    assert!(named(&tools(&host).await?, "counter").is_some());
+    assert_eq!(std::fs::read(&cached)?, good, "the tampered cache was replaced by the registry's bytes");
+
+    // The tag moves to another digest (a new version pushed under it): the
+    // pin refuses it.
+    let v2 = bundle_copy(
+        &work.path().join("v2"),
+        "counter",
+        Some(&std::fs::read_to_string(bundle.join("tool.toml"))?.replace("0.1.0", "0.2.0")),
+    )?;
+    sign(&v2, &key)?;
+    let (code, out, err) = cli(&["tools", "push", s(&v2), &reference])?;
+    assert_eq!(code, 0, "{out}{err}");
+    let moved = TestHost::builder().config(&source(&digest)).start().await?;
+    assert!(named(&tools(&moved).await?, "counter").is_none());
+    let err = moved.stderr();
+    assert!(err.contains("the tag moved") && err.contains(&digest), "{err}");
+
+    // A tampered blob in the registry is refused on pull.
+    let (code, out, _) = cli(&["tools", "push", s(&bundle), &registry.reference("tools/tampered:1")])?;
+    assert_eq!(code, 0);
+    let tampered_digest = out.trim().to_string();
+    let component_digest = format!("sha256:{}", sha256_hex_bytes(&std::fs::read(bundle.join("counter.wasm"))?));
+    let blob = registry.blob_file(&component_digest);
+    let mut bytes = std::fs::read(&blob)?;
+    bytes[100] ^= 0xff;
+    std::fs::write(&blob, &bytes)?;
+    let (code, out, err) = cli(&["tools", "pull", &registry.reference("tools/tampered:1"), "--output", s(&work.path().join("t"))])?;
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("does not match") || err.contains("digest"), "{err}");
+    assert!(!work.path().join("t").exists(), "nothing written from a tampered artifact");
+    let _ = tampered_digest;
+    Ok(())
+}
+
+fn sha256_hex_bytes(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
