@@ -386,3 +386,58 @@ async fn the_stdio_bridge_answers_errors_when_the_host_is_unreachable() -> Resul
     assert!(bridge.wait()?.success(), "stdin closed: the bridge exits cleanly");
     Ok(())
 }
+
+/// A connected SDK client hears `notifications/tools/list_changed` when a
+/// reload changes one of its tools and when its session is narrowed.
+#[tokio::test]
+async fn connected_clients_hear_that_their_tool_list_changed() -> Result<()> {
+    use std::io::BufRead;
+    let host = mcp_host().await?;
+    let api = host.agent();
+    let sid = api.session(json!({ "tools": ["counter", "notes"] })).await?;
+    let mut child = std::process::Command::new(python())
+        .arg(repo_root().join("tests/mcp/list_changed.py"))
+        .env("BULKHEAD_URL", &host.base)
+        .env("BULKHEAD_AGENT_TOKEN", AGENT)
+        .env("BULKHEAD_SESSION", &sid)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = child.stdout.take().context("stdout")?;
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = next_line(&mut rx).await;
+    if ready.as_deref() != Some("READY") {
+        let _ = child.kill();
+        let out = child.wait_with_output()?;
+        bail!("list_changed.py: {ready:?}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let manifest = host.dir.join("tools/counter/tool.toml");
+    let text = std::fs::read_to_string(&manifest)?;
+    std::fs::write(&manifest, text.replace("description = \"", "description = \"(v2) "))?;
+    let (status, report) = host.api(ADMIN).post("/v1/tools/reload", json!({})).await?;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let listed = next_line(&mut rx).await.context("a first list_changed")?;
+    let tools: Value = serde_json::from_str(listed.strip_prefix("LISTED ").context("LISTED")?)?;
+    assert!(tools["counter"].as_str().unwrap().starts_with("(v2) "), "relisted after the reload: {tools}");
+
+    let (status, body) = Api::send(
+        api.request(reqwest::Method::PATCH, &format!("/v1/sessions/{sid}")).json(&json!({ "tools": ["counter"] })),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed = next_line(&mut rx).await.context("a second list_changed")?;
+    let tools: Value = serde_json::from_str(listed.strip_prefix("LISTED ").context("LISTED")?)?;
+    assert!(tools.get("notes").is_none() && tools.get("counter").is_some(), "relisted after narrowing: {tools}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
+    tokio::time::timeout(std::time::Duration::from_secs(40), rx.recv()).await.ok().flatten()
+}

@@ -113,7 +113,7 @@ fn protocol_error(e: ServiceError) -> McpError {
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build())
             .with_server_info(Implementation::new("bulkhead", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Bulkhead runs each tool in a sandbox with its own durable state. Calls that need a human \
@@ -148,6 +148,47 @@ impl ServerHandler for McpServer {
         Ok(result)
     }
 
+    /// Watches what this client's tool list is made of: a reload that
+    /// changes one of its tools, or its session narrowed, sends
+    /// `notifications/tools/list_changed` (on the client's GET stream).
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        let Some(bound) = self.bound.get() else { return };
+        let (service, peer, sid) = (self.service.clone(), context.peer.clone(), bound.session.clone());
+        tokio::spawn(async move {
+            let mut tools = service.subscribe_tools();
+            let mut narrowed = service.subscribe_narrowed();
+            let read = |service: &Arc<Service>, sid: &str| {
+                let (service, sid) = (service.clone(), sid.to_string());
+                async move { service.store.session(&sid).await.ok().flatten() }
+            };
+            let Some(mut session) = read(&service, &sid).await else { return };
+            let mut listing = service.listing_of(&session);
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    changed = tools.changed() => if changed.is_err() { return },
+                    id = narrowed.recv() => match id {
+                        Ok(id) if id == sid => {}
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return,
+                    },
+                    // The client went away without a change to tell it.
+                    _ = tick.tick() => if peer.is_transport_closed() { return } else { continue },
+                }
+                let Some(now) = read(&service, &sid).await else { return };
+                let now_listing = service.listing_of(&now);
+                if now_listing == listing && now.tools == session.tools {
+                    continue;
+                }
+                (session, listing) = (now, now_listing);
+                if peer.notify_tool_list_changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
@@ -157,7 +198,9 @@ impl ServerHandler for McpServer {
         let mut tools: Vec<_> = session
             .tools
             .iter()
-            .filter_map(|(name, boundary)| self.service.tool(name).map(|t| results::tool(&t, boundary)))
+            .filter_map(|(name, boundary)| {
+                self.service.tool(name).map(|t| results::tool(&t, &Service::effective_boundary(&t, boundary)))
+            })
             .collect();
         tools.push(results::call_result_tool());
         let mut list = ListToolsResult::with_all_items(tools).with_ttl_ms(0);

@@ -72,6 +72,8 @@ pub struct Service {
     /// The tools served now, swapped whole by a reload (`tools`, `reload`).
     tool_set: std::sync::RwLock<Arc<tools::ToolSet>>,
     tools_changed: tokio::sync::watch::Sender<u64>,
+    /// Ids of sessions whose boundary was just narrowed on this host.
+    narrowed: broadcast::Sender<String>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
     pub principals: Principals,
@@ -168,6 +170,7 @@ impl Service {
             runtime,
             tool_set: std::sync::RwLock::new(Arc::new(tool_set)),
             tools_changed: tokio::sync::watch::channel(0).0,
+            narrowed: broadcast::channel(256).0,
             reloading: tokio::sync::Mutex::new(()),
             principals,
             secrets,

@@ -468,6 +468,7 @@ impl Service {
         let version = self.store.narrow_session(&session.id, if_match, tools.clone(), &p.name, narrowed).await;
         self.boundary_changed();
         let version = version?;
+        let _ = self.narrowed.send(session.id.clone());
         session.tools = tools;
         session.version = version;
         Ok(session)

@@ -9,6 +9,7 @@
 use super::Service;
 use crate::auth::Principal;
 use crate::events::ToolVersion;
+use crate::model::ToolBoundary;
 use crate::runtime::loader::LoadedTool;
 use crate::supply::signature::Verdict;
 use serde_json::Value;
@@ -70,6 +71,31 @@ impl Service {
     /// Wakes when the tool set changes (MCP `tools/list_changed`).
     pub fn subscribe_tools(&self) -> tokio::sync::watch::Receiver<u64> {
         self.tools_changed.subscribe()
+    }
+
+    /// Ids of sessions as their boundary is narrowed on this host.
+    pub fn subscribe_narrowed(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.narrowed.subscribe()
+    }
+
+    /// A session's boundary for `tool` as calls of its current version get
+    /// it: the grants met with the version's, its approval rule added.
+    pub fn effective_boundary(tool: &LoadedTool, b: &ToolBoundary) -> ToolBoundary {
+        ToolBoundary {
+            grants: b.grants.meet(&tool.manifest.grant),
+            approval_required: b.approval_required || tool.manifest.approval.required,
+        }
+    }
+
+    /// What a session's tool list is made of: each tool's name and version
+    /// digests (absent: not served), to tell when the list changed.
+    pub fn listing_of(&self, session: &crate::model::Session) -> Vec<(String, Option<(String, String)>)> {
+        let set = self.tools();
+        session
+            .tools
+            .keys()
+            .map(|name| (name.clone(), set.tools.get(name).map(|t| (t.digest.clone(), t.manifest_digest.clone()))))
+            .collect()
     }
 }
 

@@ -128,7 +128,8 @@ impl Service {
             idempotency_key: req.idempotency_key.clone(),
             logs: Vec::new(),
         };
-        if boundary.approval_required {
+        // A new version may require approval where the old one did not.
+        if boundary.approval_required || tool.manifest.approval.required {
             // Recorded and answered at once; nothing runs until decided.
             call.status = CallStatus::PendingApproval;
             call.approval =
