@@ -578,6 +578,20 @@ mod tests {
     }
 
     #[test]
+    fn the_tools_table_resolves_keys_and_keeps_pins() {
+        let pin = format!("sha256:{}", "a".repeat(64));
+        let c = parse(&format!(
+            "[tools]\nrequire_signature = true\ntrusted_keys = [\"keys/release.pub\"]\n\
+             [[tools.sources]]\noci = \"registry.example.com/tools/http-fetch:1.2.0\"\ndigest = \"{pin}\"\n"
+        ))
+        .unwrap();
+        assert!(c.tools.require_signature);
+        assert_eq!(c.tools.trusted_keys, [Path::new("/etc/bulkhead/keys/release.pub")]);
+        assert_eq!(c.tools.sources[0].digest, pin);
+        assert!(!parse("").unwrap().tools.require_signature, "off by default");
+    }
+
+    #[test]
     fn a_bad_config_is_refused_with_an_error_naming_the_problem() {
         let cases = [
             ("lisen = \"x\"", "lisen"),
@@ -598,6 +612,12 @@ mod tests {
             ("[storage]\nbackend = \"postgres\"\nurl_env = \"U\"\nstatement_timeout_ms = 1", "statement_timeout_ms"),
             ("[storage]\nbackend = \"postgres\"\nurl_env = \"U\"\npassword = \"x\"", "password"),
             ("[limits]\nmax_timeout_ms = 0", "limits.max_timeout_ms"),
+            ("[tools]\nrequire_signature = true", "needs at least one tools.trusted_keys"),
+            ("[tools]\nrequire_sig = true", "require_sig"),
+            ("[[tools.sources]]\noci = \"r.example/t:1\"", "digest"),
+            ("[[tools.sources]]\noci = \"r.example/t:1\"\ndigest = \"sha256:abc\"", "tools.sources[0].digest"),
+            ("[[tools.sources]]\noci = \"has space\"\ndigest = \"sha256:abc\"", "tools.sources[0].oci"),
+            ("[[tools.sources]]\noci = \"r.example/t:1\"\ndigest = \"sha256:abc\"\ncreds = \"x\"", "creds"),
             ("[limits]\nmax_workspace_mb = 0", "limits.max_workspace_mb"),
             ("[limits]\nmax_workspace_files = 99999999999", "limits.max_workspace_files"),
             ("[limits]\nmax_timeout_ms = -5", "max_timeout_ms"),

@@ -191,6 +191,15 @@ async fn a_bundle_that_fails_to_load_leaves_the_old_version_serving_and_a_remove
     let (_, call) = agent.call(&sid, "counter", json!({})).await?;
     assert_eq!(call["status"], "succeeded", "the old version keeps serving: {call}");
 
+    // A config that no longer parses: refused with its error, nothing changes.
+    let config = std::fs::read_to_string(host.config_path())?;
+    std::fs::write(host.config_path(), format!("{config}\n[tools]\nrequire_signature = \"yes\"\n"))?;
+    let (status, body) = host.api(ADMIN).post("/v1/tools/reload", json!({})).await?;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("invalid_config")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("require_signature"), "{body}");
+    std::fs::write(host.config_path(), config)?;
+    assert!(tool(&host, "notes").await?.is_some());
+
     std::fs::remove_dir_all(host.dir.join("tools/notes"))?;
     let report = reload(&host).await?;
     assert_eq!(report["updated"][0]["tool"], "notes", "{report}");
