@@ -217,3 +217,49 @@ fn sha256_hex_bytes(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
 }
+
+/// The signature is OpenSSH's: a bundle signed with `ssh-keygen -Y sign`
+/// over `bulkhead tools statement` verifies, and `ssh-keygen -Y verify`
+/// accepts what `bulkhead tools sign` wrote.
+#[tokio::test]
+async fn signatures_interoperate_with_openssh() -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    let work = ScratchDir::new("bulkhead-ssh")?;
+    let bundle = bundle_copy(work.path(), "counter", None)?;
+    let key = work.path().join("id_ed25519");
+    let ok = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "ops", "-f", s(&key)]).status()?;
+    assert!(ok.success());
+    let (code, statement, err) = cli(&["tools", "statement", s(&bundle)])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(statement.starts_with("bulkhead tool signature v1\nname: counter\n"), "{statement}");
+    let mut signer = Command::new("ssh-keygen")
+        .args(["-Y", "sign", "-f", s(&key), "-n", "bulkhead-tool"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::io::Write::write_all(signer.stdin.as_mut().unwrap(), statement.as_bytes())?;
+    let out = signer.wait_with_output()?;
+    assert!(out.status.success());
+    std::fs::write(bundle.join("tool.sig"), &out.stdout)?;
+    let public = work.path().join("id_ed25519.pub");
+    let (code, out, _) = cli(&["tools", "verify", s(&bundle), "--key", s(&public)])?;
+    assert_eq!(code, 0, "ssh-keygen's signature verifies: {out}");
+
+    // And the other way round.
+    let (key2, pub2) = keygen(work.path(), "release")?;
+    sign(&bundle, &key2)?;
+    let allowed = work.path().join("allowed_signers");
+    std::fs::write(&allowed, format!("release {}", std::fs::read_to_string(&pub2)?))?;
+    let mut verify = Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-f", s(&allowed), "-I", "release", "-n", "bulkhead-tool", "-s"])
+        .arg(bundle.join("tool.sig"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(verify.stdin.as_mut().unwrap(), statement.as_bytes())?;
+    let out = verify.wait_with_output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}

@@ -52,6 +52,10 @@ pub enum ToolsCommand {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Print the statement a signature covers (name, version, digests), to
+    /// sign it elsewhere: `bulkhead tools statement B | ssh-keygen -Y sign
+    /// -f KEY -n bulkhead-tool > B/tool.sig`.
+    Statement { bundle: PathBuf },
     /// Make an Ed25519 signing key: FILE (private, mode 0600) and FILE.pub.
     Keygen {
         #[arg(long)]
@@ -85,6 +89,13 @@ pub async fn run(command: ToolsCommand) -> Result<ExitCode> {
             oci::export(&dir, &out).map_err(|e| anyhow!(e))?;
             println!("{digest}");
             eprintln!("pulled {} {} into {}", files.name, files.version, out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        ToolsCommand::Statement { bundle } => {
+            let files = BundleFiles::read(&bundle).map_err(|e| anyhow!(e))?;
+            let (manifest, component) = (files.manifest_digest(), files.component_digest());
+            let st = Statement { name: &files.name, version: &files.version, manifest: &manifest, component: &component };
+            print!("{}", st.text());
             Ok(ExitCode::SUCCESS)
         }
         ToolsCommand::Keygen { output, comment } => {

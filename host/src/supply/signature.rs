@@ -163,8 +163,8 @@ pub fn sign(bundle: &Path, key_file: &Path) -> Result<String, String> {
         .map_err(|e| format!("{}: not an OpenSSH private key: {e}", key_file.display()))?;
     if key.is_encrypted() {
         return Err(format!(
-            "{}: is passphrase-protected; sign with `ssh-keygen -Y sign -n {NAMESPACE}` over the statement \
-             (docs/tools.md), or use an unencrypted key kept offline",
+            "{}: is passphrase-protected; sign the statement with ssh-keygen: `bulkhead tools statement BUNDLE | \
+             ssh-keygen -Y sign -f KEY -n {NAMESPACE} > BUNDLE/{SIGNATURE_FILE}` (docs/supply-chain.md)",
             key_file.display()
         ));
     }
