@@ -335,8 +335,15 @@ impl ToolsConfig {
             return Err("tools.require_signature = true needs at least one tools.trusted_keys file".into());
         }
         for (i, s) in self.sources.iter().enumerate() {
-            crate::supply::oci::parse_reference(&s.oci).map_err(|e| format!("tools.sources[{i}].oci: {e}"))?;
-            if !crate::supply::bundle::is_digest(&s.digest) {
+            // The registry client's own parser, so what passes here pulls.
+            let plain = !s.oci.is_empty() && s.oci.len() <= 512 && !s.oci.chars().any(|c| c.is_whitespace());
+            if !plain || s.oci.parse::<oci_client::Reference>().is_err() {
+                return Err(format!(
+                    "tools.sources[{i}].oci = {:?} is not an OCI reference like \"registry.example.com/tools/name:1.0.0\"",
+                    s.oci.chars().take(80).collect::<String>()
+                ));
+            }
+            if !crate::util::is_sha256_digest(&s.digest) {
                 return Err(format!("tools.sources[{i}].digest must be \"sha256:\" and 64 lowercase hex digits"));
             }
         }

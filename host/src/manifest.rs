@@ -126,7 +126,7 @@ impl Manifest {
         jsonschema::validator_for(&m.input_schema)
             .map_err(|e| format!("input_schema is not a valid JSON Schema: {e}"))?;
         m.grant = Grant::from_manifest(&m.grants)?;
-        m.digest = crate::supply::bundle::digest(text.as_bytes());
+        m.digest = crate::util::sha256_digest(text.as_bytes());
         m.limits(ceilings)?;
         Ok(m)
     }

@@ -40,6 +40,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// `sha256:<hex>`, the form OCI and `GET /v1/tools` use.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(bytes))
+}
+
+/// Whether `s` is `sha256:` and 64 lowercase hex digits.
+pub fn is_sha256_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 /// Whether `s` looks like an id this host generated, so lookups of garbage
 /// answer 404 without touching the database.
 pub fn is_id(s: &str) -> bool {

@@ -65,15 +65,7 @@ pub fn plain_relative(p: &Path) -> bool {
     !p.as_os_str().is_empty() && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
-/// `sha256:<hex>`, the form OCI and `GET /v1/tools` use.
-pub fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", crate::util::sha256_hex(bytes))
-}
-
-/// Whether `s` is `sha256:` and 64 lowercase hex digits.
-pub fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-}
+pub use crate::util::{is_sha256_digest as is_digest, sha256_digest as digest};
 
 pub fn read_capped(path: &Path, max: usize) -> Result<Vec<u8>, String> {
     use std::io::Read;
