@@ -157,7 +157,7 @@ impl Host {
         adjust(&mut config);
         let (service, report) = Service::start_with(config, ToolSource::Dir(tools)).await.expect("service starts");
         assert!(report.refused.is_empty(), "refused bundles: {:?}", report.refused);
-        assert_eq!(service.tools.len(), 3);
+        assert_eq!(service.tools().len(), 3);
         Host { app: bulkhead::api::router(service.clone()), service, _dir: dir }
     }
 
