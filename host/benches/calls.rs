@@ -54,7 +54,7 @@ fn floor_env(service: &Service, session: &str) -> CallEnv {
         tool: "counter".into(),
         grant: Default::default(),
         session_env: Default::default(),
-        store: service.call_store(session, "counter"),
+        store: service.call_store(session, "counter", None),
         secrets: service.secrets.clone(),
         state_quota_bytes: 1 << 20,
         mounts: Vec::new(),
@@ -86,7 +86,7 @@ fn benches(c: &mut Criterion) {
     let (service, dir) = setup(&rt);
     let me = Principal::local("bench");
     let session = rt.block_on(service.create_session(&me, CreateSession::default())).unwrap();
-    let tool = service.tools["counter"].clone();
+    let tool = service.tool("counter").expect("counter loaded");
 
     let mut group = c.benchmark_group("call");
     group.measurement_time(Duration::from_secs(5));

@@ -171,7 +171,8 @@ async fn audit_chain_verifies_and_tampering_is_named() -> anyhow::Result<()> {
     let config = config.to_str().unwrap();
     let (code, out, _) = run_cli(&["audit", "verify", "--config", config])?;
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("5 events verified"), "{out}");
+    // The session's 5 and the tools chain's first `tool_updated`.
+    assert!(out.contains("6 events verified"), "{out}");
     if !sqlite_only("audit tampering (edits the SQLite file)") {
         return Ok(());
     }
