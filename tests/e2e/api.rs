@@ -263,7 +263,7 @@ async fn session_lists_filter_by_label_status_date_and_principal() -> anyhow::Re
         body["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
     };
     let (_, body) = agent.get("/v1/sessions?label=team%3Dledger").await?;
-    assert_eq!(ids(&body), [tagged.clone()], "only its own session with that label");
+    assert_eq!(ids(&body), std::slice::from_ref(&tagged), "only its own session with that label");
     let (_, body) = agent.get("/v1/sessions?label=team").await?;
     assert_eq!(ids(&body), [tagged.clone(), other_label.clone()]);
     let (_, body) = agent.get("/v1/sessions?status=expired").await?;
@@ -275,7 +275,7 @@ async fn session_lists_filter_by_label_status_date_and_principal() -> anyhow::Re
     let (_, body) = agent.get("/v1/sessions?principal=other-agent").await?;
     assert_eq!(ids(&body), Vec::<String>::new());
     let (_, body) = host.api(ADMIN).get("/v1/sessions?principal=other-agent").await?;
-    assert_eq!(ids(&body), [theirs.clone()]);
+    assert_eq!(ids(&body), std::slice::from_ref(&theirs));
     // A field left blank (as a form sends it) filters nothing.
     let (_, body) = host.api(ADMIN).get("/v1/sessions?principal=&label=team%3Dledger&status=").await?;
     assert_eq!(ids(&body), [tagged.clone(), theirs]);

@@ -343,9 +343,7 @@ async fn migrate_copies_a_sqlite_folder_that_a_postgres_host_then_serves() -> an
     let new = TestHost::builder().bundle("counter", example_tool("counter")).postgres(&url, 2).start().await?;
     let mut after = read_all(new.agent()).await?;
     // `stored_bytes` is computed on read, by each backend's own measure.
-    for s in [&mut after[0]] {
-        s["usage"]["stored_bytes"] = before[0]["usage"]["stored_bytes"].clone();
-    }
+    after[0]["usage"]["stored_bytes"] = before[0]["usage"]["stored_bytes"].clone();
     assert_eq!(after, before, "the copy answers what the SQLite host did");
     assert_eq!(new.api(APPROVER).get("/v1/approvals").await?.1, pending_for_approver);
     assert_eq!(pending["status"], "pending_approval");

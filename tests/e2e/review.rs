@@ -132,7 +132,7 @@ fn each_bundle_produces_exactly_its_findings() -> anyhow::Result<()> {
         ),
     ];
     for (name, source, wasm, manifest, expected, code) in table {
-        let b = bundle(&dir, name, source, wasm, &manifest)?;
+        let b = bundle(dir, name, source, wasm, &manifest)?;
         let (got_code, doc) = review_json(&b, &[])?;
         assert_eq!(ids(&doc, "findings"), expected, "{name}: {}", doc["bundles"][0]["findings"]);
         assert_eq!(got_code, code, "{name}");
@@ -161,7 +161,7 @@ fn a_baseline_diff_ranks_widening_first() -> anyhow::Result<()> {
     let dir = scratch.path();
     let exfil = test_program("exfil-probe");
     let old = bundle(
-        &dir,
+        dir,
         "old",
         exfil.clone(),
         "exfil_probe.wasm",
@@ -170,7 +170,7 @@ fn a_baseline_diff_ranks_widening_first() -> anyhow::Result<()> {
         ),
     )?;
     let new = bundle(
-        &dir,
+        dir,
         "new",
         exfil,
         "exfil_probe.wasm",
@@ -218,14 +218,14 @@ fn every_format_matches_its_golden_output() -> anyhow::Result<()> {
     let counter = example_tool("counter");
     let pin = digest(&counter.join("counter.wasm"));
     bundle(
-        &dir,
+        dir,
         "a-counter",
         counter,
         "counter.wasm",
         &format!("name = \"counter\"\nversion = \"1\"\ncomponent = \"counter.wasm\"\nsha256 = \"{pin}\"\n{LIMITS}"),
     )?;
     bundle(
-        &dir,
+        dir,
         "b-exfil",
         test_program("exfil-probe"),
         "exfil_probe.wasm",

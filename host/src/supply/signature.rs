@@ -224,7 +224,8 @@ mod tests {
         let signed = statement("sha256:aa", "sha256:bb");
         let sig = |k: &PrivateKey, ns: &str| k.sign(ns, HashAlg::Sha512, signed.text().as_bytes()).unwrap();
         let fp = key.public_key().fingerprint(HashAlg::Sha256).to_string();
-        let cases: Vec<(&str, SshSig, Statement, fn(&Verdict) -> bool)> = vec![
+        type Case<'a> = (&'a str, SshSig, Statement<'a>, fn(&Verdict) -> bool);
+        let cases: Vec<Case> = vec![
             ("signed by a trusted key", sig(&key, NAMESPACE), statement("sha256:aa", "sha256:bb"), |v| v.is_verified()),
             ("manifest changed", sig(&key, NAMESPACE), statement("sha256:a0", "sha256:bb"), |v| matches!(v, Verdict::Invalid { .. })),
             ("component changed", sig(&key, NAMESPACE), statement("sha256:aa", "sha256:b0"), |v| matches!(v, Verdict::Invalid { .. })),

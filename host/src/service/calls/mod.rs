@@ -104,10 +104,10 @@ impl Service {
             let at = if at.is_empty() { "input".to_string() } else { format!("input{at}") };
             return Err(ServiceError::BadRequest { code: "invalid_input", message: format!("{at}: {error}") });
         }
-        if let Some(key) = req.idempotency_key.clone() {
-            if let Some(first) = self.store.call_by_idempotency_key(&session.id, &key).await? {
-                return Box::pin(self.replay(p, first, &req, opts)).await;
-            }
+        if let Some(key) = req.idempotency_key.clone()
+            && let Some(first) = self.store.call_by_idempotency_key(&session.id, &key).await?
+        {
+            return Box::pin(self.replay(p, first, &req, opts)).await;
         }
         let slot = self.call_slots.clone().try_acquire_owned().map_err(|_| ServiceError::Busy)?;
 
