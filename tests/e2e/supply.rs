@@ -263,3 +263,36 @@ async fn signatures_interoperate_with_openssh() -> anyhow::Result<()> {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     Ok(())
 }
+
+/// Registry credentials come from the environment only: without them a
+/// registry that asks for a login refuses the push and the host's pull;
+/// with them both work.
+#[tokio::test]
+async fn registry_credentials_come_from_the_environment() -> anyhow::Result<()> {
+    let registry = Registry::start_with_login("ci", "s3cret-pass").await?;
+    let work = ScratchDir::new("bulkhead-login")?;
+    let bundle = bundle_copy(work.path(), "counter", None)?;
+    let reference = registry.reference("tools/counter:1");
+    let (code, _, err) = cli(&["tools", "push", s(&bundle), &reference])?;
+    assert_eq!(code, 2, "refused without credentials");
+    assert!(err.contains("401") || err.contains("Not authorized"), "{err}");
+    let creds = [("BULKHEAD_REGISTRY_USERNAME", "ci"), ("BULKHEAD_REGISTRY_PASSWORD", "s3cret-pass")];
+    let (code, out, err) = run_cli_env(&["tools", "push", s(&bundle), &reference], &creds)?;
+    assert_eq!(code, 0, "{out}{err}");
+    let digest = out.trim().to_string();
+    let source = format!("[[tools.sources]]\noci = \"{reference}\"\ndigest = \"{digest}\"\n");
+
+    let without = TestHost::builder().config(&source).start().await?;
+    assert!(named(&tools(&without).await?, "counter").is_none());
+    assert!(without.stderr().contains("Not authorized") || without.stderr().contains("401"), "{}", without.stderr());
+    let with = TestHost::builder()
+        .config(&source)
+        .env(creds[0].0, creds[0].1)
+        .env(creds[1].0, creds[1].1)
+        .start()
+        .await?;
+    assert!(named(&tools(&with).await?, "counter").is_some(), "{}", with.stderr());
+    // The password is in no file of the data folder.
+    assert!(files_containing(&with.dir.join("data"), b"s3cret-pass").is_empty());
+    Ok(())
+}

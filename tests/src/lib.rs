@@ -175,6 +175,8 @@ pub struct HostBuilder {
     setup: Vec<Setup>,
     /// The PostgreSQL database of the host, if it uses one.
     pg_url: Option<String>,
+    /// Variables of the host's environment (kept in the folder for restarts).
+    env: Vec<(String, String)>,
 }
 
 impl HostBuilder {
@@ -194,6 +196,12 @@ impl HostBuilder {
     pub fn raw_bundle(mut self, name: &str, files: Vec<(&str, Vec<u8>)>) -> Self {
         let files = files.into_iter().map(|(p, b)| (p.to_string(), b)).collect();
         self.bundles.push(Bundle { name: name.into(), source: PathBuf::new(), manifest: None, files });
+        self
+    }
+
+    /// A variable in the host's environment (e.g. registry credentials).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -281,6 +289,10 @@ impl HostBuilder {
         if let Some(url) = &self.pg_url {
             std::fs::write(dir.join(PG_URL_FILE), url)?;
         }
+        if !self.env.is_empty() {
+            let lines: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            std::fs::write(dir.join(ENV_FILE), lines.join("\n"))?;
+        }
         for f in self.setup {
             f(&dir)?;
         }
@@ -295,6 +307,8 @@ impl HostBuilder {
 
 /// Where a laid-out folder keeps its host's PostgreSQL URL (for `spawn`).
 const PG_URL_FILE: &str = "pg_url";
+/// And the rest of its host's environment, `KEY=VALUE` lines.
+const ENV_FILE: &str = "host.env";
 
 pub struct TestHost {
     pub dir: PathBuf,
@@ -320,6 +334,11 @@ impl TestHost {
         let mut command = Command::new(binary());
         if let Ok(url) = std::fs::read_to_string(self.dir.join(PG_URL_FILE)) {
             command.env(PG_URL_ENV, url);
+        }
+        for line in std::fs::read_to_string(self.dir.join(ENV_FILE)).unwrap_or_default().lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                command.env(k, v);
+            }
         }
         let mut child = command
             .arg("serve")
@@ -582,7 +601,13 @@ pub fn free_port() -> u16 {
 
 /// Runs the binary with arguments; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> Result<(i32, String, String)> {
+    run_cli_env(args, &[])
+}
+
+/// [`run_cli`] with variables added to the command's environment.
+pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> Result<(i32, String, String)> {
     let mut command = Command::new(binary());
+    command.envs(env.iter().copied());
     // A host folder's PostgreSQL URL goes with its config.
     if let Some(at) = args.iter().position(|a| *a == "--config")
         && let Some(config) = args.get(at + 1)

@@ -23,6 +23,15 @@ const BINARY: &str = "/usr/bin/docker-registry";
 
 impl Registry {
     pub async fn start() -> Result<Registry> {
+        Registry::start_with(None).await
+    }
+
+    /// A registry that answers only `user` with `password` (htpasswd, bcrypt).
+    pub async fn start_with_login(user: &str, password: &str) -> Result<Registry> {
+        Registry::start_with(Some((user, password))).await
+    }
+
+    async fn start_with(login: Option<(&str, &str)>) -> Result<Registry> {
         if !Path::new(BINARY).exists() {
             bail!("{BINARY} is missing: install Debian's docker-registry (.ci/run does)");
         }
@@ -33,7 +42,15 @@ impl Registry {
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
             dir.join("blobs").display()
         );
-        std::fs::write(dir.join("config.yml"), config)?;
+        let auth = match login {
+            None => String::new(),
+            Some((user, password)) => {
+                let hash = bcrypt::hash(password, 4).context("bcrypt")?;
+                std::fs::write(dir.join("htpasswd"), format!("{user}:{hash}\n"))?;
+                format!("auth:\n  htpasswd:\n    realm: bulkhead-test\n    path: {}\n", dir.join("htpasswd").display())
+            }
+        };
+        std::fs::write(dir.join("config.yml"), config + &auth)?;
         let script = r#"dir=$1; "$2" serve "$dir/config.yml" >"$dir/log" 2>&1 & pid=$!; read -r _; kill $pid; wait $pid; rm -rf "$dir""#;
         let watchdog = Command::new("sh")
             .args(["-c", script, "watchdog"])
@@ -48,7 +65,8 @@ impl Registry {
         let registry = Registry { port, dir, watchdog };
         let url = format!("http://127.0.0.1:{port}/v2/");
         for _ in 0..100 {
-            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+            // Up: 200, or 401 when it asks for a login.
+            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success() || r.status() == 401) {
                 return Ok(registry);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
