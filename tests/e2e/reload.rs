@@ -155,19 +155,31 @@ async fn a_wider_new_version_does_not_widen_an_existing_session() -> anyhow::Res
     assert_eq!(denied.expect("a denial")["data"]["reason"].as_str().map(|r| r.starts_with("host not granted")), Some(true));
     assert_eq!(server.hits(), 0, "nothing reached the server from the old session");
 
+    let (_, shown) = agent.get(&format!("/v1/sessions/{old}")).await?;
+    assert_eq!(shown["tools"]["http-fetch"]["grants"]["network"], json!(["example.com"]), "{shown}");
+
     let new = agent.session(json!({})).await?;
     let (_, call) = agent.call(&new, "http-fetch", json!({ "url": url })).await?;
     assert_eq!(call["status"], "succeeded", "a new session gets the new grants: {call}");
     assert_eq!(call["output"]["status"], 200);
 
     let events = tool_events(&host).await?;
-    let update = events.last().unwrap();
+    let update = events.last().unwrap().clone();
     assert_eq!(update["actor"], "operator:sighup");
     let added = update["data"]["capability_diff"]["added"].to_string();
     assert!(
         added.contains(&format!("127.0.0.1 on port {}", server.port)),
         "the review's diff names the new host: {update}"
     );
+
+    // A narrower version 3 narrows the new session at once.
+    std::fs::write(host.dir.join("tools/http-fetch/tool.toml"), fetch_manifest("3.0.0", &["example.com".into()]))?;
+    let report = reload(&host).await?;
+    assert_eq!(report["updated"][0]["new"]["version"], "3.0.0", "{report}");
+    let (_, shown) = agent.get(&format!("/v1/sessions/{new}")).await?;
+    assert_eq!(shown["tools"]["http-fetch"]["grants"]["network"], json!(["example.com"]), "{shown}");
+    let (_, call) = agent.call(&new, "http-fetch", json!({ "url": url })).await?;
+    assert_eq!(call["status"], "failed", "narrowed by the new version: {call}");
     Ok(())
 }
 

@@ -477,9 +477,18 @@ impl Service {
 
 impl Service {
     /// The session with its current stored bytes.
+    /// The session as `GET /v1/sessions/{sid}` shows it: each tool's
+    /// boundary as its calls get it now, met with the served version (a
+    /// reload may have narrowed it; it never widens).
     pub async fn get_session(&self, p: &Principal, sid: &str) -> Result<Session> {
         let mut session = self.owned_session(p, sid).await?;
         session.usage.stored_bytes = self.store.stored_bytes(&session.id).await?;
+        let set = self.tools();
+        for (name, boundary) in session.tools.iter_mut() {
+            if let Some(tool) = set.tools.get(name) {
+                *boundary = Service::effective_boundary(tool, boundary);
+            }
+        }
         Ok(session)
     }
 
