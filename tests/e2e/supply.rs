@@ -296,3 +296,68 @@ async fn registry_credentials_come_from_the_environment() -> anyhow::Result<()> 
     assert!(files_containing(&with.dir.join("data"), b"s3cret-pass").is_empty());
     Ok(())
 }
+
+/// Artifacts `bulkhead tools push` would never make, pushed by hand: each
+/// is refused on pull, naming why, and nothing lands outside the cache.
+#[tokio::test]
+async fn hostile_artifacts_are_refused_on_pull() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let work = ScratchDir::new("bulkhead-hostile")?;
+    let wasm = std::fs::read(example_tool("counter").join("counter.wasm"))?;
+    let desc = |media: &str, bytes: &[u8], title: &str| {
+        json!({ "mediaType": media, "digest": format!("sha256:{}", sha256_hex_of(bytes)), "size": bytes.len(),
+                "annotations": { "org.opencontainers.image.title": title } })
+    };
+    let config = br#"{"name":"counter","version":"6.6.6"}"#.to_vec();
+    let manifest_for = |config_type: &str, layers: Vec<Value>| {
+        json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": { "mediaType": config_type, "digest": format!("sha256:{}", sha256_hex_of(&config)), "size": config.len() },
+                "layers": layers })
+    };
+    const CONFIG: &str = "application/vnd.bulkhead.tool.config.v1+json";
+    const MANIFEST: &str = "application/vnd.bulkhead.tool.manifest.v1+toml";
+    const COMPONENT: &str = "application/vnd.bulkhead.tool.component.v1+wasm";
+    let escaping = b"name = \"counter\"\nversion = \"6.6.6\"\ncomponent = \"../../escaped.wasm\"\n".to_vec();
+    let good_toml = b"name = \"counter\"\nversion = \"6.6.6\"\ncomponent = \"counter.wasm\"\n".to_vec();
+    let extra = b"#!/bin/sh\necho surprise\n".to_vec();
+    let cases: Vec<(&str, Vec<Vec<u8>>, Value, &str)> = vec![
+        (
+            "an ordinary image",
+            vec![config.clone(), good_toml.clone(), wasm.clone()],
+            manifest_for("application/vnd.oci.image.config.v1+json", vec![desc(MANIFEST, &good_toml, "tool.toml"), desc(COMPONENT, &wasm, "counter.wasm")]),
+            "not a Bulkhead tool artifact",
+        ),
+        (
+            "a component path out of the bundle",
+            vec![config.clone(), escaping.clone(), wasm.clone()],
+            manifest_for(CONFIG, vec![desc(MANIFEST, &escaping, "tool.toml"), desc(COMPONENT, &wasm, "x.wasm")]),
+            "must be a plain relative path",
+        ),
+        (
+            "a layer of another kind",
+            vec![config.clone(), good_toml.clone(), wasm.clone(), extra.clone()],
+            manifest_for(
+                CONFIG,
+                vec![desc(MANIFEST, &good_toml, "tool.toml"), desc(COMPONENT, &wasm, "counter.wasm"), desc("application/x-sh", &extra, "run.sh")],
+            ),
+            "layers of unknown media types",
+        ),
+        (
+            "no component",
+            vec![config.clone(), good_toml.clone()],
+            manifest_for(CONFIG, vec![desc(MANIFEST, &good_toml, "tool.toml")]),
+            "no application/vnd.bulkhead.tool.component.v1+wasm layer",
+        ),
+    ];
+    for (i, (what, blobs, manifest, why)) in cases.into_iter().enumerate() {
+        registry.push_raw("tools/hostile", &format!("t{i}"), &blobs, &manifest).await?;
+        let out_dir = work.path().join(format!("out{i}"));
+        let (code, out, err) =
+            cli(&["tools", "pull", &registry.reference(&format!("tools/hostile:t{i}")), "--output", s(&out_dir)])?;
+        assert_eq!(code, 2, "{what}: {out}{err}");
+        assert!(err.contains(why), "{what}: {err}");
+        assert!(!out_dir.exists(), "{what}: nothing written");
+    }
+    assert!(!std::env::temp_dir().join("escaped.wasm").exists());
+    Ok(())
+}

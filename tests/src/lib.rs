@@ -122,6 +122,11 @@ pub fn postgres_storage(lease_seconds: u64) -> String {
     format!("\n[storage]\nbackend = \"postgres\"\nurl_env = \"{PG_URL_ENV}\"\nlease_seconds = {lease_seconds}\n")
 }
 
+/// Hex SHA-256 of bytes.
+pub fn sha256_hex_of(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
