@@ -222,5 +222,23 @@ async fn a_bundle_that_fails_to_load_leaves_the_old_version_serving_and_a_remove
     assert_eq!(body["error"]["code"], "unknown_tool");
     let events = tool_events(&host).await?;
     assert!(events.last().unwrap()["data"]["new"].is_null());
+
+    // A bundle added to the folder is served and counted after a reload.
+    let added = host.dir.join("tools/template");
+    std::fs::create_dir_all(&added)?;
+    for f in ["tool.toml", "template.wasm"] {
+        std::fs::copy(example_tool("template").join(f), added.join(f))?;
+    }
+    let report = reload(&host).await?;
+    assert_eq!(report["updated"][0]["tool"], "template", "{report}");
+    assert!(report["updated"][0]["old"].is_null());
+    let fresh = agent.session(json!({})).await?;
+    let (_, call) = agent.call(&fresh, "template", json!({"name": "reload"})).await?;
+    assert_eq!(call["status"], "succeeded", "{call}");
+    let metrics = host.anonymous().request(reqwest::Method::GET, "/metrics").send().await?.text().await?;
+    assert!(
+        metrics.lines().any(|l| l == "bulkhead_calls_total{tool=\"template\",status=\"succeeded\"} 1"),
+        "{metrics}"
+    );
     Ok(())
 }

@@ -191,10 +191,23 @@ async fn bundles_travel_through_a_registry_pinned_by_digest_and_checked_byte_for
     sign(&v2, &key)?;
     let (code, out, err) = cli(&["tools", "push", s(&v2), &reference])?;
     assert_eq!(code, 0, "{out}{err}");
+    let v2_digest = out.trim().to_string();
     let moved = TestHost::builder().config(&source(&digest)).start().await?;
     assert!(named(&tools(&moved).await?, "counter").is_none());
     let err = moved.stderr();
     assert!(err.contains("the tag moved") && err.contains(&digest), "{err}");
+
+    // The operator reviews v2 and pins it: a reload serves it, and the
+    // pull of v1 no version serves any more is removed from the cache.
+    let config = std::fs::read_to_string(host.config_path())?;
+    std::fs::write(host.config_path(), config.replace(&digest, &v2_digest))?;
+    let (status, report) = host.api(ADMIN).post("/v1/tools/reload", json!({})).await?;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["updated"][0]["new"]["version"], "0.2.0", "{report}");
+    assert_eq!(named(&tools(&host).await?, "counter").unwrap()["source"]["digest"], v2_digest.as_str());
+    let cache = host.dir.join("data/oci");
+    assert!(!cache.join(digest.trim_start_matches("sha256:")).exists(), "the unused pull is gone");
+    assert!(cache.join(v2_digest.trim_start_matches("sha256:")).exists());
 
     // A tampered blob in the registry is refused on pull.
     let (code, out, _) = cli(&["tools", "push", s(&bundle), &registry.reference("tools/tampered:1")])?;

@@ -19,7 +19,9 @@ const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000,
 
 #[derive(Default)]
 pub struct Metrics {
-    calls: BTreeMap<String, [AtomicU64; 7]>,
+    /// Per tool ever served since start (a reload adds; removed tools keep
+    /// their counts): read on every call, written only by a reload.
+    calls: std::sync::RwLock<BTreeMap<String, [AtomicU64; 7]>>,
     latency: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
     latency_sum_ms: AtomicU64,
     fuel: AtomicU64,
@@ -45,12 +47,19 @@ pub struct Gauges {
 
 impl Metrics {
     pub fn new<'a>(tools: impl Iterator<Item = &'a String>) -> Metrics {
-        Metrics { calls: tools.map(|t| (t.clone(), Default::default())).collect(), ..Default::default() }
+        let calls = tools.map(|t| (t.clone(), Default::default())).collect();
+        Metrics { calls: std::sync::RwLock::new(calls), ..Default::default() }
+    }
+
+    /// Counts calls of a tool a reload added.
+    pub fn add_tool(&self, tool: &str) {
+        let mut calls = self.calls.write().expect("metrics lock poisoned");
+        calls.entry(tool.to_string()).or_default();
     }
 
     /// Counts a call that reached `status`; finished calls add their usage.
     pub fn record(&self, call: &Call, denials: usize) {
-        if let Some(counters) = self.calls.get(&call.tool) {
+        if let Some(counters) = self.calls.read().expect("metrics lock poisoned").get(&call.tool) {
             counters[call.status as usize].fetch_add(1, Ordering::Relaxed);
         }
         self.denials.fetch_add(denials as u64, Ordering::Relaxed);
@@ -71,7 +80,7 @@ impl Metrics {
         };
         metric("bulkhead_calls_total", "counter", "Calls by tool and the status they reached, since start.");
         let mut lines = String::new();
-        for (tool, counters) in &self.calls {
+        for (tool, counters) in self.calls.read().expect("metrics lock poisoned").iter() {
             for status in STATUSES {
                 let n = counters[status as usize].load(Ordering::Relaxed);
                 let _ = writeln!(lines, "bulkhead_calls_total{{tool=\"{tool}\",status=\"{}\"}} {n}", status.as_str());

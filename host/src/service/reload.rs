@@ -254,13 +254,33 @@ impl Service {
         if !events.is_empty() {
             next.generation += 1;
             report.generation = next.generation;
+            for name in next.tools.keys() {
+                self.metrics.add_tool(name);
+            }
+            let keep: Vec<PathBuf> = next.tools.values().map(|t| t.bundle.clone()).collect();
             *self.tool_set.write().expect("tool set lock poisoned") = Arc::new(next);
+            // Pulled bundles no version serves any more: running calls hold
+            // their compiled code, not the folder.
+            remove_unused_pulls(&self.config.data_dir.join(OCI_CACHE_DIR), &keep);
             let _ = self.tools_changed.send(report.generation);
             tracing::info!("tools reloaded: {} changed", events.len());
         } else {
             report.generation = old.generation;
         }
         Ok(report)
+    }
+}
+
+fn remove_unused_pulls(cache: &Path, keep: &[PathBuf]) {
+    let Ok(entries) = std::fs::read_dir(cache) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let pulled = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.len() == 64);
+        if pulled && !keep.contains(&path) {
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!("cannot remove the unused pull {}: {e}", path.display());
+            }
+        }
     }
 }
 
