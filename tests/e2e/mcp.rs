@@ -100,8 +100,19 @@ async fn mcp_post(
     headers: &[(&str, &str)],
     body: Value,
 ) -> Result<(StatusCode, Option<String>, Vec<Value>, String)> {
+    mcp_post_to(host, token, headers, "/mcp", body).await
+}
+
+/// [`mcp_post`] to another path (`/mcp/sessions/{sid}`).
+async fn mcp_post_to(
+    host: &TestHost,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    path: &str,
+    body: Value,
+) -> Result<(StatusCode, Option<String>, Vec<Value>, String)> {
     let mut req = reqwest::Client::new()
-        .post(format!("{}/mcp", host.base))
+        .post(format!("{}{path}", host.base))
         .header("accept", "application/json, text/event-stream")
         .json(&body);
     if let Some(t) = token {
@@ -440,4 +451,52 @@ async fn connected_clients_hear_that_their_tool_list_changed() -> Result<()> {
 
 async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
     tokio::time::timeout(std::time::Duration::from_secs(40), rx.recv()).await.ok().flatten()
+}
+
+async fn by_url(host: &TestHost, path: &str, name: &str, by: i64) -> Result<Value> {
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg(repo_root().join("tests/mcp/by_url.py"))
+        .args([path, name, &by.to_string()])
+        .env("BULKHEAD_URL", &host.base)
+        .env("BULKHEAD_AGENT_TOKEN", AGENT);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    if !out.status.success() {
+        bail!("by_url.py {path}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or(""))?)
+}
+
+/// A client that knows only a URL and a token: on `/mcp` it gets its
+/// principal's default session (made once, reused, listed like any other);
+/// on `/mcp/sessions/{sid}` the session the URL names.
+#[tokio::test]
+async fn a_client_with_only_a_url_and_a_token_reaches_a_session() -> Result<()> {
+    let host = mcp_host().await?;
+    let first = by_url(&host, "/mcp", "u", 1).await?;
+    let sid = first["session"].as_str().context("the default session in _meta")?.to_string();
+    assert_eq!(first["values"][1].as_i64().unwrap(), first["values"][0].as_i64().unwrap() + 1, "{first}");
+    let again = by_url(&host, "/mcp", "u", 1).await?;
+    assert_eq!(again["session"], sid.as_str(), "the default session is reused");
+    assert_eq!(again["values"][0].as_i64().unwrap(), first["values"][1].as_i64().unwrap() + 1, "state carried over");
+
+    let (_, listed) = host.agent().get("/v1/sessions?label=mcp=default").await?;
+    let ids: Vec<&str> = listed["sessions"].as_array().unwrap().iter().filter_map(|s| s["id"].as_str()).collect();
+    assert_eq!(ids, [sid.as_str()], "one default session, shown like any other");
+
+    let by_path = by_url(&host, &format!("/mcp/sessions/{sid}"), "u", 10).await?;
+    assert_eq!(by_path["session"], sid.as_str());
+    assert_eq!(by_path["values"][0].as_i64().unwrap(), again["values"][1].as_i64().unwrap() + 10, "{by_path}");
+
+    // Another principal's session by URL is unknown; a header naming
+    // another session than the URL is refused.
+    let theirs = host.api(OTHER_AGENT).session(json!({})).await?;
+    let (status, _, _, body) =
+        mcp_post_to(&host, Some(AGENT), &[], &format!("/mcp/sessions/{theirs}"), initialize()).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let mine = host.agent().session(json!({})).await?;
+    let headers = [("bulkhead-session", mine.as_str())];
+    let (status, _, _, body) = mcp_post_to(&host, Some(AGENT), &headers, &format!("/mcp/sessions/{sid}"), initialize()).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("session_mismatch"), "{body}");
+    Ok(())
 }

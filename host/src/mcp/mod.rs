@@ -12,6 +12,7 @@
 //! - [`bridge`]: `bulkhead mcp --connect`, stdio to a running host.
 
 pub mod bridge;
+pub mod defaults;
 pub mod results;
 pub mod server;
 
@@ -30,6 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const PATH: &str = "/mcp";
+/// `/mcp/sessions/{sid}`: the same endpoint speaking for session `sid`, for
+/// clients that can set only a URL (no `Bulkhead-Session` header).
+pub const SESSION_PATH: &str = "/mcp/sessions/{sid}";
 /// Names the Bulkhead session a request speaks for (see docs/mcp.md).
 pub const SESSION_HEADER: &str = "bulkhead-session";
 const MCP_SESSION_ID: &str = "mcp-session-id";
@@ -51,13 +55,17 @@ pub fn router(service: Arc<Service>) -> Router<Arc<Service>> {
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(MCP_SESSION_IDLE);
     let factory_service = service.clone();
+    let defaults = Arc::new(defaults::Defaults::default());
     let mcp_service = StreamableHttpService::new(
-        move || Ok(server::McpServer::new(factory_service.clone())),
+        move || Ok(server::McpServer::new(factory_service.clone(), defaults.clone())),
         Arc::new(sessions),
         config,
     );
     let gate = Gate { service, owners: Arc::new(Mutex::new(HashMap::new())) };
-    Router::new().route_service(PATH, mcp_service).layer(middleware::from_fn_with_state(gate, authenticate))
+    Router::new()
+        .route_service(PATH, mcp_service.clone())
+        .route_service(SESSION_PATH, mcp_service)
+        .layer(middleware::from_fn_with_state(gate, authenticate))
 }
 
 /// What runs before rmcp sees a request.
@@ -91,6 +99,26 @@ async fn authenticate(State(gate): State<Gate>, mut req: Request, next: Next) ->
         match owners.get_mut(id) {
             Some((owner, seen)) if *owner == p.name => *seen = Instant::now(),
             _ => return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such MCP session").into_response(),
+        }
+    }
+    if let Some(sid) = req.uri().path().strip_prefix("/mcp/sessions/").map(str::to_string) {
+        // The URL names the session: it must be the caller's, and a header
+        // naming another is a mistake, not a choice.
+        if let Err(e) = gate.service.owned_session(&p, &sid).await {
+            return ApiError::from(e).into_response();
+        }
+        let header = req.headers().get(SESSION_HEADER).map(|v| v.as_bytes() != sid.as_bytes());
+        if header == Some(true) {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "session_mismatch",
+                "the Bulkhead-Session header names another session than the URL",
+            )
+            .into_response();
+        }
+        match axum::http::HeaderValue::from_str(&sid) {
+            Ok(v) => drop(req.headers_mut().insert(SESSION_HEADER, v)),
+            Err(_) => return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such session").into_response(),
         }
     }
     req.extensions_mut().insert(p.clone());

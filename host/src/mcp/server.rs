@@ -31,6 +31,7 @@ pub const IDEMPOTENCY_META: &str = "bulkhead/idempotency_key";
 
 pub struct McpServer {
     service: Arc<Service>,
+    defaults: Arc<super::defaults::Defaults>,
     /// Set by `initialize`: the session this MCP session speaks for.
     bound: OnceLock<Binding>,
 }
@@ -49,8 +50,8 @@ struct CallResultArgs {
 }
 
 impl McpServer {
-    pub fn new(service: Arc<Service>) -> McpServer {
-        McpServer { service, bound: OnceLock::new() }
+    pub fn new(service: Arc<Service>, defaults: Arc<super::defaults::Defaults>) -> McpServer {
+        McpServer { service, defaults, bound: OnceLock::new() }
     }
 
     /// The caller's principal and the session it names with the header.
@@ -86,12 +87,10 @@ impl McpServer {
             }
             (Some(b), _) => b.session.clone(),
             (None, Some(named)) => named,
+            // No handshake and no session named: the principal's default.
             (None, None) => {
-                return Err(McpError::invalid_request(
-                    "no Bulkhead session: send the Bulkhead-Session header with a session id \
-                     (POST /v1/sessions creates one), or initialize a handshake-era MCP session",
-                    None,
-                ));
+                let session = self.defaults.session(&self.service, &p).await.map_err(protocol_error)?;
+                return Ok((p, session));
             }
         };
         let session = self.service.owned_session(&p, &sid).await.map_err(protocol_error)?;
