@@ -475,6 +475,14 @@ async fn a_client_with_only_a_url_and_a_token_reaches_a_session() -> Result<()> 
     let first = by_url(&host, "/mcp", "u", 1).await?;
     let sid = first["session"].as_str().context("the default session in _meta")?.to_string();
     assert_eq!(first["values"][1].as_i64().unwrap(), first["values"][0].as_i64().unwrap() + 1, "{first}");
+    // The session's records as read-only resources.
+    let names: Vec<&str> = first["resources"].as_array().unwrap().iter().filter_map(|r| r.as_str()).collect();
+    assert!(names.contains(&"messages") && names.contains(&"audit") && names.contains(&"state/counter"), "{first}");
+    use base64::Engine as _;
+    let stored = first["state"]["count/u"].as_str().context("count/u in the state resource")?;
+    let stored = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(stored)?)?;
+    assert_eq!(stored, first["values"][1].to_string(), "{first}");
+    assert!(first["kinds"].as_array().unwrap().contains(&json!("call_finished")), "{first}");
     let again = by_url(&host, "/mcp", "u", 1).await?;
     assert_eq!(again["session"], sid.as_str(), "the default session is reused");
     assert_eq!(again["values"][0].as_i64().unwrap(), first["values"][1].as_i64().unwrap() + 1, "state carried over");

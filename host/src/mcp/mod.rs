@@ -13,6 +13,7 @@
 
 pub mod bridge;
 pub mod defaults;
+pub mod resources;
 pub mod results;
 pub mod server;
 

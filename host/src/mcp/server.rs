@@ -112,7 +112,7 @@ fn protocol_error(e: ServiceError) -> McpError {
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build())
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().enable_resources().build())
             .with_server_info(Implementation::new("bulkhead", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Bulkhead runs each tool in a sandbox with its own durable state. Calls that need a human \
@@ -186,6 +186,31 @@ impl ServerHandler for McpServer {
                 }
             }
         });
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, McpError> {
+        let (_, session) = self.session(&context).await?;
+        Ok(rmcp::model::ListResourcesResult::with_all_items(super::resources::list(&session)))
+    }
+
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, McpError> {
+        let (p, session) = self.session(&context).await?;
+        match super::resources::read(&self.service, &p, &session, &request.uri).await {
+            Some(Ok(contents)) => Ok(rmcp::model::ReadResourceResult::new(vec![contents]).into()),
+            Some(Err(e)) => Err(protocol_error(e)),
+            None => {
+                let uri: String = request.uri.chars().take(200).collect();
+                Err(McpError::resource_not_found(format!("no resource {uri:?} in this session"), None))
+            }
+        }
     }
 
     async fn list_tools(
