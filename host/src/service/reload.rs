@@ -276,10 +276,11 @@ fn remove_unused_pulls(cache: &Path, keep: &[PathBuf]) {
     for entry in entries.flatten() {
         let path = entry.path();
         let pulled = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.len() == 64);
-        if pulled && !keep.contains(&path) {
-            if let Err(e) = std::fs::remove_dir_all(&path) {
-                tracing::warn!("cannot remove the unused pull {}: {e}", path.display());
-            }
+        if pulled
+            && !keep.contains(&path)
+            && let Err(e) = std::fs::remove_dir_all(&path)
+        {
+            tracing::warn!("cannot remove the unused pull {}: {e}", path.display());
         }
     }
 }
