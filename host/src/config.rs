@@ -505,10 +505,7 @@ impl Config {
             sessions: raw.sessions,
             storage: raw.storage,
             mcp: raw.mcp,
-            tools: ToolsConfig {
-                trusted_keys: raw.tools.trusted_keys.iter().map(|p| rel(p)).collect(),
-                ..raw.tools
-            },
+            tools: ToolsConfig { trusted_keys: raw.tools.trusted_keys.iter().map(|p| rel(p)).collect(), ..raw.tools },
             file: None,
             principals: Some(raw.principals),
         })

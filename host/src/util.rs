@@ -47,7 +47,8 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 
 /// Whether `s` is `sha256:` and 64 lowercase hex digits.
 pub fn is_sha256_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// Whether `s` looks like an id this host generated, so lookups of garbage
@@ -133,4 +134,3 @@ mod tests {
         assert_eq!(super::catch_panic(async { 7 }).await.ok(), Some(7));
     }
 }
-

@@ -503,7 +503,8 @@ async fn a_client_with_only_a_url_and_a_token_reaches_a_session() -> Result<()> 
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let mine = host.agent().session(json!({})).await?;
     let headers = [("bulkhead-session", mine.as_str())];
-    let (status, _, _, body) = mcp_post_to(&host, Some(AGENT), &headers, &format!("/mcp/sessions/{sid}"), initialize()).await?;
+    let (status, _, _, body) =
+        mcp_post_to(&host, Some(AGENT), &headers, &format!("/mcp/sessions/{sid}"), initialize()).await?;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("session_mismatch"), "{body}");
     Ok(())

@@ -130,7 +130,11 @@ async fn a_wider_new_version_does_not_widen_an_existing_session() -> anyhow::Res
     let server = TestHttpServer::start().await?;
     let target = format!("127.0.0.1:{}", server.port);
     let host = TestHost::builder()
-        .bundle_with_manifest("http-fetch", example_tool("http-fetch"), &fetch_manifest("1.0.0", &["example.com".into()]))
+        .bundle_with_manifest(
+            "http-fetch",
+            example_tool("http-fetch"),
+            &fetch_manifest("1.0.0", &["example.com".into()]),
+        )
         .config("[network]\nallow_private = [\"127.0.0.0/8\"]")
         .start()
         .await?;
@@ -152,7 +156,10 @@ async fn a_wider_new_version_does_not_widen_an_existing_session() -> anyhow::Res
     assert_eq!(call["status"], "failed", "the old session keeps its boundary: {call}");
     let (_, audit) = agent.get(&format!("/v1/sessions/{old}/audit")).await?;
     let denied = audit["events"].as_array().unwrap().iter().find(|e| e["kind"] == "capability_denied").cloned();
-    assert_eq!(denied.expect("a denial")["data"]["reason"].as_str().map(|r| r.starts_with("host not granted")), Some(true));
+    assert_eq!(
+        denied.expect("a denial")["data"]["reason"].as_str().map(|r| r.starts_with("host not granted")),
+        Some(true)
+    );
     assert_eq!(server.hits(), 0, "nothing reached the server from the old session");
 
     let (_, shown) = agent.get(&format!("/v1/sessions/{old}")).await?;

@@ -66,10 +66,7 @@ async fn require_signature_loads_only_bundles_signed_by_a_trusted_key_over_their
         .bundle("notes", example_tool("notes"))
         .bundle("file-search", example_tool("file-search"))
         .bundle("audit-report", example_tool("audit-report"))
-        .config(&format!(
-            "[tools]\nrequire_signature = true\ntrusted_keys = [\"{}\"]\n",
-            s(&release_pub)
-        ))
+        .config(&format!("[tools]\nrequire_signature = true\ntrusted_keys = [\"{}\"]\n", s(&release_pub)))
         .config("[volumes]\ndocs = { path = \"/tmp\", access = \"read-only\" }")
         .layout()?;
     let tools_dir = dir.join("tools");
@@ -218,7 +215,8 @@ async fn bundles_travel_through_a_registry_pinned_by_digest_and_checked_byte_for
     let mut bytes = std::fs::read(&blob)?;
     bytes[100] ^= 0xff;
     std::fs::write(&blob, &bytes)?;
-    let (code, out, err) = cli(&["tools", "pull", &registry.reference("tools/tampered:1"), "--output", s(&work.path().join("t"))])?;
+    let (code, out, err) =
+        cli(&["tools", "pull", &registry.reference("tools/tampered:1"), "--output", s(&work.path().join("t"))])?;
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("does not match") || err.contains("digest"), "{err}");
     assert!(!work.path().join("t").exists(), "nothing written from a tampered artifact");
@@ -298,12 +296,8 @@ async fn registry_credentials_come_from_the_environment() -> anyhow::Result<()> 
     let without = TestHost::builder().config(&source).start().await?;
     assert!(named(&tools(&without).await?, "counter").is_none());
     assert!(without.stderr().contains("Not authorized") || without.stderr().contains("401"), "{}", without.stderr());
-    let with = TestHost::builder()
-        .config(&source)
-        .env(creds[0].0, creds[0].1)
-        .env(creds[1].0, creds[1].1)
-        .start()
-        .await?;
+    let with =
+        TestHost::builder().config(&source).env(creds[0].0, creds[0].1).env(creds[1].0, creds[1].1).start().await?;
     assert!(named(&tools(&with).await?, "counter").is_some(), "{}", with.stderr());
     // The password is in no file of the data folder.
     assert!(files_containing(&with.dir.join("data"), b"s3cret-pass").is_empty());
@@ -337,7 +331,10 @@ async fn hostile_artifacts_are_refused_on_pull() -> anyhow::Result<()> {
         (
             "an ordinary image",
             vec![config.clone(), good_toml.clone(), wasm.clone()],
-            manifest_for("application/vnd.oci.image.config.v1+json", vec![desc(MANIFEST, &good_toml, "tool.toml"), desc(COMPONENT, &wasm, "counter.wasm")]),
+            manifest_for(
+                "application/vnd.oci.image.config.v1+json",
+                vec![desc(MANIFEST, &good_toml, "tool.toml"), desc(COMPONENT, &wasm, "counter.wasm")],
+            ),
             "not a Bulkhead tool artifact",
         ),
         (
@@ -351,7 +348,11 @@ async fn hostile_artifacts_are_refused_on_pull() -> anyhow::Result<()> {
             vec![config.clone(), good_toml.clone(), wasm.clone(), extra.clone()],
             manifest_for(
                 CONFIG,
-                vec![desc(MANIFEST, &good_toml, "tool.toml"), desc(COMPONENT, &wasm, "counter.wasm"), desc("application/x-sh", &extra, "run.sh")],
+                vec![
+                    desc(MANIFEST, &good_toml, "tool.toml"),
+                    desc(COMPONENT, &wasm, "counter.wasm"),
+                    desc("application/x-sh", &extra, "run.sh"),
+                ],
             ),
             "layers of unknown media types",
         ),

@@ -91,14 +91,24 @@ impl Registry {
     /// Pushes blobs and a hand-made OCI manifest to `repo:tag` through the
     /// distribution API directly (for artifacts `bulkhead tools push` would
     /// never make); returns the manifest's digest.
-    pub async fn push_raw(&self, repo: &str, tag: &str, blobs: &[Vec<u8>], manifest: &serde_json::Value) -> Result<String> {
+    pub async fn push_raw(
+        &self,
+        repo: &str,
+        tag: &str,
+        blobs: &[Vec<u8>],
+        manifest: &serde_json::Value,
+    ) -> Result<String> {
         let http = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{}/v2/{repo}", self.port);
         for blob in blobs {
             let digest = format!("sha256:{}", super::sha256_hex_of(blob));
             let start = http.post(format!("{base}/blobs/uploads/")).send().await?;
             let location = start.headers().get("location").context("upload location")?.to_str()?.to_string();
-            let url = if location.starts_with("http") { location } else { format!("http://127.0.0.1:{}{location}", self.port) };
+            let url = if location.starts_with("http") {
+                location
+            } else {
+                format!("http://127.0.0.1:{}{location}", self.port)
+            };
             let sep = if url.contains('?') { '&' } else { '?' };
             let put = http.put(format!("{url}{sep}digest={digest}")).body(blob.clone()).send().await?;
             if !put.status().is_success() {

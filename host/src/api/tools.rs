@@ -22,7 +22,9 @@ pub async fn list(State(s): State<Arc<Service>>, Caller(p): Caller) -> Result<Re
             let info = set.info.get(&m.name);
             let mut source = info.map(|i| i.source.clone()).unwrap_or_default();
             // Host paths are the operator's business.
-            if !p.is_admin() && let Some(o) = source.as_object_mut() {
+            if !p.is_admin()
+                && let Some(o) = source.as_object_mut()
+            {
                 o.remove("path");
             }
             json!({

@@ -233,9 +233,19 @@ fn spawn_reload_on_sighup(service: &std::sync::Arc<Service>) {
                             eprintln!("tool updated: {u}");
                         }
                         for e in &r.refused {
-                            eprintln!("reload refused: {}: {}", e["file"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or(""));
+                            eprintln!(
+                                "reload refused: {}: {}",
+                                e["file"].as_str().unwrap_or(""),
+                                e["message"].as_str().unwrap_or("")
+                            );
                         }
-                        eprintln!("tools reloaded: {} changed, {} unchanged, {} refused (generation {})", r.updated.len(), r.unchanged.len(), r.refused.len(), r.generation);
+                        eprintln!(
+                            "tools reloaded: {} changed, {} unchanged, {} refused (generation {})",
+                            r.updated.len(),
+                            r.unchanged.len(),
+                            r.refused.len(),
+                            r.generation
+                        );
                     }
                     Err(e) => eprintln!("tool reload failed, the old tools keep serving: {e}"),
                 }

@@ -4,8 +4,8 @@
 use crate::config::Config;
 use crate::runtime::Runtime;
 use crate::supply::bundle::BundleFiles;
-use crate::supply::signature::{self, Statement, TrustedKeys, Verdict};
 use crate::supply::oci;
+use crate::supply::signature::{self, Statement, TrustedKeys, Verdict};
 use anyhow::{Context, Result, anyhow};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -94,7 +94,8 @@ pub async fn run(command: ToolsCommand) -> Result<ExitCode> {
         ToolsCommand::Statement { bundle } => {
             let files = BundleFiles::read(&bundle).map_err(|e| anyhow!(e))?;
             let (manifest, component) = (files.manifest_digest(), files.component_digest());
-            let st = Statement { name: &files.name, version: &files.version, manifest: &manifest, component: &component };
+            let st =
+                Statement { name: &files.name, version: &files.version, manifest: &manifest, component: &component };
             print!("{}", st.text());
             Ok(ExitCode::SUCCESS)
         }
@@ -146,7 +147,8 @@ async fn verify(target: &str, keys: Vec<PathBuf>, config_path: Option<&Path>) ->
     };
     let files = BundleFiles::read(&dir).map_err(|e| anyhow!(e))?;
     let (manifest, component) = (files.manifest_digest(), files.component_digest());
-    let statement = Statement { name: &files.name, version: &files.version, manifest: &manifest, component: &component };
+    let statement =
+        Statement { name: &files.name, version: &files.version, manifest: &manifest, component: &component };
     let verdict = signature::check(&dir, &statement, &trusted);
     println!("tool:      {} {}", files.name, files.version);
     println!("manifest:  {manifest}");

@@ -37,7 +37,12 @@ pub fn list(session: &Session) -> Vec<Resource> {
 }
 
 /// What a resource URI names; `None`: not a resource of `session`.
-pub async fn read(service: &Service, p: &Principal, session: &Session, uri: &str) -> Option<Result<ResourceContents, ServiceError>> {
+pub async fn read(
+    service: &Service,
+    p: &Principal,
+    session: &Session,
+    uri: &str,
+) -> Option<Result<ResourceContents, ServiceError>> {
     let rest = uri.strip_prefix("bulkhead://sessions/")?.strip_prefix(session.id.as_str())?.strip_prefix('/')?;
     let sid = session.id.as_str();
     let value = match rest {

@@ -112,12 +112,14 @@ fn protocol_error(e: ServiceError) -> McpError {
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().enable_resources().build())
-            .with_server_info(Implementation::new("bulkhead", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Bulkhead runs each tool in a sandbox with its own durable state. Calls that need a human \
+        ServerConfig::new(
+            ServerCapabilities::builder().enable_tools().enable_tool_list_changed().enable_resources().build(),
+        )
+        .with_server_info(Implementation::new("bulkhead", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Bulkhead runs each tool in a sandbox with its own durable state. Calls that need a human \
                  decision answer status pending_approval; wait for them with bulkhead_call_result.",
-            )
+        )
     }
 
     async fn initialize(

@@ -20,7 +20,12 @@ impl Service {
     }
 
     /// The `tools` chain: every change of the tool set (admins only).
-    pub async fn list_tools_audit(&self, p: &Principal, after: Option<i64>, limit: Option<u32>) -> Result<Vec<AuditEvent>> {
+    pub async fn list_tools_audit(
+        &self,
+        p: &Principal,
+        after: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<Vec<AuditEvent>> {
         require_admin(p)?;
         Ok(self.store.audit(crate::events::TOOLS_CHAIN, after.unwrap_or(0), page(limit)).await?)
     }

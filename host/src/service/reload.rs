@@ -62,9 +62,7 @@ pub async fn load_all(
     let cache = config.data_dir.join(OCI_CACHE_DIR);
     for s in &tools.sources {
         match crate::supply::oci::pull(&s.oci, Some(&s.digest), &cache).await {
-            Ok((digest, dir)) => {
-                candidates.push((dir, json!({ "kind": "oci", "reference": s.oci, "digest": digest })))
-            }
+            Ok((digest, dir)) => candidates.push((dir, json!({ "kind": "oci", "reference": s.oci, "digest": digest }))),
             Err(message) => refused.push(LoadError { file: s.oci.clone(), message }),
         }
     }
@@ -289,9 +287,9 @@ fn remove_unused_pulls(cache: &Path, keep: &[PathBuf]) {
 /// folder has no `tool.toml`, or no source names its reference any more.
 fn origin_gone(info: &ToolInfo, config: &Config) -> bool {
     match info.source["kind"].as_str() {
-        Some("dir") => info.source["path"]
-            .as_str()
-            .is_none_or(|p| !Path::new(p).join(crate::manifest::MANIFEST_FILE).is_file()),
+        Some("dir") => {
+            info.source["path"].as_str().is_none_or(|p| !Path::new(p).join(crate::manifest::MANIFEST_FILE).is_file())
+        }
         Some("oci") => {
             let reference = info.source["reference"].as_str().unwrap_or_default();
             !config.tools.sources.iter().any(|s| s.oci == reference)

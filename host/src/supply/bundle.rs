@@ -33,13 +33,7 @@ impl BundleFiles {
         let manifest = read_capped(&manifest_path, MAX_MANIFEST_BYTES)?;
         let head = parse_head(&manifest).map_err(|e| format!("{}: {e}", manifest_path.display()))?;
         let component = read_capped(&bundle.join(&head.component), MAX_COMPONENT_BYTES)?;
-        Ok(BundleFiles {
-            name: head.name,
-            version: head.version,
-            manifest,
-            component_path: head.component,
-            component,
-        })
+        Ok(BundleFiles { name: head.name, version: head.version, manifest, component_path: head.component, component })
     }
 
     pub fn manifest_digest(&self) -> String {
@@ -71,9 +65,7 @@ pub fn read_capped(path: &Path, max: usize) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let mut bytes = Vec::new();
-    file.take(max as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    file.take(max as u64 + 1).read_to_end(&mut bytes).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     if bytes.len() > max {
         return Err(format!("{}: over the {max}-byte limit", path.display()));
     }
@@ -90,7 +82,14 @@ mod tests {
         for bad in ["sha256:", "sha256:ABC", "md5:00", &format!("sha256:{}", "A".repeat(64))] {
             assert!(!is_digest(bad), "{bad}");
         }
-        for (path, ok) in [("a.wasm", true), ("dir/a.wasm", true), ("../a.wasm", false), ("/a.wasm", false), ("./a.wasm", true), ("", false)] {
+        for (path, ok) in [
+            ("a.wasm", true),
+            ("dir/a.wasm", true),
+            ("../a.wasm", false),
+            ("/a.wasm", false),
+            ("./a.wasm", true),
+            ("", false),
+        ] {
             assert_eq!(plain_relative(Path::new(path)), ok, "{path}");
         }
     }

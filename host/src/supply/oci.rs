@@ -88,8 +88,7 @@ fn client(reference: &Reference) -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let host = reference.registry().rsplit_once(':').map_or(reference.registry(), |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback =
-        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     Client::new(ClientConfig {
         protocol: if loopback { ClientProtocol::Http } else { ClientProtocol::Https },
         connect_timeout: Some(std::time::Duration::from_secs(10)),
@@ -144,15 +143,21 @@ pub async fn push(bundle_dir: &Path, reference: &str, review: &[u8]) -> Result<S
         .auth(&reference, &auth, oci_client::RegistryOperation::Push)
         .await
         .map_err(|e| registry_error(&reference, e))?;
-    for (blob, d) in blobs.iter().map(|(_, b, _)| *b).chain([config.as_slice()]).zip(
-        manifest.layers.iter().map(|l| l.digest.clone()).chain([manifest.config.digest.clone()]),
-    ) {
+    for (blob, d) in blobs
+        .iter()
+        .map(|(_, b, _)| *b)
+        .chain([config.as_slice()])
+        .zip(manifest.layers.iter().map(|l| l.digest.clone()).chain([manifest.config.digest.clone()]))
+    {
         if !client.blob_exists(&reference, &d).await.map_err(|e| registry_error(&reference, e))? {
             client.push_blob(&reference, blob.to_vec(), &d).await.map_err(|e| registry_error(&reference, e))?;
         }
     }
     let content_type = http::HeaderValue::from_static(OCI_MANIFEST);
-    client.push_manifest_raw(&reference, body.clone(), content_type).await.map_err(|e| registry_error(&reference, e))?;
+    client
+        .push_manifest_raw(&reference, body.clone(), content_type)
+        .await
+        .map_err(|e| registry_error(&reference, e))?;
     Ok(digest(&body))
 }
 
@@ -228,7 +233,12 @@ fn max_size(media_type: &str) -> usize {
 
 async fn pull_blob(client: &Client, reference: &Reference, layer: &Descriptor, max: usize) -> Result<Vec<u8>, String> {
     if layer.size < 0 || layer.size as u64 > max as u64 {
-        return Err(format!("{}: layer {} is {} bytes, over the {max}-byte limit", reference.whole(), layer.digest, layer.size));
+        return Err(format!(
+            "{}: layer {} is {} bytes, over the {max}-byte limit",
+            reference.whole(),
+            layer.digest,
+            layer.size
+        ));
     }
     let desc = OciDescriptor {
         media_type: layer.media_type.clone(),
@@ -241,13 +251,22 @@ async fn pull_blob(client: &Client, reference: &Reference, layer: &Descriptor, m
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| format!("registry {}: {e}", reference.registry()))?;
         if out.len() + chunk.len() > layer.size as usize {
-            return Err(format!("{}: layer {} is longer than its {} bytes", reference.whole(), layer.digest, layer.size));
+            return Err(format!(
+                "{}: layer {} is longer than its {} bytes",
+                reference.whole(),
+                layer.digest,
+                layer.size
+            ));
         }
         out.extend_from_slice(&chunk);
     }
     // Our own check, whatever the client checked.
     if digest(&out) != layer.digest {
-        return Err(format!("{}: layer {} does not match its digest (tampered in the registry or on the way)", reference.whole(), layer.digest));
+        return Err(format!(
+            "{}: layer {} does not match its digest (tampered in the registry or on the way)",
+            reference.whole(),
+            layer.digest
+        ));
     }
     Ok(out)
 }
@@ -370,7 +389,11 @@ fn verify_folder(dir: &Path, body: &[u8]) -> Result<(), String> {
         };
         let bytes = bundle::read_capped(&path, max_size(&layer.media_type))?;
         if digest(&bytes) != layer.digest {
-            return Err(format!("{}: does not match the artifact's layer {} (changed on disk)", path.display(), layer.digest));
+            return Err(format!(
+                "{}: does not match the artifact's layer {} (changed on disk)",
+                path.display(),
+                layer.digest
+            ));
         }
     }
     Ok(())

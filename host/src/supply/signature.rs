@@ -93,12 +93,18 @@ impl TrustedKeys {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Verdict {
     /// Signed by a trusted key over exactly these bytes.
-    Verified { key: String },
+    Verified {
+        key: String,
+    },
     Unsigned,
     /// A valid-looking signature by a key the operator does not trust.
-    Untrusted { key: String },
+    Untrusted {
+        key: String,
+    },
     /// A signature that does not hold: tampered, for other bytes, malformed.
-    Invalid { reason: String },
+    Invalid {
+        reason: String,
+    },
 }
 
 impl Verdict {
@@ -110,7 +116,9 @@ impl Verdict {
     pub fn refusal(&self) -> Option<String> {
         match self {
             Verdict::Verified { .. } => None,
-            Verdict::Unsigned => Some(format!("is not signed ({SIGNATURE_FILE} missing) and [tools] require_signature = true")),
+            Verdict::Unsigned => {
+                Some(format!("is not signed ({SIGNATURE_FILE} missing) and [tools] require_signature = true"))
+            }
             Verdict::Untrusted { key } => Some(format!("is signed by {key}, which is not among [tools] trusted_keys")),
             Verdict::Invalid { reason } => Some(format!("has an invalid signature: {reason}")),
         }
@@ -124,9 +132,9 @@ pub fn check(bundle: &Path, statement: &Statement, trusted: &TrustedKeys) -> Ver
     if !path.exists() {
         return Verdict::Unsigned;
     }
-    let sig = match read_capped(&path, MAX_SIGNATURE_BYTES).and_then(|b| {
-        SshSig::from_pem(&b).map_err(|e| format!("{SIGNATURE_FILE} is not an SSH signature: {e}"))
-    }) {
+    let sig = match read_capped(&path, MAX_SIGNATURE_BYTES)
+        .and_then(|b| SshSig::from_pem(&b).map_err(|e| format!("{SIGNATURE_FILE} is not an SSH signature: {e}")))
+    {
         Ok(sig) => sig,
         Err(reason) => return Verdict::Invalid { reason },
     };
@@ -135,9 +143,7 @@ pub fn check(bundle: &Path, statement: &Statement, trusted: &TrustedKeys) -> Ver
 
 fn verify(sig: &SshSig, statement: &Statement, trusted: &TrustedKeys) -> Verdict {
     if sig.namespace() != NAMESPACE {
-        return Verdict::Invalid {
-            reason: format!("made for namespace {:?}, not {NAMESPACE:?}", sig.namespace()),
-        };
+        return Verdict::Invalid { reason: format!("made for namespace {:?}, not {NAMESPACE:?}", sig.namespace()) };
     }
     let signer = sig.public_key().fingerprint(HashAlg::Sha256).to_string();
     let Some((_, key)) = trusted.keys.iter().find(|(_, k)| k.key_data() == sig.public_key()) else {
@@ -172,10 +178,10 @@ pub fn sign(bundle: &Path, key_file: &Path) -> Result<String, String> {
         return Err(format!("{}: {} keys are not accepted; use an Ed25519 key", key_file.display(), key.algorithm()));
     }
     let (manifest, component) = (files.manifest_digest(), files.component_digest());
-    let statement = Statement { name: &files.name, version: &files.version, manifest: &manifest, component: &component };
-    let sig = key
-        .sign(NAMESPACE, HashAlg::Sha512, statement.text().as_bytes())
-        .map_err(|e| format!("cannot sign: {e}"))?;
+    let statement =
+        Statement { name: &files.name, version: &files.version, manifest: &manifest, component: &component };
+    let sig =
+        key.sign(NAMESPACE, HashAlg::Sha512, statement.text().as_bytes()).map_err(|e| format!("cannot sign: {e}"))?;
     let pem = sig.to_pem(LineEnding::LF).map_err(|e| format!("cannot encode the signature: {e}"))?;
     let out = bundle.join(SIGNATURE_FILE);
     crate::util::write_atomic(&out, pem.as_bytes()).map_err(|e| format!("{}: cannot write: {e}", out.display()))?;
@@ -196,7 +202,8 @@ pub fn generate(prefix: &Path, comment: &str) -> Result<String, String> {
     let pem = key.to_openssh(LineEnding::LF).map_err(|e| format!("cannot encode the key: {e}"))?;
     write_private(prefix, pem.as_bytes()).map_err(|e| format!("{}: cannot write: {e}", prefix.display()))?;
     let public = key.public_key().to_openssh().map_err(|e| format!("cannot encode the key: {e}"))?;
-    std::fs::write(&pub_path, format!("{public}\n")).map_err(|e| format!("{}: cannot write: {e}", pub_path.display()))?;
+    std::fs::write(&pub_path, format!("{public}\n"))
+        .map_err(|e| format!("{}: cannot write: {e}", pub_path.display()))?;
     Ok(key.public_key().fingerprint(HashAlg::Sha256).to_string())
 }
 
@@ -227,10 +234,18 @@ mod tests {
         type Case<'a> = (&'a str, SshSig, Statement<'a>, fn(&Verdict) -> bool);
         let cases: Vec<Case> = vec![
             ("signed by a trusted key", sig(&key, NAMESPACE), statement("sha256:aa", "sha256:bb"), |v| v.is_verified()),
-            ("manifest changed", sig(&key, NAMESPACE), statement("sha256:a0", "sha256:bb"), |v| matches!(v, Verdict::Invalid { .. })),
-            ("component changed", sig(&key, NAMESPACE), statement("sha256:aa", "sha256:b0"), |v| matches!(v, Verdict::Invalid { .. })),
-            ("another key", sig(&other, NAMESPACE), statement("sha256:aa", "sha256:bb"), |v| matches!(v, Verdict::Untrusted { .. })),
-            ("another namespace", sig(&key, "git"), statement("sha256:aa", "sha256:bb"), |v| matches!(v, Verdict::Invalid { .. })),
+            ("manifest changed", sig(&key, NAMESPACE), statement("sha256:a0", "sha256:bb"), |v| {
+                matches!(v, Verdict::Invalid { .. })
+            }),
+            ("component changed", sig(&key, NAMESPACE), statement("sha256:aa", "sha256:b0"), |v| {
+                matches!(v, Verdict::Invalid { .. })
+            }),
+            ("another key", sig(&other, NAMESPACE), statement("sha256:aa", "sha256:bb"), |v| {
+                matches!(v, Verdict::Untrusted { .. })
+            }),
+            ("another namespace", sig(&key, "git"), statement("sha256:aa", "sha256:bb"), |v| {
+                matches!(v, Verdict::Invalid { .. })
+            }),
         ];
         for (what, sig, st, ok) in cases {
             let v = verify(&sig, &st, &trusted);
