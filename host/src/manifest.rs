@@ -6,11 +6,14 @@
 use crate::config::Limits;
 use crate::policy::{Grant, GrantSpec};
 use serde::{Deserialize, Serialize};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 pub const MANIFEST_FILE: &str = "tool.toml";
 /// A manifest is a few KB; anything larger is not one.
-const MAX_MANIFEST_BYTES: u64 = 256 * 1024;
+pub const MAX_MANIFEST_BYTES: usize = 256 << 10;
+/// Components are tools, not applications: bound what a bundle may make the
+/// host read and compile.
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,7 +93,7 @@ impl Manifest {
         let file = path.display().to_string();
         let err = |message: String| ManifestError { file: file.clone(), message };
         let meta = std::fs::metadata(&path).map_err(|e| err(format!("cannot read: {e}")))?;
-        if meta.len() > MAX_MANIFEST_BYTES {
+        if meta.len() > MAX_MANIFEST_BYTES as u64 {
             return Err(err(format!("is {} bytes, over the {MAX_MANIFEST_BYTES}-byte limit", meta.len())));
         }
         let text = std::fs::read_to_string(&path).map_err(|e| err(format!("cannot read: {e}")))?;
@@ -110,9 +113,7 @@ impl Manifest {
         if m.description.len() > 4096 {
             return Err("description is over 4096 bytes".into());
         }
-        let inside = !m.component.as_os_str().is_empty()
-            && m.component.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-        if !inside {
+        if !crate::util::is_inside_relative(&m.component) {
             return Err(format!("component = {:?} must be a relative path inside the bundle", m.component));
         }
         if let Some(pin) = &m.sha256

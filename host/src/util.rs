@@ -40,6 +40,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Only `a/b.wasm`-like paths: relative, nothing that climbs out (`..`).
+pub fn is_inside_relative(p: &std::path::Path) -> bool {
+    use std::path::Component;
+    !p.as_os_str().is_empty() && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
 /// `sha256:<hex>`, the form OCI and `GET /v1/tools` use.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(bytes))

@@ -109,6 +109,12 @@ async fn calls_running_across_a_reload_all_finish_and_name_the_version_they_ran_
     let (code, out, err) = run_cli(&["audit", "verify", "--config", host.config_path().to_str().unwrap()])?;
     assert_eq!(code, 0, "{out}{err}");
 
+    // The tools chain exports like a session's.
+    let lines = host.api(ADMIN).request(reqwest::Method::GET, "/v1/tools/audit?format=jsonl").send().await?;
+    assert_eq!(lines.text().await?.lines().count(), 2);
+    let (status, _) = host.api(ADMIN).get("/v1/tools/audit?format=xml").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
     // Only admins reload or read the tools chain.
     let (status, body) = host.agent().post("/v1/tools/reload", json!({})).await?;
     assert_eq!((status, &body["error"]["code"]), (StatusCode::FORBIDDEN, &json!("role_required")));

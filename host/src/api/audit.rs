@@ -26,19 +26,35 @@ pub async fn list(
     Path(sid): Path<String>,
     Query(q): Query<AuditPage>,
 ) -> Result<Response, ApiError> {
-    let jsonl = match q.format.as_deref() {
-        None | Some("json") => false,
-        Some("jsonl") => true,
-        Some(_) => return Err(ApiError::bad_request("format must be json or jsonl")),
-    };
+    let format = Format::of(q.format.as_deref())?;
     let events = s.list_audit(&p, &sid, q.after, q.limit).await?;
-    if !jsonl {
-        return Ok(Json(json!({ "events": events })).into_response());
+    Ok(format.render(&events))
+}
+
+/// `format=json` (default) or `jsonl` of an audit page.
+pub(super) enum Format {
+    Json,
+    Lines,
+}
+
+impl Format {
+    pub(super) fn of(format: Option<&str>) -> Result<Format, ApiError> {
+        match format {
+            None | Some("json") => Ok(Format::Json),
+            Some("jsonl") => Ok(Format::Lines),
+            Some(_) => Err(ApiError::bad_request("format must be json or jsonl")),
+        }
     }
-    let mut body = String::new();
-    for e in &events {
-        body.push_str(&serde_json::to_string(e).expect("events serialize"));
-        body.push('\n');
+
+    pub(super) fn render(self, events: &[crate::model::AuditEvent]) -> Response {
+        if let Format::Json = self {
+            return Json(json!({ "events": events })).into_response();
+        }
+        let mut body = String::new();
+        for e in events {
+            body.push_str(&serde_json::to_string(e).expect("events serialize"));
+            body.push('\n');
+        }
+        ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
     }
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }

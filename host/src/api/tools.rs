@@ -37,7 +37,7 @@ pub async fn list(State(s): State<Arc<Service>>, Caller(p): Caller) -> Result<Re
                 "approval": m.approval,
                 "imports": t.imports,
                 "digest": t.digest,
-                "manifest_digest": t.manifest_digest,
+                "manifest_digest": t.manifest.digest,
                 "review": info.map(|i| i.review.clone()),
                 "signature": info.map(|i| &i.signature),
                 "source": source,
@@ -61,6 +61,7 @@ pub async fn audit(
     Caller(p): Caller,
     Query(q): Query<AuditPage>,
 ) -> Result<Response, ApiError> {
+    let format = super::audit::Format::of(q.format.as_deref())?;
     let events = s.list_tools_audit(&p, q.after, q.limit).await?;
-    Ok(Json(json!({ "events": events })).into_response())
+    Ok(format.render(&events))
 }

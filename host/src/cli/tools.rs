@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::runtime::Runtime;
 use crate::supply::bundle::BundleFiles;
 use crate::supply::oci;
-use crate::supply::signature::{self, Statement, TrustedKeys, Verdict};
+use crate::supply::signature::{self, TrustedKeys, Verdict};
 use anyhow::{Context, Result, anyhow};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -93,10 +93,7 @@ pub async fn run(command: ToolsCommand) -> Result<ExitCode> {
         }
         ToolsCommand::Statement { bundle } => {
             let files = BundleFiles::read(&bundle).map_err(|e| anyhow!(e))?;
-            let (manifest, component) = (files.manifest_digest(), files.component_digest());
-            let st =
-                Statement { name: &files.name, version: &files.version, manifest: &manifest, component: &component };
-            print!("{}", st.text());
+            print!("{}", signature::statement_of(&files));
             Ok(ExitCode::SUCCESS)
         }
         ToolsCommand::Keygen { output, comment } => {
@@ -146,13 +143,10 @@ async fn verify(target: &str, keys: Vec<PathBuf>, config_path: Option<&Path>) ->
         dir
     };
     let files = BundleFiles::read(&dir).map_err(|e| anyhow!(e))?;
-    let (manifest, component) = (files.manifest_digest(), files.component_digest());
-    let statement =
-        Statement { name: &files.name, version: &files.version, manifest: &manifest, component: &component };
-    let verdict = signature::check(&dir, &statement, &trusted);
+    let verdict = signature::check(&dir, &signature::statement_of(&files), &trusted);
     println!("tool:      {} {}", files.name, files.version);
-    println!("manifest:  {manifest}");
-    println!("component: {component}");
+    println!("manifest:  {}", files.manifest_digest());
+    println!("component: {}", files.component_digest());
     println!("signature: {}", verdict_text(&verdict));
     Ok(if verdict.is_verified() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -6,21 +6,15 @@
 use super::Runtime;
 use crate::caps::ToolPre;
 use crate::config::Limits;
-use crate::manifest::{MANIFEST_FILE, Manifest, ToolLimits};
+use crate::manifest::{MANIFEST_FILE, MAX_COMPONENT_BYTES, Manifest, ToolLimits};
 use crate::policy::imports;
 use std::path::{Path, PathBuf};
-
-/// Components are tools, not applications: bound what a bundle may make the
-/// host read and compile.
-const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 
 pub struct LoadedTool {
     pub manifest: Manifest,
     pub limits: ToolLimits,
     /// `sha256:<hex>` of the component file.
     pub digest: String,
-    /// `sha256:<hex>` of `tool.toml` as loaded.
-    pub manifest_digest: String,
     /// The component's imports, e.g. `bulkhead:tool/state@0.1.0`.
     pub imports: Vec<String>,
     pub exports: Vec<String>,
@@ -69,7 +63,7 @@ impl Runtime {
                 format!("cannot read component: {e}")
             })
         })?;
-        if meta.len() > MAX_COMPONENT_BYTES {
+        if meta.len() > MAX_COMPONENT_BYTES as u64 {
             return Err(err(format!("component is {} bytes, over the {MAX_COMPONENT_BYTES}-byte limit", meta.len())));
         }
         let bytes = std::fs::read(&component_path).map_err(|e| err(format!("cannot read component: {e}")))?;
@@ -99,7 +93,6 @@ impl Runtime {
         let schema =
             jsonschema::validator_for(&manifest.input_schema).map_err(|e| err(format!("input_schema: {e}")))?;
         Ok(LoadedTool {
-            manifest_digest: manifest.digest.clone(),
             manifest,
             limits,
             digest: format!("sha256:{hex}"),
@@ -119,7 +112,7 @@ impl LoadedTool {
         crate::events::ToolVersion {
             version: self.manifest.version.clone(),
             digest: self.digest.clone(),
-            manifest_digest: self.manifest_digest.clone(),
+            manifest_digest: self.manifest.digest.clone(),
         }
     }
 }

@@ -110,10 +110,10 @@ fn verify(tool: &LoadedTool, trusted: &TrustedKeys) -> Verdict {
     let statement = Statement {
         name: &tool.manifest.name,
         version: &tool.manifest.version,
-        manifest: &tool.manifest_digest,
+        manifest: &tool.manifest.digest,
         component: &tool.digest,
     };
-    signature::check(&tool.bundle, &statement, trusted)
+    signature::check(&tool.bundle, &statement.text(), trusted)
 }
 
 fn info(found: &Found, previous: Option<ToolVersion>) -> ToolInfo {
@@ -126,8 +126,8 @@ fn info(found: &Found, previous: Option<ToolVersion>) -> ToolInfo {
     }
 }
 
-/// The first tool set, and the changes against the last versions the
-/// `tools` chain recorded (none on a first start).
+/// The tool set a start serves (what changed since the last recorded
+/// versions is `record_started_tools`'s).
 pub(super) fn first_set(found: Vec<Found>) -> ToolSet {
     let mut set = ToolSet::default();
     for f in found {
@@ -206,7 +206,7 @@ impl Service {
             let name = f.tool.manifest.name.clone();
             loaded_names.push(name.clone());
             match old.tools.get(&name) {
-                Some(t) if t.digest == f.tool.digest && t.manifest_digest == f.tool.manifest_digest => {
+                Some(t) if t.digest == f.tool.digest && t.manifest.digest == f.tool.manifest.digest => {
                     next.tools.insert(name.clone(), t.clone());
                     next.info.insert(name.clone(), old.info[&name].clone());
                     report.unchanged.push(name);

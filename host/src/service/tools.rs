@@ -94,7 +94,7 @@ impl Service {
         session
             .tools
             .keys()
-            .map(|name| (name.clone(), set.tools.get(name).map(|t| (t.digest.clone(), t.manifest_digest.clone()))))
+            .map(|name| (name.clone(), set.tools.get(name).map(|t| (t.digest.clone(), t.manifest.digest.clone()))))
             .collect()
     }
 }

@@ -2,12 +2,8 @@
 //! the component's, and the digests that name this version of the tool.
 
 use crate::manifest::MANIFEST_FILE;
-use std::path::{Component, Path, PathBuf};
-
-/// What a bundle may hold besides its manifest and component: bounded so a
-/// hostile folder or artifact cannot make the host read without end.
-pub const MAX_MANIFEST_BYTES: usize = 256 << 10;
-pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+pub use crate::manifest::{MAX_COMPONENT_BYTES, MAX_MANIFEST_BYTES};
+use std::path::{Path, PathBuf};
 
 /// The parts of `tool.toml` the supply chain needs; the loader checks the rest.
 #[derive(serde::Deserialize)]
@@ -54,10 +50,7 @@ fn parse_head(manifest: &[u8]) -> Result<Head, String> {
     Ok(head)
 }
 
-/// Only `a/b.wasm`-like paths: nothing that climbs out of the bundle.
-pub fn plain_relative(p: &Path) -> bool {
-    !p.as_os_str().is_empty() && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-}
+pub use crate::util::is_inside_relative as plain_relative;
 
 pub use crate::util::{is_sha256_digest as is_digest, sha256_digest as digest};
 

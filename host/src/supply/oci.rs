@@ -213,7 +213,7 @@ pub async fn pull(reference: &str, pin: Option<&str>, cache: &Path) -> Result<(S
         serde_json::from_slice(&body).map_err(|e| format!("{reference}: not an OCI image manifest: {e}"))?;
     let layers = check_shape(&manifest).map_err(|e| format!("{reference}: {e}"))?;
     let mut blobs = Vec::new();
-    for layer in &layers.all {
+    for layer in &layers {
         let max = max_size(&layer.media_type);
         let bytes = pull_blob(&client, &parsed, layer, max).await?;
         blobs.push((*layer, bytes));
@@ -271,13 +271,9 @@ async fn pull_blob(client: &Client, reference: &Reference, layer: &Descriptor, m
     Ok(out)
 }
 
-struct Layers<'a> {
-    all: Vec<&'a Descriptor>,
-}
-
 /// The artifact is a bundle: our config, exactly one manifest and one
 /// component layer, at most one review and one signature, nothing else.
-fn check_shape(m: &ImageManifest) -> Result<Layers<'_>, String> {
+fn check_shape(m: &ImageManifest) -> Result<Vec<&Descriptor>, String> {
     if m.config.media_type != CONFIG_MEDIA_TYPE {
         return Err(format!("not a Bulkhead tool artifact (config media type {:?})", m.config.media_type));
     }
@@ -300,7 +296,7 @@ fn check_shape(m: &ImageManifest) -> Result<Layers<'_>, String> {
     if all.len() != m.layers.len() {
         return Err("layers of unknown media types".into());
     }
-    Ok(Layers { all })
+    Ok(all)
 }
 
 fn cache_dir(cache: &Path, digest: &str) -> PathBuf {
@@ -380,7 +376,7 @@ fn verify_folder(dir: &Path, body: &[u8]) -> Result<(), String> {
     let layers = check_shape(&manifest)?;
     let tool_toml = bundle::read_capped(&dir.join(MANIFEST_FILE), MAX_MANIFEST_BYTES)?;
     let component = component_path(&tool_toml)?;
-    for layer in layers.all {
+    for layer in layers {
         let path = match layer.media_type.as_str() {
             MANIFEST_MEDIA_TYPE => dir.join(MANIFEST_FILE),
             COMPONENT_MEDIA_TYPE => dir.join(&component),

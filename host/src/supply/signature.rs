@@ -36,6 +36,13 @@ pub struct Statement<'a> {
     pub component: &'a str,
 }
 
+/// The statement of a bundle read from its folder, as [`Statement::text`]
+/// (`tools sign`, `tools verify`, `tools statement`).
+pub fn statement_of(files: &BundleFiles) -> String {
+    let (manifest, component) = (files.manifest_digest(), files.component_digest());
+    Statement { name: &files.name, version: &files.version, manifest: &manifest, component: &component }.text()
+}
+
 impl Statement<'_> {
     pub fn text(&self) -> String {
         format!(
@@ -82,10 +89,6 @@ impl TrustedKeys {
         }
         Ok(TrustedKeys { keys })
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
 }
 
 /// What checking a bundle's signature found.
@@ -127,7 +130,7 @@ impl Verdict {
 
 /// Checks `bundle`'s signature file against `statement`, which the caller
 /// builds from the bytes it actually loaded (so nothing is read twice).
-pub fn check(bundle: &Path, statement: &Statement, trusted: &TrustedKeys) -> Verdict {
+pub fn check(bundle: &Path, statement: &str, trusted: &TrustedKeys) -> Verdict {
     let path = bundle.join(SIGNATURE_FILE);
     if !path.exists() {
         return Verdict::Unsigned;
@@ -141,7 +144,7 @@ pub fn check(bundle: &Path, statement: &Statement, trusted: &TrustedKeys) -> Ver
     verify(&sig, statement, trusted)
 }
 
-fn verify(sig: &SshSig, statement: &Statement, trusted: &TrustedKeys) -> Verdict {
+fn verify(sig: &SshSig, statement: &str, trusted: &TrustedKeys) -> Verdict {
     if sig.namespace() != NAMESPACE {
         return Verdict::Invalid { reason: format!("made for namespace {:?}, not {NAMESPACE:?}", sig.namespace()) };
     }
@@ -149,7 +152,7 @@ fn verify(sig: &SshSig, statement: &Statement, trusted: &TrustedKeys) -> Verdict
     let Some((_, key)) = trusted.keys.iter().find(|(_, k)| k.key_data() == sig.public_key()) else {
         return Verdict::Untrusted { key: signer };
     };
-    match key.verify(NAMESPACE, statement.text().as_bytes(), sig) {
+    match key.verify(NAMESPACE, statement.as_bytes(), sig) {
         Ok(()) => Verdict::Verified { key: signer },
         Err(_) => Verdict::Invalid {
             reason: format!(
@@ -177,11 +180,9 @@ pub fn sign(bundle: &Path, key_file: &Path) -> Result<String, String> {
     if key.algorithm() != Algorithm::Ed25519 {
         return Err(format!("{}: {} keys are not accepted; use an Ed25519 key", key_file.display(), key.algorithm()));
     }
-    let (manifest, component) = (files.manifest_digest(), files.component_digest());
-    let statement =
-        Statement { name: &files.name, version: &files.version, manifest: &manifest, component: &component };
-    let sig =
-        key.sign(NAMESPACE, HashAlg::Sha512, statement.text().as_bytes()).map_err(|e| format!("cannot sign: {e}"))?;
+    let sig = key
+        .sign(NAMESPACE, HashAlg::Sha512, statement_of(&files).as_bytes())
+        .map_err(|e| format!("cannot sign: {e}"))?;
     let pem = sig.to_pem(LineEnding::LF).map_err(|e| format!("cannot encode the signature: {e}"))?;
     let out = bundle.join(SIGNATURE_FILE);
     crate::util::write_atomic(&out, pem.as_bytes()).map_err(|e| format!("{}: cannot write: {e}", out.display()))?;
@@ -219,8 +220,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn statement<'a>(manifest: &'a str, component: &'a str) -> Statement<'a> {
-        Statement { name: "t", version: "1.0.0", manifest, component }
+    fn statement(manifest: &str, component: &str) -> String {
+        Statement { name: "t", version: "1.0.0", manifest, component }.text()
     }
 
     #[test]
@@ -229,9 +230,9 @@ mod tests {
         let other = PrivateKey::random(&mut ssh_key::rand_core::OsRng, Algorithm::Ed25519).unwrap();
         let trusted = TrustedKeys { keys: vec![("k.pub".into(), key.public_key().clone())] };
         let signed = statement("sha256:aa", "sha256:bb");
-        let sig = |k: &PrivateKey, ns: &str| k.sign(ns, HashAlg::Sha512, signed.text().as_bytes()).unwrap();
+        let sig = |k: &PrivateKey, ns: &str| k.sign(ns, HashAlg::Sha512, signed.as_bytes()).unwrap();
         let fp = key.public_key().fingerprint(HashAlg::Sha256).to_string();
-        type Case<'a> = (&'a str, SshSig, Statement<'a>, fn(&Verdict) -> bool);
+        type Case<'a> = (&'a str, SshSig, String, fn(&Verdict) -> bool);
         let cases: Vec<Case> = vec![
             ("signed by a trusted key", sig(&key, NAMESPACE), statement("sha256:aa", "sha256:bb"), |v| v.is_verified()),
             ("manifest changed", sig(&key, NAMESPACE), statement("sha256:a0", "sha256:bb"), |v| {

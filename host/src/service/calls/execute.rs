@@ -159,10 +159,10 @@ impl Service {
         session: &Session,
         prefetched: Option<crate::store::state_cache::Committed>,
     ) -> Outcome {
-        // The session's boundary was fixed against the version loaded then:
-        // met with this version's grants, a wider new version never widens
-        // it and a narrower one narrows it.
-        let grant = session.tools.get(&call.tool).map(|b| b.grants.meet(&tool.manifest.grant)).unwrap_or_default();
+        // The session's boundary met with this version's grants: a wider new
+        // version never widens it, a narrower one narrows it.
+        let grant =
+            session.tools.get(&call.tool).map(|b| Service::effective_boundary(tool, b).grants).unwrap_or_default();
         let mounts = self.mounts(&session.id, &grant).await;
         let env = CallEnv {
             session: session.id.clone(),

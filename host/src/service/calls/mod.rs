@@ -88,7 +88,8 @@ impl Service {
             code: "unknown_tool",
             message: format!("no tool named {:?}", req.tool.chars().take(64).collect::<String>()),
         })?;
-        let Some(boundary) = session.tools.get(&req.tool).cloned() else {
+        // As this version of the tool gets it (see `Service::effective_boundary`).
+        let Some(boundary) = session.tools.get(&req.tool).map(|b| Service::effective_boundary(&tool, b)) else {
             return Err(ServiceError::forbidden(
                 "tool_not_allowed",
                 format!("tool {} is not in this session's boundary", req.tool),
@@ -128,8 +129,7 @@ impl Service {
             idempotency_key: req.idempotency_key.clone(),
             logs: Vec::new(),
         };
-        // A new version may require approval where the old one did not.
-        if boundary.approval_required || tool.manifest.approval.required {
+        if boundary.approval_required {
             // Recorded and answered at once; nothing runs until decided.
             call.status = CallStatus::PendingApproval;
             call.approval =
