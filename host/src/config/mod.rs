@@ -4,7 +4,12 @@
 //! Unknown keys are errors that name the key; paths are relative to the
 //! config file's folder.
 
-use crate::policy::{Access, GrantSpec, PrivateRanges};
+mod auth;
+
+pub use auth::{AuthConfig, DEFAULT_ALGORITHMS, IssuerConfig, IssuerPolicy, PrincipalConfig, Role};
+
+use crate::policy::{Access, PrivateRanges};
+use auth::validate_principal;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -270,43 +275,6 @@ impl McpConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Agent,
-    Approver,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Agent => "agent",
-            Role::Approver => "approver",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrincipalConfig {
-    pub name: String,
-    pub token_env: Option<String>,
-    pub token_sha256: Option<String>,
-    #[serde(default)]
-    pub roles: Vec<Role>,
-    /// Tools this principal's sessions may use; `"*"` is every tool.
-    #[serde(default)]
-    pub tools: Vec<String>,
-    /// Narrowing applied to every session of this principal, per tool.
-    #[serde(default)]
-    pub grants: BTreeMap<String, GrantSpec>,
-    /// Tools whose every call by this principal waits for a human decision.
-    #[serde(default)]
-    pub approval_required: Vec<String>,
-}
-
 /// `[tools]`: where bundles come from besides `tools_dir`, and what proof
 /// of origin they need. Defaults: no signature required, no trusted key, no
 /// OCI source.
@@ -376,6 +344,8 @@ struct RawConfig {
     #[serde(default)]
     tools: ToolsConfig,
     #[serde(default)]
+    auth: AuthConfig,
+    #[serde(default)]
     principals: Vec<PrincipalConfig>,
 }
 
@@ -394,6 +364,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub mcp: McpConfig,
     pub tools: ToolsConfig,
+    pub auth: AuthConfig,
     /// The file this was read from, re-read by a tool reload (`None`: the
     /// embedded defaults).
     pub file: Option<PathBuf>,
@@ -431,6 +402,7 @@ impl Config {
             storage: StorageConfig::default(),
             mcp: McpConfig::default(),
             tools: ToolsConfig::default(),
+            auth: AuthConfig::default(),
             file: None,
             principals: None,
         }
@@ -466,6 +438,7 @@ impl Config {
         raw.mcp.validate()?;
         raw.storage.validate()?;
         raw.tools.validate()?;
+        raw.auth.validate()?;
         for (name, source) in &raw.secrets {
             if source.env.is_some() == source.file.is_some() {
                 return Err(format!("secrets.{name}: give exactly one of `env` or `file`"));
@@ -506,29 +479,19 @@ impl Config {
             storage: raw.storage,
             mcp: raw.mcp,
             tools: ToolsConfig { trusted_keys: raw.tools.trusted_keys.iter().map(|p| rel(p)).collect(), ..raw.tools },
+            auth: AuthConfig {
+                issuers: raw
+                    .auth
+                    .issuers
+                    .into_iter()
+                    .map(|i| IssuerConfig { jwks_file: i.jwks_file.as_deref().map(rel), ..i })
+                    .collect(),
+                ..raw.auth
+            },
             file: None,
             principals: Some(raw.principals),
         })
     }
-}
-
-fn validate_principal(p: &PrincipalConfig) -> Result<(), String> {
-    if !crate::util::is_valid_name(&p.name) {
-        return Err(format!("name {:?} must match [a-z0-9-]{{1,64}}", p.name));
-    }
-    match (&p.token_env, &p.token_sha256) {
-        (Some(_), None) => {}
-        (None, Some(hex)) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {}
-        (None, Some(_)) => return Err("token_sha256 must be 64 hex digits".into()),
-        _ => return Err("give exactly one of `token_env` or `token_sha256`".into()),
-    }
-    if p.roles.is_empty() {
-        return Err("roles must name at least one of agent, approver, admin".into());
-    }
-    for (tool, spec) in &p.grants {
-        spec.validate(&format!("grants.{tool}"))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
