@@ -8,6 +8,11 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// RFC 3339 timestamp `secs` seconds from now.
 pub fn rfc3339_in(secs: u64) -> String {
     humantime::format_rfc3339_millis(SystemTime::now() + std::time::Duration::from_secs(secs)).to_string()

@@ -16,6 +16,7 @@ pub mod tools;
 
 use crate::service::Service;
 use crate::web::error::ApiError;
+use crate::web::oauth;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
@@ -42,6 +43,8 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/tools/audit", get(tools::audit))
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
+        .route(oauth::METADATA_PATH, get(oauth::metadata))
+        .route(&format!("{}/mcp", oauth::METADATA_PATH), get(oauth::metadata))
         .merge(crate::mcp::router(service.clone()))
         .merge(crate::console::router())
         .fallback(not_found)

@@ -202,14 +202,18 @@ async fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
             println!("  dev-approver: {}", tokens.approver);
         }
         Credentials::Dev(tokens) => println!("dev tokens: {}", tokens.file.display()),
-        Credentials::Configured if service.principals.is_empty() => {
-            eprintln!("warning: the config names no principals; every API call will answer 401")
+        Credentials::Configured if service.auth.is_empty() => {
+            eprintln!("warning: the config names no principals and no issuers; every API call will answer 401")
         }
         Credentials::Configured => {}
     }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     println!("bulkhead listening on http://{}", listener.local_addr()?);
     spawn_reload_on_sighup(&service);
+    // In the background: an identity provider that is slow or down must
+    // not hold up the start (static tokens keep working).
+    let keys = service.clone();
+    tokio::spawn(async move { keys.auth.issuers().prefetch().await });
     axum::serve(listener, crate::api::router(service)).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

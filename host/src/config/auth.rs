@@ -187,10 +187,10 @@ impl IssuerConfig {
         }
         text("name_claim", &self.name_claim)?;
         text("roles_claim", &self.roles_claim)?;
-        if let Some(prefix) = &self.name_prefix {
-            if prefix.len() > MAX_TEXT || prefix.chars().any(char::is_control) {
-                return Err(format!("name_prefix must be at most {MAX_TEXT} printable characters"));
-            }
+        if let Some(prefix) = &self.name_prefix
+            && (prefix.len() > MAX_TEXT || prefix.chars().any(char::is_control))
+        {
+            return Err(format!("name_prefix must be at most {MAX_TEXT} printable characters"));
         }
         match (&self.jwks_url, &self.jwks_file) {
             (Some(url), None) => check_jwks_url(url)?,

@@ -9,7 +9,7 @@
 //! `X-Forwarded-Proto: https`). Every form carries the sign-in's CSRF token.
 
 use super::layout::{self, PageError};
-use crate::auth::Principal;
+use crate::auth::{AuthError, Principal};
 use crate::service::Service;
 use axum::Form;
 use axum::extract::{FromRequestParts, State};
@@ -59,8 +59,8 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 impl Signins {
-    /// A new sign-in for `principal`: its cookie value.
-    fn create(&self, principal: Arc<Principal>) -> String {
+    /// A new sign-in for `principal` lasting `ttl`: its cookie value.
+    fn create(&self, principal: Arc<Principal>, ttl: Duration) -> String {
         let value = random_token();
         let mut map = self.by_digest.lock().expect("signins lock");
         let now = Instant::now();
@@ -71,7 +71,7 @@ impl Signins {
             let oldest = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k);
             oldest.map(|k| map.remove(&k));
         }
-        map.insert(digest(&value), Signin { principal, csrf: random_token(), expires: now + SIGNIN_TTL });
+        map.insert(digest(&value), Signin { principal, csrf: random_token(), expires: now + ttl });
         value
     }
 
@@ -217,15 +217,30 @@ pub async fn submit(
         )
         .into_response();
     }
-    let Some(principal) = s.authenticate(form.token.trim()) else {
-        tracing::info!("console: a sign-in with an unknown token was refused");
-        return signin_page(&form.csrf, Some("That token is not valid."), StatusCode::UNAUTHORIZED);
+    let principal = match s.authenticate(form.token.trim()).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(code = e.code(), "console: a sign-in was refused");
+            let (text, status) = match e {
+                AuthError::Unavailable => {
+                    ("The token's identity provider cannot be reached; try again.", StatusCode::SERVICE_UNAVAILABLE)
+                }
+                AuthError::Forbidden { .. } => ("That token is valid but gives no access here.", StatusCode::FORBIDDEN),
+                AuthError::Invalid(_) => ("That token is not valid.", StatusCode::UNAUTHORIZED),
+            };
+            return signin_page(&form.csrf, Some(text), status);
+        }
     };
     tracing::info!(principal = %principal.name, "console: signed in");
-    let value = signins.create(principal);
+    // A JWT's sign-in ends when the token does.
+    let ttl = match principal.expires {
+        Some(exp) => Duration::from_secs(exp.saturating_sub(crate::util::unix_now())).min(SIGNIN_TTL),
+        None => SIGNIN_TTL,
+    };
+    let value = signins.create(principal, ttl);
     let mut response = Redirect::to("/ui/").into_response();
     let h = response.headers_mut();
-    h.append(header::SET_COOKIE, set_cookie(&headers, COOKIE, &value, "/ui", SIGNIN_TTL.as_secs()));
+    h.append(header::SET_COOKIE, set_cookie(&headers, COOKIE, &value, "/ui", ttl.as_secs()));
     h.append(header::SET_COOKIE, set_cookie(&headers, FORM_COOKIE, "", "/ui/signin", 0));
     response
 }
@@ -273,7 +288,7 @@ mod tests {
     #[test]
     fn a_sign_in_expires_and_can_be_removed() {
         let signins = Signins::default();
-        let value = signins.create(Arc::new(Principal::local("p")));
+        let value = signins.create(Arc::new(Principal::local("p")), SIGNIN_TTL);
         let viewer = signins.viewer(&value).expect("signed in");
         assert!(signins.is_live(&viewer));
         assert!(signins.viewer("not-a-cookie").is_none());

@@ -26,7 +26,7 @@ pub mod workspace;
 
 pub use error::{Result, ServiceError};
 
-use crate::auth::{DevTokens, Principal, Principals};
+use crate::auth::{AuthError, Authenticator, DevTokens, Principal, Principals};
 use crate::caps::secrets::SecretStore;
 use crate::config::Config;
 use crate::runtime::Runtime;
@@ -76,7 +76,7 @@ pub struct Service {
     narrowed: broadcast::Sender<String>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
-    pub principals: Principals,
+    pub auth: Authenticator,
     pub secrets: Arc<SecretStore>,
     /// Committed tool state in memory (see its module for the rule that
     /// keeps it coherent: the (session, tool) turn).
@@ -131,6 +131,7 @@ impl Service {
                 (p, Credentials::Dev(tokens))
             }
         };
+        let auth = Authenticator::new(principals, &config.auth.issuers).map_err(anyhow::Error::msg)?;
         let secrets = Arc::new(SecretStore::load(&config.secrets).map_err(anyhow::Error::msg)?);
         // A read-write volume inside the data folder (the embedded defaults'
         // adjustments journal) is created on start; others are the operator's.
@@ -172,7 +173,7 @@ impl Service {
             tools_changed: tokio::sync::watch::channel(0).0,
             narrowed: broadcast::channel(256).0,
             reloading: tokio::sync::Mutex::new(()),
-            principals,
+            auth,
             secrets,
             state_cache: Arc::new(StateCache::new(STATE_CACHE_BYTES)),
             metrics,
@@ -204,8 +205,8 @@ impl Service {
         Ok((service, StartReport { refused, interrupted, credentials }))
     }
 
-    pub fn authenticate(&self, token: &str) -> Option<Arc<Principal>> {
-        self.principals.authenticate(token)
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        self.auth.authenticate(token).await
     }
 
     /// Ids of calls as they leave `running` or `pending_approval` on this host.

@@ -2,31 +2,78 @@
 //! the caller's principal, a JSON body, query parameters.
 
 use super::error::ApiError;
-use crate::auth::Principal;
+use super::oauth;
+use crate::auth::{AuthError, Principal};
 use crate::service::Service;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
-/// The authenticated caller (401 without a valid bearer token).
+/// The authenticated caller: 401 without a valid bearer token (with the
+/// challenge MCP clients discover issuers by), 403 for a valid token that
+/// maps to no policy, 503 when its issuer's keys cannot be read.
 pub struct Caller(pub Arc<Principal>);
 
-impl FromRequestParts<Arc<Service>> for Caller {
-    type Rejection = ApiError;
+/// Why a request has no caller, as the contract's error body.
+pub struct Refused {
+    error: ApiError,
+    challenge: Option<HeaderValue>,
+}
 
-    async fn from_request_parts(parts: &mut Parts, service: &Arc<Service>) -> Result<Self, ApiError> {
-        let unauthorized =
-            || ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid bearer token");
-        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(unauthorized)?;
-        let text = value.to_str().map_err(|_| unauthorized())?;
-        let (scheme, token) = text.split_once(' ').ok_or_else(unauthorized)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(unauthorized());
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let mut response = self.error.into_response();
+        if let Some(c) = self.challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, c);
         }
-        service.authenticate(token.trim()).map(Caller).ok_or_else(unauthorized)
+        response
+    }
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let text = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = text.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+impl FromRequestParts<Arc<Service>> for Caller {
+    type Rejection = Refused;
+
+    async fn from_request_parts(parts: &mut Parts, service: &Arc<Service>) -> Result<Self, Refused> {
+        const MISSING: &str = "missing or invalid bearer token";
+        let Some(token) = bearer(&parts.headers) else {
+            return Err(Refused {
+                error: ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", MISSING),
+                challenge: Some(oauth::challenge(service, &parts.headers, None)),
+            });
+        };
+        match service.authenticate(token).await {
+            Ok(p) => Ok(Caller(p)),
+            Err(AuthError::Invalid(reason)) => {
+                let message =
+                    if reason == MISSING { reason.clone() } else { format!("invalid bearer token: {reason}") };
+                Err(Refused {
+                    error: ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message),
+                    challenge: Some(oauth::challenge(service, &parts.headers, Some(&reason))),
+                })
+            }
+            Err(AuthError::Forbidden { code, message }) => {
+                Err(Refused { error: ApiError::new(StatusCode::FORBIDDEN, code, message), challenge: None })
+            }
+            Err(AuthError::Unavailable) => Err(Refused {
+                error: ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "identity_provider_unavailable",
+                    "the token's issuer keys cannot be read now; try again",
+                ),
+                challenge: None,
+            }),
+        }
     }
 }
 

@@ -1,14 +1,14 @@
-//! Principals and their bearer tokens.
+//! Static bearer tokens of `[[principals]]`.
 //!
 //! Only SHA-256 digests of tokens are kept in memory; a token from the
 //! config's `token_env` is hashed at start. On embedded defaults a dev agent
 //! and a dev approver are created once, their tokens kept (mode 0600) in the
 //! data folder.
 
+use super::Principal;
 use crate::config::{PrincipalConfig, Role};
-use crate::policy::Layer;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,42 +18,6 @@ const MIN_TOKEN_LEN: usize = 16;
 pub const DEV_TOKENS_FILE: &str = "dev-tokens.env";
 pub const DEV_AGENT: &str = "dev-agent";
 pub const DEV_APPROVER: &str = "dev-approver";
-
-#[derive(Debug, Clone)]
-pub struct Principal {
-    pub name: String,
-    pub roles: Vec<Role>,
-    tools: Vec<String>,
-    /// Narrowing for all of this principal's sessions, per tool.
-    pub grants: BTreeMap<String, Layer>,
-    /// Tools whose calls by this principal always wait for approval.
-    pub approval_required: Vec<String>,
-}
-
-impl Principal {
-    pub fn has_role(&self, role: Role) -> bool {
-        self.roles.contains(&role)
-    }
-
-    pub fn is_admin(&self) -> bool {
-        self.has_role(Role::Admin)
-    }
-
-    /// The principal of `bulkhead run`: every tool, no token.
-    pub fn local(name: &str) -> Principal {
-        Principal {
-            name: name.into(),
-            roles: vec![Role::Agent],
-            tools: vec!["*".into()],
-            grants: BTreeMap::new(),
-            approval_required: Vec::new(),
-        }
-    }
-
-    pub fn may_use_tool(&self, tool: &str) -> bool {
-        self.tools.iter().any(|t| t == "*" || t == tool)
-    }
-}
 
 #[derive(Debug, Default)]
 pub struct Principals {
@@ -110,6 +74,7 @@ impl Principals {
                     })
                     .collect::<Result<_, String>>()?,
                 approval_required: p.approval_required.clone(),
+                expires: None,
             };
             if out.by_token.insert(hash, Arc::new(principal)).is_some() {
                 return Err(format!("principal {:?}: its token is the same as another principal's", p.name));
@@ -147,6 +112,7 @@ impl Principals {
                 tools: tools.iter().map(|t| t.to_string()).collect(),
                 grants: BTreeMap::new(),
                 approval_required: Vec::new(),
+                expires: None,
             })
         };
         principals.by_token.insert(digest(&agent), dev(DEV_AGENT, Role::Agent, &["*"]));
@@ -160,6 +126,10 @@ impl Principals {
 
     pub fn is_empty(&self) -> bool {
         self.by_token.is_empty()
+    }
+
+    pub fn names(&self) -> HashSet<String> {
+        self.by_token.values().map(|p| p.name.clone()).collect()
     }
 }
 
