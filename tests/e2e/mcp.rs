@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 /// The Python with the `mcp` SDK: `$BULKHEAD_TEST_PYTHON`, or the virtual
 /// environment `scripts/test` makes in `target/mcp-venv`.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let path = std::env::var("BULKHEAD_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo_root().join("target/mcp-venv/bin/python"));

@@ -17,6 +17,7 @@
 //! The binary is `target/release/bulkhead` next to the test executable
 //! (`scripts/test` builds it), or `$BULKHEAD_BIN`.
 
+pub mod idp;
 pub mod load;
 pub mod postgres;
 pub mod registry;

@@ -109,7 +109,7 @@ impl KeySet {
             // Another request fetched while this one waited.
             return now.key.map(|k| (k, now.generation)).ok_or(KeyError::Unknown);
         }
-        let fetched = if now.may_fetch { Some(self.refresh().await) } else { None };
+        let fetched = if now.may_fetch { Some(self.read_keys().await) } else { None };
         let after = self.look(kid, alg);
         match (after.key, fetched) {
             (Some(key), _) if after.usable => Ok((key, after.generation)),
@@ -143,8 +143,15 @@ impl KeySet {
         }
     }
 
-    /// Reads the keys once; the cache keeps the last good set on failure.
+    /// Reads the keys once (after any read under way); the cache keeps the
+    /// last good set on failure.
     pub async fn refresh(&self) -> Result<(), String> {
+        let _one_fetch = self.fetching.lock().await;
+        self.read_keys().await
+    }
+
+    /// Callers hold `fetching`.
+    async fn read_keys(&self) -> Result<(), String> {
         self.cache.write().expect("jwks cache poisoned").attempted = Some(Instant::now());
         let read = match &self.source {
             Source::File(path) => read_file(path).await,

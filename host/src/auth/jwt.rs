@@ -159,7 +159,11 @@ impl Issuers {
         if let Some(p) = self.remembered(&digest) {
             return Ok(p);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::invalid("not a JWT"))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| match declared_alg(token) {
+            // `none` and unknown names are no `Algorithm`: say which.
+            Some(alg) => AuthError::invalid(format!("the algorithm {alg:?} is not accepted")),
+            None => AuthError::invalid("not a JWT"),
+        })?;
         #[derive(serde::Deserialize)]
         struct Routing {
             iss: Option<String>,
@@ -214,6 +218,16 @@ impl Issuers {
         verified.remove(digest);
         None
     }
+}
+
+/// The `alg` a token's header declares, read without trusting it.
+fn declared_alg(token: &str) -> Option<String> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).ok()?;
+    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    let alg = value.get("alg")?.as_str()?;
+    Some(alg.chars().take(32).collect())
 }
 
 fn policy_entry(p: &IssuerPolicy, context: &str) -> Result<(Match, Policy), String> {
