@@ -509,3 +509,75 @@ async fn a_client_with_only_a_url_and_a_token_reaches_a_session() -> Result<()> 
     assert!(body.contains("session_mismatch"), "{body}");
     Ok(())
 }
+
+/// A client that declares the tasks extension gets a call waiting for a
+/// human as a task (its id the call's), follows it with `tasks/get` to the
+/// tool result, and cannot cancel it; a client without the extension gets
+/// the `pending_approval` result as before.
+#[tokio::test]
+async fn a_call_waiting_for_approval_is_a_task_for_clients_that_declare_tasks() -> Result<()> {
+    let host = mcp_host().await?;
+    let boundary = json!({ "tools": ["counter"], "approval_required": ["counter"] });
+    let sid = host.agent().session(boundary).await?;
+    let mut init = initialize();
+    init["params"]["capabilities"] = json!({ "extensions": { "io.modelcontextprotocol/tasks": {} } });
+    let (status, mcp_session, messages, text) =
+        mcp_post(&host, Some(AGENT), &[("bulkhead-session", &sid)], init).await?;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(
+        messages[0]["result"]["capabilities"]["extensions"].get("io.modelcontextprotocol/tasks").is_some(),
+        "{text}"
+    );
+    let mcp_session = mcp_session.context("Mcp-Session-Id")?;
+    let headers = [("mcp-session-id", mcp_session.as_str()), ("mcp-protocol-version", "2025-11-25")];
+    mcp_post(&host, Some(AGENT), &headers, json!({ "jsonrpc": "2.0", "method": "notifications/initialized" })).await?;
+
+    let call = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": { "name": "counter", "arguments": { "name": "t", "by": 5 } } });
+    let (_, _, answer, text) = mcp_post(&host, Some(AGENT), &headers, call).await?;
+    let task = &answer[0]["result"];
+    assert_eq!(task["resultType"], "task", "{text}");
+    assert_eq!(task["status"], "working", "{text}");
+    let cid = task["taskId"].as_str().context("taskId")?.to_string();
+    let (status, stored) = host.agent().get(&format!("/v1/sessions/{sid}/calls/{cid}")).await?;
+    assert_eq!((status, stored["status"].as_str()), (StatusCode::OK, Some("pending_approval")), "the task is the call");
+
+    let get = |id: u64| json!({ "jsonrpc": "2.0", "id": id, "method": "tasks/get", "params": { "taskId": cid } });
+    let (_, _, polled, text) = mcp_post(&host, Some(AGENT), &headers, get(3)).await?;
+    assert_eq!(polled[0]["result"]["status"], "working", "{text}");
+    let cancel = json!({ "jsonrpc": "2.0", "id": 4, "method": "tasks/cancel", "params": { "taskId": cid } });
+    let (_, _, refused, text) = mcp_post(&host, Some(AGENT), &headers, cancel).await?;
+    assert!(refused[0].get("error").is_some(), "an agent cannot cancel a pending call: {text}");
+
+    let (status, body) =
+        host.api(APPROVER).post(&format!("/v1/approvals/{cid}"), json!({"decision": "approve"})).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let done = eventually("the task completes", || async {
+        let (_, _, polled, _) = mcp_post(&host, Some(AGENT), &headers, get(5)).await?;
+        let r = polled.first().map(|m| m["result"].clone()).unwrap_or(Value::Null);
+        Ok((r["status"] == "completed").then_some(r))
+    })
+    .await?;
+    assert_eq!(done["result"]["structuredContent"]["value"], 5, "{done}");
+    assert_eq!(done["result"]["isError"], false, "{done}");
+
+    // Another session's call is no task of this one.
+    let other = host.agent().session(json!({ "tools": ["counter"] })).await?;
+    let (_, foreign) = host.agent().call(&other, "counter", json!({"name": "x", "by": 1})).await?;
+    assert!(foreign["id"].is_string(), "{foreign}");
+    let foreign_get = json!({ "jsonrpc": "2.0", "id": 6, "method": "tasks/get",
+        "params": { "taskId": foreign["id"] } });
+    let (_, _, nope, text) = mcp_post(&host, Some(AGENT), &headers, foreign_get).await?;
+    assert!(nope[0].get("error").is_some(), "{text}");
+
+    // Without the extension: the pending_approval result.
+    let (_, plain_session, _, _) = mcp_post(&host, Some(AGENT), &[("bulkhead-session", &sid)], initialize()).await?;
+    let plain_session = plain_session.context("Mcp-Session-Id")?;
+    let plain = [("mcp-session-id", plain_session.as_str()), ("mcp-protocol-version", "2025-11-25")];
+    mcp_post(&host, Some(AGENT), &plain, json!({ "jsonrpc": "2.0", "method": "notifications/initialized" })).await?;
+    let call = json!({ "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": { "name": "counter", "arguments": { "name": "t", "by": 1 } } });
+    let (_, _, answer, text) = mcp_post(&host, Some(AGENT), &plain, call).await?;
+    assert_eq!(answer[0]["result"]["structuredContent"]["status"], "pending_approval", "{text}");
+    Ok(())
+}

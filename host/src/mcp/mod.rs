@@ -8,7 +8,10 @@
 //! rmcp's streamable HTTP transport.
 //!
 //! - [`server`]: the rmcp `ServerHandler`: binds a client to a session.
-//! - [`results`]: tools and calls as MCP values.
+//! - [`results`]: tools and calls as MCP values; [`tasks`]: calls waiting
+//!   for a human as tasks, for clients that declare the tasks extension.
+//! - [`resources`]: the session's records as read-only resources;
+//!   [`defaults`]: the default session of clients that name none.
 //! - [`bridge`]: `bulkhead mcp --connect`, stdio to a running host.
 
 pub mod bridge;
@@ -16,6 +19,7 @@ pub mod defaults;
 pub mod resources;
 pub mod results;
 pub mod server;
+pub mod tasks;
 
 use crate::service::Service;
 use crate::web::error::ApiError;

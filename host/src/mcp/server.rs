@@ -9,15 +9,16 @@
 //! with a token of the same principal, and the session is re-read each
 //! time, so a narrowed, expired or deleted session takes effect at once.
 
-use super::{SESSION_HEADER, results};
+use super::{SESSION_HEADER, results, tasks};
 use crate::auth::Principal;
-use crate::model::Session;
+use crate::model::{CallStatus, Session};
 use crate::service::calls::{CallOptions, NewCall};
 use crate::service::sessions::CreateSession;
 use crate::service::{Service, ServiceError};
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, Implementation, InitializeRequestParams, InitializeResult,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+    CacheScope, CallToolRequestParams, CallToolResponse, CancelTaskParams, CreateTaskResult, GetTaskParams,
+    GetTaskResult, Implementation, InitializeRequestParams, InitializeResult, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -113,12 +114,18 @@ fn protocol_error(e: ServiceError) -> McpError {
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
-            ServerCapabilities::builder().enable_tools().enable_tool_list_changed().enable_resources().build(),
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .enable_resources()
+                .enable_tasks()
+                .build(),
         )
         .with_server_info(Implementation::new("bulkhead", env!("CARGO_PKG_VERSION")))
         .with_instructions(
             "Bulkhead runs each tool in a sandbox with its own durable state. Calls that need a human \
-                 decision answer status pending_approval; wait for them with bulkhead_call_result.",
+                 decision answer status pending_approval (or, for clients declaring the tasks extension, a task \
+                 whose id is the call id); wait for them with bulkhead_call_result or tasks/get.",
         )
     }
 
@@ -274,9 +281,46 @@ impl ServerHandler for McpServer {
             }
         };
         let call = NewCall { tool: request.name.to_string(), input, idempotency_key };
+        let tasks = context.client_capabilities().is_some_and(|c| c.supports_tasks());
         Ok(match self.service.call(&p, &session.id, call, CallOptions::default()).await {
+            // A client that declares tasks gets the wait for a human as a
+            // task it polls with tasks/get, instead of a result to re-ask.
+            Ok(reply) if tasks && reply.call.status == CallStatus::PendingApproval => {
+                CallToolResponse::Task(CreateTaskResult::new(tasks::task(&reply.call)))
+            }
             Ok(reply) => results::call(&reply.call).into(),
             Err(e) => results::refused(&e).into(),
         })
+    }
+
+    /// A task is a call of this session: working while it waits for a
+    /// decision or runs, completed with its tool result once it ended.
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        let (p, session) = self.session(&context).await?;
+        match self.service.get_call(&p, &session.id, &request.task_id, None).await {
+            Ok(call) => Ok(GetTaskResult::new(tasks::detailed(&call))),
+            Err(ServiceError::NotFound { .. }) => {
+                Err(McpError::invalid_params("no such task in this session", Some(json!({ "code": "not_found" }))))
+            }
+            Err(e) => Err(protocol_error(e)),
+        }
+    }
+
+    /// Only an approver ends a wait for a decision (by rejecting it).
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let (p, session) = self.session(&context).await?;
+        self.service.get_call(&p, &session.id, &request.task_id, None).await.map_err(protocol_error)?;
+        Err(McpError::invalid_request(
+            "a Bulkhead call cannot be cancelled by its agent: an approver decides a pending call",
+            Some(json!({ "code": "not_cancellable" })),
+        ))
     }
 }
