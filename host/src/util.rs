@@ -13,6 +13,13 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Whether a URL's host (`localhost`, `127.0.0.1`, `[::1]`) is this
+/// machine: the one place plain HTTP is allowed for registries and JWKS.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// RFC 3339 timestamp `secs` seconds from now.
 pub fn rfc3339_in(secs: u64) -> String {
     humantime::format_rfc3339_millis(SystemTime::now() + std::time::Duration::from_secs(secs)).to_string()

@@ -58,6 +58,10 @@ impl Principal {
     }
 }
 
+/// The reason for a token that is neither a static token nor a JWT (the
+/// contract's 401 message, unchanged since static tokens).
+pub const UNKNOWN_TOKEN: &str = "missing or invalid bearer token";
+
 /// Why a bearer token does not name a principal.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AuthError {
@@ -100,7 +104,7 @@ impl Authenticator {
             return Ok(p);
         }
         if self.issuers.is_empty() || token.split('.').count() != 3 {
-            return Err(AuthError::invalid("missing or invalid bearer token"));
+            return Err(AuthError::invalid(UNKNOWN_TOKEN));
         }
         self.issuers.authenticate(token).await
     }

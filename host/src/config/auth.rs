@@ -239,12 +239,10 @@ impl IssuerPolicy {
 /// A JWKS is fetched over HTTPS, or plain HTTP only from this machine.
 fn check_jwks_url(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|_| format!("jwks_url = {url:?} is not a URL"))?;
-    let loopback = match parsed.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => return Err(format!("jwks_url = {url:?} names no host")),
+    let Some(host) = parsed.host_str() else {
+        return Err(format!("jwks_url = {url:?} names no host"));
     };
+    let loopback = crate::util::is_loopback_host(host);
     match parsed.scheme() {
         "https" => Ok(()),
         "http" if loopback => Ok(()),

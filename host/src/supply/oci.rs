@@ -87,8 +87,7 @@ fn client(reference: &Reference) -> Client {
     // reqwest is built without a crypto provider of its own: the host's ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let host = reference.registry().rsplit_once(':').map_or(reference.registry(), |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let loopback = crate::util::is_loopback_host(host);
     Client::new(ClientConfig {
         protocol: if loopback { ClientProtocol::Http } else { ClientProtocol::Https },
         connect_timeout: Some(std::time::Duration::from_secs(10)),

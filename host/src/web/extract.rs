@@ -3,7 +3,7 @@
 
 use super::error::ApiError;
 use super::oauth;
-use crate::auth::{AuthError, Principal};
+use crate::auth::{AuthError, Principal, UNKNOWN_TOKEN};
 use crate::service::Service;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -45,10 +45,9 @@ impl FromRequestParts<Arc<Service>> for Caller {
     type Rejection = Refused;
 
     async fn from_request_parts(parts: &mut Parts, service: &Arc<Service>) -> Result<Self, Refused> {
-        const MISSING: &str = "missing or invalid bearer token";
         let Some(token) = bearer(&parts.headers) else {
             return Err(Refused {
-                error: ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", MISSING),
+                error: ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", UNKNOWN_TOKEN),
                 challenge: Some(oauth::challenge(service, &parts.headers, None)),
             });
         };
@@ -56,7 +55,7 @@ impl FromRequestParts<Arc<Service>> for Caller {
             Ok(p) => Ok(Caller(p)),
             Err(AuthError::Invalid(reason)) => {
                 let message =
-                    if reason == MISSING { reason.clone() } else { format!("invalid bearer token: {reason}") };
+                    if reason == UNKNOWN_TOKEN { reason.clone() } else { format!("invalid bearer token: {reason}") };
                 Err(Refused {
                     error: ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message),
                     challenge: Some(oauth::challenge(service, &parts.headers, Some(&reason))),
