@@ -13,6 +13,26 @@ pub struct ToolBoundary {
     pub approval_required: bool,
 }
 
+/// Byte-milliseconds in one MiB-hour, the unit of `stored_mib_hours`.
+pub const BYTE_MS_PER_MIB_HOUR: f64 = 1_048_576.0 * 3_600_000.0;
+
+/// Storage-time up to `now` (unix ms): what was counted up to `since`,
+/// plus `bytes` kept since then.
+pub fn stored_mib_hours(counted: f64, bytes: i64, since: i64, now: i64) -> f64 {
+    counted + bytes.max(0) as f64 * (now - since).max(0) as f64 / BYTE_MS_PER_MIB_HOUR
+}
+
+/// MiB-seconds of memory a call held: its peak over its wall time.
+pub fn memory_mib_seconds(u: &Usage) -> f64 {
+    u.memory_peak_bytes as f64 / 1_048_576.0 * u.wall_ms as f64 / 1000.0
+}
+
+/// The bytes a message adds to its session's `stored_bytes`: its content
+/// and metadata as stored.
+pub fn message_bytes(content: &str, metadata: Option<&Value>) -> usize {
+    content.len() + metadata.map_or(0, |m| m.to_string().len())
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionUsage {
     pub calls: u64,
@@ -21,9 +41,36 @@ pub struct SessionUsage {
     pub state_bytes_written: u64,
     pub egress_requests: u64,
     pub egress_bytes: u64,
-    /// Bytes of tool state and messages the session keeps now (computed on read).
+    /// Bytes of tool state and messages the session keeps now.
     #[serde(default)]
     pub stored_bytes: u64,
+    /// Memory held, in MiB (each call's peak), times the seconds it ran.
+    #[serde(default)]
+    pub memory_mib_seconds: f64,
+    /// Storage kept, in MiB, times the hours it was kept, up to now.
+    #[serde(default)]
+    pub stored_mib_hours: f64,
+    /// These units at the `[pricing]` prices, in `currency` (0 unpriced).
+    #[serde(default)]
+    pub cost: f64,
+    #[serde(default)]
+    pub currency: String,
+}
+
+impl SessionUsage {
+    /// Sums `u` into this usage (a report's lines; cost included).
+    pub fn add(&mut self, u: &SessionUsage) {
+        self.calls += u.calls;
+        self.wall_ms += u.wall_ms;
+        self.fuel = self.fuel.saturating_add(u.fuel);
+        self.state_bytes_written += u.state_bytes_written;
+        self.egress_requests += u.egress_requests;
+        self.egress_bytes += u.egress_bytes;
+        self.stored_bytes += u.stored_bytes;
+        self.memory_mib_seconds += u.memory_mib_seconds;
+        self.stored_mib_hours += u.stored_mib_hours;
+        self.cost += u.cost;
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +149,11 @@ pub struct Usage {
     pub state_bytes_written: u64,
     pub egress_requests: u64,
     pub egress_bytes: u64,
+    /// How much the bytes the session keeps changed when this call's
+    /// state writes committed (0 unless it succeeded): the session's
+    /// `stored_bytes` follows it, so no read has to sum the state.
+    #[serde(skip)]
+    pub stored_bytes_delta: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,6 +13,11 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Whether a URL's host (`localhost`, `127.0.0.1`, `[::1]`) is this
 /// machine: the one place plain HTTP is allowed for registries and JWKS.
 pub fn is_loopback_host(host: &str) -> bool {

@@ -16,4 +16,5 @@ mod review;
 mod sandbox;
 mod scenario;
 mod supply;
+mod usage;
 mod workflows;

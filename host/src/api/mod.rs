@@ -3,8 +3,8 @@
 //! The pieces it shares with [`crate::mcp`] (the error body, the caller's
 //! principal, JSON extractors) live in [`crate::web`].
 //! - the handlers, one file per resource: [`sessions`] (and messages),
-//!   [`calls`], [`state`], [`audit`], [`approvals`], [`tools`], [`system`]
-//!   (`/healthz`, `/metrics`).
+//!   [`calls`], [`state`], [`audit`], [`approvals`], [`tools`], [`usage`],
+//!   [`system`] (`/healthz`, `/metrics`).
 
 pub mod approvals;
 pub mod audit;
@@ -13,6 +13,7 @@ pub mod sessions;
 pub mod state;
 pub mod system;
 pub mod tools;
+pub mod usage;
 
 use crate::service::Service;
 use crate::web::error::ApiError;
@@ -38,6 +39,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/sessions/{sid}/audit", get(audit::list))
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{cid}", axum::routing::post(approvals::decide))
+        .route("/v1/usage", get(usage::get))
         .route("/v1/tools", get(tools::list))
         .route("/v1/tools/reload", axum::routing::post(tools::reload))
         .route("/v1/tools/audit", get(tools::audit))

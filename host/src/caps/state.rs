@@ -82,16 +82,32 @@ impl HostState {
 
     /// The size of one entry as it stands in this call.
     fn entry_size(&mut self, key: &str) -> u64 {
-        let value_len = match self.state.writes.get(key) {
-            Some(Some(v)) => Some(v.len()),
-            Some(None) => None,
+        match self.state.writes.get(key) {
+            Some(Some(v)) => (key.len() + v.len()) as u64,
+            Some(None) => 0,
+            None => self.committed_size(key),
+        }
+    }
+
+    /// The size of one entry as committed before this call.
+    fn committed_size(&mut self, key: &str) -> u64 {
+        let value_len = match self.committed_state() {
             // From memory without copying the value, when cached.
-            None => match self.committed_state() {
-                Some(Committed::Cached(s)) => s.entries.get(key).map(Vec::len),
-                _ => self.committed(key).map(|v| v.len()),
-            },
+            Some(Committed::Cached(s)) => s.entries.get(key).map(Vec::len),
+            _ => self.committed(key).map(|v| v.len()),
         };
         value_len.map_or(0, |n| (key.len() + n) as u64)
+    }
+
+    /// How much committing `writes` (as they will be stored, redacted)
+    /// changes the bytes this tool's state keeps.
+    pub fn stored_delta(&mut self, writes: &BTreeMap<String, Option<Vec<u8>>>) -> i64 {
+        let mut delta = 0;
+        for (key, value) in writes {
+            let new = value.as_ref().map_or(0, |v| (key.len() + v.len()) as i64);
+            delta += new - self.committed_size(key) as i64;
+        }
+        delta
     }
 }
 

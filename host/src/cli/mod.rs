@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod tools;
+mod usage;
 
 #[derive(Parser)]
 #[command(
@@ -110,6 +111,9 @@ enum Command {
         #[arg(long)]
         to_env: String,
     },
+    /// A running host's usage report: units and cost per principal, for
+    /// the sessions created in a window (`GET /v1/usage`).
+    Usage(usage::UsageArgs),
     /// Check the audit trail.
     Audit {
         #[command(subcommand)]
@@ -147,6 +151,7 @@ pub fn main() -> ExitCode {
             Command::Audit { command: AuditCommand::Verify { config } } => audit_verify(config.as_deref()).await,
             Command::Migrate { from, to_env } => migrate(&from, &to_env).await,
             Command::Mcp { connect, token_env, session } => mcp_bridge(&connect, &token_env, session).await,
+            Command::Usage(args) => usage::run(args).await,
             Command::Review { paths, format, baseline, fail_on } => {
                 review(&paths, &format, baseline.as_deref(), &fail_on)
             }

@@ -5,8 +5,10 @@
 //! config file's folder.
 
 mod auth;
+mod pricing;
 
 pub use auth::{AuthConfig, DEFAULT_ALGORITHMS, IssuerConfig, IssuerPolicy, PrincipalConfig, Role};
+pub use pricing::PricingConfig;
 
 use crate::policy::{Access, PrivateRanges};
 use auth::validate_principal;
@@ -346,6 +348,8 @@ struct RawConfig {
     #[serde(default)]
     auth: AuthConfig,
     #[serde(default)]
+    pricing: PricingConfig,
+    #[serde(default)]
     principals: Vec<PrincipalConfig>,
 }
 
@@ -365,6 +369,7 @@ pub struct Config {
     pub mcp: McpConfig,
     pub tools: ToolsConfig,
     pub auth: AuthConfig,
+    pub pricing: PricingConfig,
     /// The file this was read from, re-read by a tool reload (`None`: the
     /// embedded defaults).
     pub file: Option<PathBuf>,
@@ -403,6 +408,7 @@ impl Config {
             mcp: McpConfig::default(),
             tools: ToolsConfig::default(),
             auth: AuthConfig::default(),
+            pricing: PricingConfig::default(),
             file: None,
             principals: None,
         }
@@ -439,6 +445,7 @@ impl Config {
         raw.storage.validate()?;
         raw.tools.validate()?;
         raw.auth.validate()?;
+        raw.pricing.validate()?;
         for (name, source) in &raw.secrets {
             if source.env.is_some() == source.file.is_some() {
                 return Err(format!("secrets.{name}: give exactly one of `env` or `file`"));
@@ -488,6 +495,7 @@ impl Config {
                     .collect(),
                 ..raw.auth
             },
+            pricing: raw.pricing,
             file: None,
             principals: Some(raw.principals),
         })

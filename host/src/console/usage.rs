@@ -8,10 +8,10 @@ use super::signin::Viewer;
 use crate::model::SessionUsage;
 use crate::service::Service;
 use crate::service::sessions::SessionFilter;
+use crate::service::usage::UsageParams;
 use axum::extract::State;
 use axum::response::Response;
 use maud::{Markup, html};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,12 +23,8 @@ const HOURS: usize = 24;
 pub async fn page(State(s): State<Arc<Service>>, viewer: Viewer) -> Result<Response, PageError> {
     let p = &viewer.principal;
     let sessions = s.find_sessions(p, &SessionFilter::default(), None, Some(SUMMED)).await?.sessions;
-    let mut by_principal: BTreeMap<&str, (u64, SessionUsage)> = BTreeMap::new();
-    for sess in &sessions {
-        let (n, sum) = by_principal.entry(&sess.principal).or_default();
-        *n += 1;
-        add(sum, &sess.usage);
-    }
+    let report = s.usage_report(p, UsageParams::default()).await?;
+    let currency = &report.currency;
     let now = SystemTime::now();
     let (mut calls, mut denials) = ([0u64; HOURS], [0u64; HOURS]);
     for sess in sessions.iter().rev().take(CHARTED) {
@@ -57,16 +53,21 @@ pub async fn page(State(s): State<Arc<Service>>, viewer: Viewer) -> Result<Respo
         }
         section #per-principal {
             h2 { "Per principal" }
+            p.lead { "Every session, deleted ones included, at the configured prices (" (currency) ")." }
             table.usage {
-                thead { tr { th { "Principal" } th { "Sessions" } (usage_heads()) } }
-                tbody { @for (name, (n, u)) in &by_principal { tr { td { (name) } td.num { (n) } (usage_cells(u)) } } }
+                thead { tr { th { "Principal" } th { "Sessions" } (usage_heads(currency)) } }
+                tbody {
+                    @for line in &report.principals {
+                        tr { td { (line.principal) } td.num { (line.sessions) } (usage_cells(&line.usage)) }
+                    }
+                }
             }
         }
         section #per-session {
             h2 { "Per session" }
             @if sessions.len() as u32 == SUMMED { p.lead { "The first " (SUMMED) " sessions only." } }
             table.usage {
-                thead { tr { th { "Session" } th { "Principal" } (usage_heads()) } }
+                thead { tr { th { "Session" } th { "Principal" } (usage_heads(currency)) } }
                 tbody {
                     @for sess in &sessions {
                         tr {
@@ -82,24 +83,18 @@ pub async fn page(State(s): State<Arc<Service>>, viewer: Viewer) -> Result<Respo
     Ok(layout::ok(layout::page("Usage", Some(viewer.nav()), body)))
 }
 
-fn add(sum: &mut SessionUsage, u: &SessionUsage) {
-    sum.calls += u.calls;
-    sum.wall_ms += u.wall_ms;
-    sum.fuel += u.fuel;
-    sum.state_bytes_written += u.state_bytes_written;
-    sum.egress_requests += u.egress_requests;
-    sum.egress_bytes += u.egress_bytes;
-    sum.stored_bytes += u.stored_bytes;
-}
-
-fn usage_heads() -> Markup {
-    html! { th { "Calls" } th { "Wall ms" } th { "Fuel" } th { "State bytes written" } th { "Egress requests" } th { "Egress bytes" } th { "Stored bytes" } }
+fn usage_heads(currency: &str) -> Markup {
+    html! {
+        th { "Calls" } th { "Wall ms" } th { "Fuel" } th { "State bytes written" } th { "Egress requests" }
+        th { "Egress bytes" } th { "Stored bytes" } th { "Cost (" (currency) ")" }
+    }
 }
 
 fn usage_cells(u: &SessionUsage) -> Markup {
     html! {
         td.num { (u.calls) } td.num { (u.wall_ms) } td.num { (u.fuel) } td.num { (u.state_bytes_written) }
         td.num { (u.egress_requests) } td.num { (u.egress_bytes) } td.num { (u.stored_bytes) }
+        td.num { (format!("{:.4}", u.cost)) }
     }
 }
 

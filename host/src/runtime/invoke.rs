@@ -143,8 +143,9 @@ impl Runtime {
         // Secrets never reach the database: not through state, not through
         // the audit notes (a denied name or host may carry a secret too).
         let writes = if succeeded { std::mem::take(&mut state.state.writes) } else { BTreeMap::new() };
-        let state_writes =
+        let state_writes: BTreeMap<String, Option<Vec<u8>>> =
             writes.into_iter().map(|(k, v)| (state.redact(k), v.map(|v| state.redact_bytes(v)))).collect();
+        let stored_bytes_delta = state.stored_delta(&state_writes);
         let notes: Vec<Event> =
             std::mem::take(&mut state.notes).into_iter().map(|n| n.redacted(|data| state.redact(data))).collect();
         Outcome {
@@ -158,6 +159,7 @@ impl Runtime {
                 state_bytes_written: if succeeded { state.state.bytes_written } else { 0 },
                 egress_requests,
                 egress_bytes,
+                stored_bytes_delta,
             },
             logs,
             state_writes,

@@ -10,6 +10,7 @@
 //!   signatures) at start and on reload.
 //! - [`call_store`]: the narrow store handle each call reads through.
 //! - [`workspace`]: session workspaces and operator volumes as mounts.
+//! - [`usage`]: priced usage, the usage report.
 //! - [`metrics`], [`error`]: counters for `/metrics`; errors to status codes.
 
 pub mod approvals;
@@ -22,6 +23,7 @@ pub mod reload;
 pub mod sessions;
 pub mod state;
 pub mod tools;
+pub mod usage;
 pub mod workspace;
 
 pub use error::{Result, ServiceError};

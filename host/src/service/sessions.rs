@@ -317,7 +317,7 @@ impl Service {
             usage: SessionUsage::default(),
         };
         self.store.create_session(session.clone(), SessionCreated::of(&session).into()).await?;
-        Ok(session)
+        Ok(self.priced(session))
     }
 
     pub async fn list_sessions(
@@ -357,7 +357,7 @@ impl Service {
                 scanned += 1;
                 cursor = s.id.clone();
                 if check.matches(&s) {
-                    out.push(s);
+                    out.push(self.priced(s));
                     if out.len() == limit {
                         return Ok(SessionsPage { sessions: out, next: Some(cursor) });
                     }
@@ -471,25 +471,23 @@ impl Service {
         let _ = self.narrowed.send(session.id.clone());
         session.tools = tools;
         session.version = version;
-        Ok(session)
+        Ok(self.priced(session))
     }
 }
 
 impl Service {
-    /// The session with its current stored bytes.
     /// The session as `GET /v1/sessions/{sid}` shows it: each tool's
     /// boundary as its calls get it now, met with the served version (a
     /// reload may have narrowed it; it never widens).
     pub async fn get_session(&self, p: &Principal, sid: &str) -> Result<Session> {
         let mut session = self.owned_session(p, sid).await?;
-        session.usage.stored_bytes = self.store.stored_bytes(&session.id).await?;
         let set = self.tools();
         for (name, boundary) in session.tools.iter_mut() {
             if let Some(tool) = set.tools.get(name) {
                 *boundary = Service::effective_boundary(tool, boundary);
             }
         }
-        Ok(session)
+        Ok(self.priced(session))
     }
 
     /// Deletes sessions past their `expires_at`; their audit chains stay,

@@ -105,6 +105,26 @@ pub struct StoreStats {
     pub write_jobs_run_by_callers: u64,
 }
 
+/// Which sessions a usage report sums: those of `principal` (all when
+/// `None`) created at or after `from` and before `to` (RFC 3339 as
+/// [`crate::util::now_rfc3339`] writes it, so they compare as strings).
+#[derive(Debug, Clone, Default)]
+pub struct UsageQuery {
+    pub principal: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// One principal's line of a usage report (unpriced: `cost` is 0).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct PrincipalUsage {
+    pub principal: String,
+    pub sessions: u64,
+    /// Of those, the ones deleted since (their final usage is kept).
+    pub deleted_sessions: u64,
+    pub usage: crate::model::SessionUsage,
+}
+
 /// How a backend's hosts share it; the service keeps in-memory copies only
 /// of what no other host can change.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -132,7 +152,9 @@ pub trait Store: Send + Sync + 'static {
     // ---- sessions and messages ----
     fn session(&self, id: &str) -> Pending<Option<Session>>;
     fn sessions(&self, owner: Option<String>, after: String, limit: u32) -> Pending<Vec<Session>>;
-    fn stored_bytes(&self, session: &str) -> Pending<u64>;
+    /// Usage summed per principal over the sessions [`UsageQuery`] picks,
+    /// deleted ones included, principals in order.
+    fn usage(&self, query: UsageQuery) -> Pending<Vec<PrincipalUsage>>;
     fn create_session(&self, session: Session, created: Event) -> Pending<()>;
     /// Rejects `NotFound` when the session is gone.
     fn delete_session(&self, session: &str, actor: &str, deleted: Event) -> Pending<()>;

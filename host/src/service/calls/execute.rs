@@ -144,7 +144,7 @@ impl Service {
             }
             Err(e) => {
                 tracing::error!("cannot record a call's outcome: {e}");
-                let usage = Usage { state_bytes_written: 0, ..usage };
+                let usage = Usage { state_bytes_written: 0, stored_bytes_delta: 0, ..usage };
                 self.abandon(Abandoned { session: session.id.clone(), id, usage, notes, error: unstored() });
             }
         }

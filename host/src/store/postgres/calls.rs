@@ -171,7 +171,7 @@ async fn outcome_in(
     events: &[&Event],
 ) -> Result<bool, Fail> {
     let FinishedCall { call, writes, actor, .. } = outcome;
-    warm(conn, &[FINISH, STATE_SET, STATE_DELETE, audit::HEAD, audit::EXTEND, UNLOCK]).await?;
+    warm(conn, &[&FINISH, STATE_SET, STATE_DELETE, audit::HEAD, audit::EXTEND, UNLOCK]).await?;
     // Turn connections have no statement timeout of their own.
     let begin = conn.batch_execute(if turn.is_some() { &inner.begin_on_turn } else { "BEGIN" });
     let begin = async { Ok::<_, Fail>(begin.await?) };

@@ -22,13 +22,20 @@ pub struct Copied {
 }
 
 /// Each table: its columns, in SQLite and PostgreSQL alike, and the
-/// PostgreSQL type of each (`t` text, `i` bigint, `b` bytea).
+/// PostgreSQL type of each (`t` text, `i` bigint, `f` double, `b` bytea).
 const TABLES: &[(&str, &str, &str)] = &[
     (
         "sessions",
         "id, principal, created_at, expires_at, version, boundary, env, labels, calls, wall_ms, fuel, \
-         state_bytes_written, egress_requests, egress_bytes",
-        "tttti tttiiiiii",
+         state_bytes_written, egress_requests, egress_bytes, memory_mib_seconds, stored_bytes, stored_since, \
+         stored_mib_hours",
+        "tttti tttiiiiii fiif",
+    ),
+    (
+        "ended_sessions",
+        "id, principal, created_at, ended_at, calls, wall_ms, fuel, state_bytes_written, egress_requests, \
+         egress_bytes, memory_mib_seconds, stored_mib_hours",
+        "tttt iiiiii ff",
     ),
     ("messages", "session, seq, role, content, metadata, created_at", "titttt"),
     ("tool_state", "session, tool, key, value", "tttb"),
@@ -86,8 +93,11 @@ pub async fn from_sqlite(path: &Path, url: &str) -> crate::store::Result<Copied>
                 values.push(match (kind, value) {
                     (_, Sql::Null) if *kind == b'i' => Box::new(None::<i64>),
                     (_, Sql::Null) if *kind == b'b' => Box::new(None::<Vec<u8>>),
+                    (_, Sql::Null) if *kind == b'f' => Box::new(None::<f64>),
                     (_, Sql::Null) => Box::new(None::<String>),
                     (b'i', Sql::Integer(v)) => Box::new(v),
+                    (b'f', Sql::Real(v)) => Box::new(v),
+                    (b'f', Sql::Integer(v)) => Box::new(v as f64),
                     (b'b', Sql::Blob(v)) => Box::new(v),
                     (b'b', Sql::Text(v)) => Box::new(v.into_bytes()),
                     (_, Sql::Text(v)) => Box::new(v),

@@ -12,7 +12,8 @@ use crate::model::{AuditEvent, Call, CallError, CallStatus, Message, Session, To
 use crate::store::sqlite::calls::Encoded;
 use crate::store::state_cache::{Committed, Snapshot};
 use crate::store::{
-    Abandoned, FinishedCall, Link, Pending, Rejection, Result, Sharing, Started, Store, StoreError, StoreStats, Turned,
+    Abandoned, FinishedCall, Link, Pending, PrincipalUsage, Rejection, Result, Sharing, Started, Store, StoreError,
+    StoreStats, Turned, UsageQuery,
 };
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
@@ -49,9 +50,19 @@ async fn create_session(inner: &Inner, s: &Session, created: &Event) -> Result<(
     let (tools, env, labels) = (to_json(&s.tools), to_json(&s.env), to_json(&s.labels));
     run(
         &tx,
-        "INSERT INTO sessions (id, principal, created_at, expires_at, version, boundary, env, labels) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[&s.id, &s.principal, &s.created_at, &s.expires_at, &s.version, &tools, &env, &labels],
+        "INSERT INTO sessions (id, principal, created_at, expires_at, version, boundary, env, labels, stored_since) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &s.id,
+            &s.principal,
+            &s.created_at,
+            &s.expires_at,
+            &s.version,
+            &tools,
+            &env,
+            &labels,
+            &crate::util::unix_now_ms(),
+        ],
     )
     .await?;
     audit::append(&tx, &s.id, &[Note { actor: &s.principal, call: None, event: created }]).await?;
@@ -65,6 +76,7 @@ async fn create_session(inner: &Inner, s: &Session, created: &Event) -> Result<(
 async fn delete_session(inner: &Inner, id: &str, actor: &str, deleted: &Event) -> Result<bool, Fail> {
     let mut c = inner.pool.get().await?;
     let tx = c.transaction().await?;
+    super::sql::keep_final_usage(&tx, id).await?;
     if run(&tx, "DELETE FROM sessions WHERE id = $1", &[&id]).await? == 0 {
         return Ok(false);
     }
@@ -113,7 +125,7 @@ async fn append_message(
     let tx = c.transaction().await?;
     // First: the session's row lock orders its messages; a session deleted
     // meanwhile answers 404.
-    bump_version(&tx, id).await?;
+    super::sql::append_message(&tx, id, crate::model::message_bytes(content, metadata)).await?;
     let next = rows_in(&tx, "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE session = $1", &[&id]).await?;
     let seq: i64 = next[0].try_get(0)?;
     let created_at = crate::util::now_rfc3339();
@@ -254,18 +266,28 @@ impl Store for PgStore {
         })
     }
 
-    fn stored_bytes(&self, session: &str) -> Pending<u64> {
-        let (inner, id) = (self.inner.clone(), session.to_string());
+    fn usage(&self, q: UsageQuery) -> Pending<Vec<PrincipalUsage>> {
+        let inner = self.inner.clone();
         pending(async move {
-            let found = query(
-                &inner,
-                "SELECT (SELECT COALESCE(SUM(octet_length(key) + octet_length(value)), 0) FROM tool_state \
-                 WHERE session = $1)::bigint + (SELECT COALESCE(SUM(octet_length(content) + \
-                 COALESCE(octet_length(metadata), 0)), 0) FROM messages WHERE session = $1)::bigint",
-                &[&id],
-            )
-            .await?;
-            Ok(found[0].try_get::<_, i64>(0)?.max(0) as u64)
+            const PICK: &str = "($1::text IS NULL OR principal = $1) AND ($2::text IS NULL OR created_at >= $2) \
+                                AND ($3::text IS NULL OR created_at < $3)";
+            let sql = format!(
+                "SELECT principal, COUNT(*), SUM(ended)::bigint, SUM(calls)::bigint, SUM(wall_ms)::bigint, \
+                 SUM(fuel)::bigint, SUM(state_bytes_written)::bigint, SUM(egress_requests)::bigint, \
+                 SUM(egress_bytes)::bigint, SUM(memory_mib_seconds), SUM(stored_mib_hours), SUM(stored_bytes)::bigint \
+                 FROM (SELECT principal, 0 AS ended, calls, wall_ms, fuel, state_bytes_written, egress_requests, \
+                       egress_bytes, memory_mib_seconds, stored_mib_hours + stored_bytes \
+                       * GREATEST($4 - stored_since, 0) / $5::float8 AS stored_mib_hours, stored_bytes \
+                       FROM sessions WHERE {PICK} \
+                       UNION ALL \
+                       SELECT principal, 1, calls, wall_ms, fuel, state_bytes_written, egress_requests, egress_bytes, \
+                       memory_mib_seconds, stored_mib_hours, 0 FROM ended_sessions WHERE {PICK}) AS picked \
+                 GROUP BY principal ORDER BY principal"
+            );
+            let now = crate::util::unix_now_ms();
+            let found =
+                query(&inner, &sql, &[&q.principal, &q.from, &q.to, &now, &crate::model::BYTE_MS_PER_MIB_HOUR]).await?;
+            Ok(rows::all(found, rows::principal_usage)?)
         })
     }
 

@@ -8,7 +8,8 @@ use tokio_postgres::Row;
 type R<T> = Result<T, tokio_postgres::Error>;
 
 pub const SESSION: &str = "id, principal, created_at, expires_at, version, boundary, env, labels, \
-    calls, wall_ms, fuel, state_bytes_written, egress_requests, egress_bytes";
+    calls, wall_ms, fuel, state_bytes_written, egress_requests, egress_bytes, \
+    memory_mib_seconds, stored_bytes, stored_since, stored_mib_hours";
 
 pub const CALL: &str = "id, session, tool, status, input, output, error, created_at, started_at, \
     finished_at, usage, approval, idempotency_key, logs";
@@ -43,7 +44,36 @@ pub fn session(r: &Row) -> R<Session> {
             state_bytes_written: count(r, 11)?,
             egress_requests: count(r, 12)?,
             egress_bytes: count(r, 13)?,
-            stored_bytes: 0,
+            memory_mib_seconds: r.try_get(14)?,
+            stored_bytes: count(r, 15)?,
+            stored_mib_hours: crate::model::stored_mib_hours(
+                r.try_get(17)?,
+                r.try_get(15)?,
+                r.try_get(16)?,
+                crate::util::unix_now_ms(),
+            ),
+            ..SessionUsage::default()
+        },
+    })
+}
+
+/// A line of `Store::usage`, its columns in `ops::usage`'s order.
+pub fn principal_usage(r: &Row) -> R<crate::store::PrincipalUsage> {
+    Ok(crate::store::PrincipalUsage {
+        principal: r.try_get(0)?,
+        sessions: count(r, 1)?,
+        deleted_sessions: count(r, 2)?,
+        usage: SessionUsage {
+            calls: count(r, 3)?,
+            wall_ms: count(r, 4)?,
+            fuel: count(r, 5)?,
+            state_bytes_written: count(r, 6)?,
+            egress_requests: count(r, 7)?,
+            egress_bytes: count(r, 8)?,
+            memory_mib_seconds: r.try_get(9)?,
+            stored_mib_hours: r.try_get(10)?,
+            stored_bytes: count(r, 11)?,
+            ..SessionUsage::default()
         },
     })
 }

@@ -12,7 +12,8 @@ use super::Fail;
 /// The advisory lock key migrations run under ("bulkhead" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6275_6c6b_6865_6164;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE sessions (
     id          TEXT COLLATE "C" PRIMARY KEY,
     principal   TEXT COLLATE "C" NOT NULL,
@@ -102,7 +103,43 @@ CREATE TABLE hosts (
     started_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-"#];
+"#,
+    // Priced usage: as SQLite's fourth migration (`sqlite::schema`).
+    r#"
+ALTER TABLE sessions ADD COLUMN memory_mib_seconds DOUBLE PRECISION NOT NULL DEFAULT 0,
+    ADD COLUMN stored_bytes BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN stored_since BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN stored_mib_hours DOUBLE PRECISION NOT NULL DEFAULT 0;
+UPDATE sessions SET stored_since = (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+UPDATE sessions SET memory_mib_seconds = m.v FROM
+    (SELECT session, SUM(COALESCE((usage::jsonb ->> 'memory_peak_bytes')::double precision, 0) / 1048576.0
+                         * COALESCE((usage::jsonb ->> 'wall_ms')::double precision, 0) / 1000.0) AS v
+     FROM calls GROUP BY session) AS m
+    WHERE m.session = sessions.id;
+UPDATE sessions SET stored_bytes = b.n FROM
+    (SELECT session, SUM(n)::bigint AS n FROM
+        (SELECT session, octet_length(key) + octet_length(value) AS n FROM tool_state
+         UNION ALL
+         SELECT session, octet_length(content) + COALESCE(octet_length(metadata), 0) FROM messages) AS kept
+     GROUP BY session) AS b
+    WHERE b.session = sessions.id;
+CREATE TABLE ended_sessions (
+    id          TEXT COLLATE "C" PRIMARY KEY,
+    principal   TEXT COLLATE "C" NOT NULL,
+    created_at  TEXT COLLATE "C" NOT NULL,
+    ended_at    TEXT COLLATE "C" NOT NULL,
+    calls       BIGINT NOT NULL,
+    wall_ms     BIGINT NOT NULL,
+    fuel        BIGINT NOT NULL,
+    state_bytes_written BIGINT NOT NULL,
+    egress_requests     BIGINT NOT NULL,
+    egress_bytes        BIGINT NOT NULL,
+    memory_mib_seconds  DOUBLE PRECISION NOT NULL,
+    stored_mib_hours    DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX ended_sessions_principal ON ended_sessions (principal, created_at);
+"#,
+];
 
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), Fail> {
     let tx = client.transaction().await?;

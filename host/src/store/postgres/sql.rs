@@ -52,14 +52,25 @@ pub(super) fn check_version(current: i64, expected: Option<i64>) -> Result<(), F
     }
 }
 
+/// Storage-time counted up to `$2` (unix ms), then `$3` bytes more kept
+/// (`$4`: byte-ms per MiB-hour): the SET clause of every change to what a
+/// session keeps, as SQLite's `sessions::KEEP`.
+pub(super) const KEEP: &str = "stored_mib_hours = stored_mib_hours + stored_bytes * GREATEST($2 - stored_since, 0) / $4::float8, \
+     stored_bytes = GREATEST(stored_bytes + $3, 0), stored_since = GREATEST(stored_since, $2)";
+
 /// The session's usage and version, and the call's outcome (only while it
 /// is `running`: a call is finished once), in one statement.
-pub(super) const FINISH: &str = "WITH s AS (UPDATE sessions SET version = version + 1, calls = calls + 1, \
-     wall_ms = wall_ms + $2, fuel = fuel + $3, state_bytes_written = state_bytes_written + $4, \
-     egress_requests = egress_requests + $5, egress_bytes = egress_bytes + $6 WHERE id = $1 RETURNING 1), \
-     c AS (UPDATE calls SET status = $8, output = $9, error = $10, started_at = $11, finished_at = $12, \
-     usage = $13, approval = $14, logs = $15 WHERE id = $7 AND status = 'running' RETURNING 1) \
-     SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM c)";
+pub(super) static FINISH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH s AS (UPDATE sessions SET version = version + 1, calls = calls + 1, \
+         wall_ms = wall_ms + $5, fuel = fuel + $6, state_bytes_written = state_bytes_written + $7, \
+         egress_requests = egress_requests + $8, egress_bytes = egress_bytes + $9, \
+         memory_mib_seconds = memory_mib_seconds + $10, {KEEP} WHERE id = $1 RETURNING 1), \
+         c AS (UPDATE calls SET status = $12, output = $13, error = $14, started_at = $15, finished_at = $16, \
+         usage = $17, approval = $18, logs = $19 WHERE id = $11 AND status = 'running' RETURNING 1) \
+         SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM c)"
+    )
+});
 
 /// `FINISH`; `NotFound` when the session is gone, `NotRunning` when the
 /// call no longer runs.
@@ -68,14 +79,19 @@ pub(super) async fn finish(conn: &impl GenericClient, call: &Call, json: &Encode
     let u = &call.usage;
     let (wall, fuel, state, requests, bytes) =
         (big(u.wall_ms), big(u.fuel), big(u.state_bytes_written), big(u.egress_requests), big(u.egress_bytes));
+    let (now, memory) = (crate::util::unix_now_ms(), crate::model::memory_mib_seconds(u));
     let status = call.status.as_str();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 19] = [
         &call.session,
+        &now,
+        &u.stored_bytes_delta,
+        &crate::model::BYTE_MS_PER_MIB_HOUR,
         &wall,
         &fuel,
         &state,
         &requests,
         &bytes,
+        &memory,
         &call.id,
         &status,
         &json.output,
@@ -86,7 +102,7 @@ pub(super) async fn finish(conn: &impl GenericClient, call: &Call, json: &Encode
         &json.approval,
         &json.logs,
     ];
-    let row = conn.query_one(&conn.prepare_cached(FINISH).await?, &params).await?;
+    let row = conn.query_one(&conn.prepare_cached(&FINISH).await?, &params).await?;
     let (sessions, calls): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
     match (sessions, calls) {
         (0, _) => Err(Rejection::NotFound.into()),
@@ -94,6 +110,32 @@ pub(super) async fn finish(conn: &impl GenericClient, call: &Call, json: &Encode
         (_, 0) => Err(Rejection::NotRunning.into()),
         _ => Ok(()),
     }
+}
+
+/// An appended message of `bytes`: bumps the version (locking the row) and
+/// counts what the session keeps; `NotFound` when it is gone.
+pub(super) async fn append_message(tx: &impl GenericClient, id: &str, bytes: usize) -> Result<(), Fail> {
+    let sql = format!("UPDATE sessions SET version = version + 1, {KEEP} WHERE id = $1 RETURNING 1");
+    let (now, bytes) = (crate::util::unix_now_ms(), bytes as i64);
+    let found = rows_in(tx, &sql, &[&id, &now, &bytes, &crate::model::BYTE_MS_PER_MIB_HOUR]).await?;
+    found.first().ok_or(Rejection::NotFound)?;
+    Ok(())
+}
+
+/// The usage a deleted session leaves for reports (before its row goes).
+pub(super) async fn keep_final_usage(tx: &impl GenericClient, id: &str) -> Result<(), Fail> {
+    let (ended, now) = (crate::util::now_rfc3339(), crate::util::unix_now_ms());
+    run(
+        tx,
+        "INSERT INTO ended_sessions (id, principal, created_at, ended_at, calls, wall_ms, fuel, \
+         state_bytes_written, egress_requests, egress_bytes, memory_mib_seconds, stored_mib_hours) \
+         SELECT id, principal, created_at, $2, calls, wall_ms, fuel, state_bytes_written, egress_requests, \
+         egress_bytes, memory_mib_seconds, stored_mib_hours + stored_bytes * GREATEST($3 - stored_since, 0) / $4::float8 \
+         FROM sessions WHERE id = $1 ON CONFLICT (id) DO NOTHING",
+        &[&id, &ended, &now, &crate::model::BYTE_MS_PER_MIB_HOUR],
+    )
+    .await?;
+    Ok(())
 }
 
 pub(super) const STATE_SET: &str = "INSERT INTO tool_state (session, tool, key, value) \

@@ -9,6 +9,7 @@ use crate::events::{CallFinished, CallRequested, Event, MessageAppended, StateCo
 use crate::model::{AuditEvent, Call, CallError, CallStatus, Message, Session, ToolBoundary};
 use crate::store::state_cache::{Committed, Snapshot};
 use crate::store::{Abandoned, FinishedCall, Pending, Rejection, Result, Sharing, Started, Store, StoreStats};
+use crate::store::{PrincipalUsage, UsageQuery};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,9 +81,8 @@ impl Store for SqliteStore {
         self.scan(move |c| sessions::list(c, owner.as_deref(), &after, limit))
     }
 
-    fn stored_bytes(&self, session: &str) -> Pending<u64> {
-        let id = session.to_string();
-        self.scan(move |c| sessions::stored_bytes(c, &id))
+    fn usage(&self, query: UsageQuery) -> Pending<Vec<PrincipalUsage>> {
+        self.scan(move |c| sessions::usage(c, &query))
     }
 
     fn create_session(&self, s: Session, created: Event) -> Pending<()> {
@@ -144,7 +144,7 @@ impl Store for SqliteStore {
         let (id, actor) = (session.to_string(), actor.to_string());
         self.write(move |c| {
             // First, so a session deleted meanwhile answers 404.
-            sessions::bump_version(c, &id)?;
+            sessions::append_message(c, &id, crate::model::message_bytes(&content, metadata.as_ref()))?;
             let msg = messages::append(c, &id, &role, &content, metadata.as_ref())?;
             audit::append(c, &id, &actor, None, &MessageAppended::of(&msg).into())?;
             Ok(msg)

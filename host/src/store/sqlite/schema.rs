@@ -171,6 +171,44 @@ INSERT INTO filed (log, up_to) VALUES
     ('calls', (SELECT COALESCE(MAX(rowid), 0) FROM calls)),
     ('audit', (SELECT COALESCE(MAX(rowid), 0) FROM audit));
 "#,
+    // Priced usage (`[pricing]`): memory-time and storage-time per session,
+    // the bytes it keeps kept up to date by each commit (no sum on read),
+    // and the final usage of deleted sessions, which a report still counts.
+    // Storage-time of sessions older than this migration starts now.
+    r#"
+ALTER TABLE sessions ADD COLUMN memory_mib_seconds REAL NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN stored_since INTEGER NOT NULL DEFAULT 0;   -- unix ms
+ALTER TABLE sessions ADD COLUMN stored_mib_hours REAL NOT NULL DEFAULT 0;  -- up to stored_since
+UPDATE sessions SET stored_since = CAST(unixepoch('subsec') * 1000 AS INTEGER);
+UPDATE sessions SET memory_mib_seconds = m.v FROM
+    (SELECT session, SUM(COALESCE(json_extract(usage, '$.memory_peak_bytes'), 0) / 1048576.0
+                         * COALESCE(json_extract(usage, '$.wall_ms'), 0) / 1000.0) AS v
+     FROM calls GROUP BY session) AS m
+    WHERE m.session = sessions.id;
+UPDATE sessions SET stored_bytes = b.n FROM
+    (SELECT session, SUM(n) AS n FROM
+        (SELECT session, LENGTH(CAST(key AS BLOB)) + LENGTH(value) AS n FROM tool_state
+         UNION ALL
+         SELECT session, LENGTH(CAST(content AS BLOB)) + COALESCE(LENGTH(CAST(metadata AS BLOB)), 0) FROM messages)
+     GROUP BY session) AS b
+    WHERE b.session = sessions.id;
+CREATE TABLE ended_sessions (
+    id          TEXT PRIMARY KEY,
+    principal   TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    ended_at    TEXT NOT NULL,
+    calls       INTEGER NOT NULL,
+    wall_ms     INTEGER NOT NULL,
+    fuel        INTEGER NOT NULL,
+    state_bytes_written INTEGER NOT NULL,
+    egress_requests     INTEGER NOT NULL,
+    egress_bytes        INTEGER NOT NULL,
+    memory_mib_seconds  REAL NOT NULL,
+    stored_mib_hours    REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX ended_sessions_principal ON ended_sessions(principal, created_at);
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -253,5 +291,38 @@ mod tests {
         let seqs: Vec<i64> = super::super::audit::list(&conn, "b", 0, 10).unwrap().into_iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 2], "after VACUUM");
         migrate(&conn).unwrap();
+    }
+
+    /// Sessions older than priced usage get the bytes they keep and the
+    /// memory-time of their calls counted by the upgrade.
+    #[test]
+    fn the_priced_usage_upgrade_counts_what_older_sessions_keep_and_used() {
+        let conn = Connection::open_in_memory().unwrap();
+        for (i, sql) in MIGRATIONS[..3].iter().enumerate() {
+            conn.execute_batch(&format!("{sql}; PRAGMA user_version = {};", i + 1)).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO sessions (id, principal, created_at, boundary, env, labels) VALUES \
+             ('a', 'p', 'at', '{}', '{}', '{}'), ('empty', 'p', 'at', '{}', '{}', '{}'); \
+             INSERT INTO messages (session, seq, role, content, metadata, created_at) VALUES \
+             ('a', 1, 'user', 'héllo', '{\"k\":1}', 'at'), ('a', 2, 'user', 'x', NULL, 'at'); \
+             INSERT INTO tool_state (session, tool, key, value) VALUES ('a', 't', 'key', x'0102030405'); \
+             INSERT INTO calls (id, session, principal, tool, status, input, created_at, usage) VALUES \
+             ('c1', 'a', 'p', 't', 'succeeded', '{}', 'at', '{\"memory_peak_bytes\":2097152,\"wall_ms\":500}'), \
+             ('c2', 'a', 'p', 't', 'succeeded', '{}', 'at', '{}');",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let row = |id: &str| -> (i64, f64, f64) {
+            conn.query_row(
+                "SELECT stored_bytes, memory_mib_seconds, stored_mib_hours FROM sessions WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+        };
+        // "héllo" is 6 bytes, its metadata 7, "x" 1, the state 3 + 5.
+        assert_eq!(row("a"), (6 + 7 + 1 + 3 + 5, 2.0 * 0.5, 0.0));
+        assert_eq!(row("empty"), (0, 0.0, 0.0));
     }
 }

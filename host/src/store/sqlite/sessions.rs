@@ -1,7 +1,8 @@
 //! The `sessions` table.
 
 use super::{Rejection, Result};
-use crate::model::{Session, SessionUsage, ToolBoundary};
+use crate::model::{BYTE_MS_PER_MIB_HOUR, Session, SessionUsage, ToolBoundary};
+use crate::store::{PrincipalUsage, UsageQuery};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::BTreeMap;
 
@@ -11,7 +12,8 @@ fn json<T: serde::de::DeserializeOwned>(text: String) -> rusqlite::Result<T> {
 }
 
 const COLUMNS: &str = "id, principal, created_at, expires_at, version, boundary, env, labels, \
-    calls, wall_ms, fuel, state_bytes_written, egress_requests, egress_bytes";
+    calls, wall_ms, fuel, state_bytes_written, egress_requests, egress_bytes, \
+    memory_mib_seconds, stored_bytes, stored_since, stored_mib_hours";
 
 fn from_row(r: &Row) -> rusqlite::Result<Session> {
     Ok(Session {
@@ -30,7 +32,15 @@ fn from_row(r: &Row) -> rusqlite::Result<Session> {
             state_bytes_written: r.get(11)?,
             egress_requests: r.get(12)?,
             egress_bytes: r.get(13)?,
-            stored_bytes: 0,
+            memory_mib_seconds: r.get(14)?,
+            stored_bytes: r.get::<_, i64>(15)?.max(0) as u64,
+            stored_mib_hours: crate::model::stored_mib_hours(
+                r.get(17)?,
+                r.get(15)?,
+                r.get(16)?,
+                crate::util::unix_now_ms(),
+            ),
+            ..SessionUsage::default()
         },
     })
 }
@@ -40,10 +50,20 @@ pub fn insert(conn: &Connection, s: &Session) -> Result<()> {
     let env = serde_json::to_string(&s.env).expect("a map of strings serializes");
     let labels = serde_json::to_string(&s.labels).expect("a map of strings serializes");
     conn.prepare_cached(
-        "INSERT INTO sessions (id, principal, created_at, expires_at, version, boundary, env, labels) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO sessions (id, principal, created_at, expires_at, version, boundary, env, labels, stored_since) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
-    .execute(params![s.id, s.principal, s.created_at, s.expires_at, s.version, tools, env, labels])?;
+    .execute(params![
+        s.id,
+        s.principal,
+        s.created_at,
+        s.expires_at,
+        s.version,
+        tools,
+        env,
+        labels,
+        crate::util::unix_now_ms()
+    ])?;
     Ok(())
 }
 
@@ -85,25 +105,47 @@ pub fn bump_version(conn: &Connection, id: &str) -> Result<i64> {
         .ok_or(Rejection::NotFound.into())
 }
 
+/// Storage-time counted up to `?2` (unix ms), then `?3` bytes more kept:
+/// the SET clause of every change to what a session keeps. Every
+/// right-hand side reads the row as it was.
+const KEEP: &str = "stored_mib_hours = stored_mib_hours + stored_bytes * MAX(?2 - stored_since, 0) / ?4, \
+     stored_bytes = MAX(stored_bytes + ?3, 0), stored_since = MAX(stored_since, ?2)";
+
 /// A finished call: increments the version and adds its usage to the
 /// session's totals, in one statement. NotFound if the session is gone.
 pub fn finish_call(conn: &Connection, id: &str, u: &crate::model::Usage) -> Result<()> {
     // No `RETURNING`: nothing needs the new version, and it costs a
     // temporary table per call.
     let updated = conn
-        .prepare_cached(
-            "UPDATE sessions SET version = version + 1, calls = calls + 1, wall_ms = wall_ms + ?2, fuel = fuel + ?3, \
-             state_bytes_written = state_bytes_written + ?4, egress_requests = egress_requests + ?5, \
-             egress_bytes = egress_bytes + ?6 WHERE id = ?1",
-        )?
+        .prepare_cached(&format!(
+            "UPDATE sessions SET version = version + 1, calls = calls + 1, wall_ms = wall_ms + ?5, fuel = fuel + ?6, \
+             state_bytes_written = state_bytes_written + ?7, egress_requests = egress_requests + ?8, \
+             egress_bytes = egress_bytes + ?9, memory_mib_seconds = memory_mib_seconds + ?10, {KEEP} WHERE id = ?1"
+        ))?
         .execute(params![
             id,
+            crate::util::unix_now_ms(),
+            u.stored_bytes_delta,
+            BYTE_MS_PER_MIB_HOUR,
             u.wall_ms as i64,
             u.fuel.min(i64::MAX as u64) as i64,
             u.state_bytes_written as i64,
             u.egress_requests as i64,
-            u.egress_bytes as i64
+            u.egress_bytes as i64,
+            crate::model::memory_mib_seconds(u),
         ])?;
+    if updated == 0 {
+        return Err(Rejection::NotFound.into());
+    }
+    Ok(())
+}
+
+/// An appended message of `bytes`: increments the version and counts what
+/// the session keeps. NotFound if the session is gone.
+pub fn append_message(conn: &Connection, id: &str, bytes: usize) -> Result<()> {
+    let updated = conn
+        .prepare_cached(&format!("UPDATE sessions SET version = version + 1, {KEEP} WHERE id = ?1"))?
+        .execute(params![id, crate::util::unix_now_ms(), bytes as i64, BYTE_MS_PER_MIB_HOUR])?;
     if updated == 0 {
         return Err(Rejection::NotFound.into());
     }
@@ -116,8 +158,17 @@ pub fn update_boundary(conn: &Connection, id: &str, tools: &BTreeMap<String, Too
     Ok(())
 }
 
-/// Deletes the session with its messages, state and calls (the audit stays).
+/// Deletes the session with its messages, state and calls (the audit
+/// stays, and its final usage in `ended_sessions`, for usage reports).
 pub fn delete(conn: &Connection, id: &str) -> Result<bool> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO ended_sessions (id, principal, created_at, ended_at, calls, wall_ms, fuel, \
+         state_bytes_written, egress_requests, egress_bytes, memory_mib_seconds, stored_mib_hours) \
+         SELECT id, principal, created_at, ?2, calls, wall_ms, fuel, state_bytes_written, egress_requests, \
+         egress_bytes, memory_mib_seconds, stored_mib_hours + stored_bytes * MAX(?3 - stored_since, 0) / ?4 \
+         FROM sessions WHERE id = ?1",
+    )?
+    .execute(params![id, crate::util::now_rfc3339(), crate::util::unix_now_ms(), BYTE_MS_PER_MIB_HOUR])?;
     if conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?.execute([id])? == 0 {
         return Ok(false);
     }
@@ -137,13 +188,41 @@ pub fn expired(conn: &Connection, now: &str) -> Result<Vec<String>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Bytes the session keeps: tool state (keys and values) and messages.
-pub fn stored_bytes(conn: &Connection, id: &str) -> Result<u64> {
-    let n: i64 = conn
-        .prepare_cached(
-            "SELECT (SELECT COALESCE(SUM(LENGTH(CAST(key AS BLOB)) + LENGTH(value)), 0) FROM tool_state WHERE session = ?1) \
-             + (SELECT COALESCE(SUM(LENGTH(CAST(content AS BLOB)) + COALESCE(LENGTH(CAST(metadata AS BLOB)), 0)), 0) FROM messages WHERE session = ?1)",
-        )?
-        .query_row([id], |r| r.get(0))?;
-    Ok(n as u64)
+/// The sessions `q` picks, live and deleted, summed per principal.
+pub fn usage(conn: &Connection, q: &UsageQuery) -> Result<Vec<PrincipalUsage>> {
+    const PICK: &str = "(?1 IS NULL OR principal = ?1) AND (?2 IS NULL OR created_at >= ?2) \
+                        AND (?3 IS NULL OR created_at < ?3)";
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT principal, COUNT(*), SUM(ended), SUM(calls), SUM(wall_ms), SUM(fuel), SUM(state_bytes_written), \
+         SUM(egress_requests), SUM(egress_bytes), SUM(memory_mib_seconds), SUM(stored_mib_hours), SUM(stored_bytes) \
+         FROM (SELECT principal, 0 AS ended, calls, wall_ms, fuel, state_bytes_written, egress_requests, egress_bytes, \
+               memory_mib_seconds, stored_mib_hours + stored_bytes * MAX(?4 - stored_since, 0) / ?5 AS stored_mib_hours, \
+               stored_bytes FROM sessions WHERE {PICK} \
+               UNION ALL \
+               SELECT principal, 1, calls, wall_ms, fuel, state_bytes_written, egress_requests, egress_bytes, \
+               memory_mib_seconds, stored_mib_hours, 0 FROM ended_sessions WHERE {PICK}) \
+         GROUP BY principal ORDER BY principal"
+    ))?;
+    let count = |r: &Row, i| r.get::<_, i64>(i).map(|n| n.max(0) as u64);
+    let rows =
+        stmt.query_map(params![q.principal, q.from, q.to, crate::util::unix_now_ms(), BYTE_MS_PER_MIB_HOUR], |r| {
+            Ok(PrincipalUsage {
+                principal: r.get(0)?,
+                sessions: count(r, 1)?,
+                deleted_sessions: count(r, 2)?,
+                usage: SessionUsage {
+                    calls: count(r, 3)?,
+                    wall_ms: count(r, 4)?,
+                    fuel: count(r, 5)?,
+                    state_bytes_written: count(r, 6)?,
+                    egress_requests: count(r, 7)?,
+                    egress_bytes: count(r, 8)?,
+                    memory_mib_seconds: r.get(9)?,
+                    stored_mib_hours: r.get(10)?,
+                    stored_bytes: count(r, 11)?,
+                    ..SessionUsage::default()
+                },
+            })
+        })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
