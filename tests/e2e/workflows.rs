@@ -354,10 +354,11 @@ async fn metrics_and_usage_account_for_every_call() -> anyhow::Result<()> {
     };
     assert_eq!(value("bulkhead_calls_total{tool=\"counter\",status=\"succeeded\"}"), 3.0);
     assert_eq!(value("bulkhead_calls_total{tool=\"gated-counter\",status=\"pending_approval\"}"), 1.0);
-    assert_eq!(value("bulkhead_call_duration_ms_count"), 3.0);
+    assert_eq!(value("bulkhead_call_duration_seconds_count{tool=\"counter\"}"), 3.0);
+    assert_eq!(value("bulkhead_commit_seconds_count{tool=\"counter\"}"), 3.0);
     assert_eq!(value("bulkhead_pending_approvals"), 1.0);
     assert_eq!(value("bulkhead_sessions"), 1.0);
-    assert!(value("bulkhead_fuel_total") > 0.0);
+    assert!(value("bulkhead_fuel_total{tool=\"counter\"}") > 0.0);
     assert!(value("bulkhead_storage_bytes") > 0.0);
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (_, v) = line.rsplit_once(' ').expect("name value");

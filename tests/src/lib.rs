@@ -19,6 +19,7 @@
 
 pub mod idp;
 pub mod load;
+pub mod otlp;
 pub mod postgres;
 pub mod registry;
 

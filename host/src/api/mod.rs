@@ -25,7 +25,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 pub fn router(service: Arc<Service>) -> Router {
     let body_limit = (service.config.limits.max_request_kb as usize) << 10;
@@ -61,7 +60,7 @@ pub fn router(service: Arc<Service>) -> Router {
 }
 
 async fn count_requests(State(s): State<Arc<Service>>, req: Request, next: Next) -> Response {
-    s.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+    s.metrics.http_requests.inc();
     next.run(req).await
 }
 

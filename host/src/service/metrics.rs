@@ -1,9 +1,21 @@
-//! Counters behind `/metrics` (Prometheus text format).
+//! `/metrics`: the host's meters in a `prometheus-client` registry, served
+//! in the Prometheus text format (or OpenMetrics, when asked for).
+//!
+//! Counted as calls end: calls per tool and status; per tool, the fuel,
+//! egress requests and bytes, and capability denials; histograms per tool
+//! of a call's run, its wait for its turn, and its outcome's commit. Read
+//! at scrape time: the gauges and the database writer's counters.
 
 use crate::model::{Call, CallStatus};
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const STATUSES: [CallStatus; 7] = [
     CallStatus::PendingApproval,
@@ -14,23 +26,29 @@ const STATUSES: [CallStatus; 7] = [
     CallStatus::Rejected,
     CallStatus::Interrupted,
 ];
-/// Upper bounds (ms) of the call latency histogram.
-const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 30000];
+/// Upper bounds (seconds) of the duration histograms: 100 µs to 30 s.
+const SECONDS_BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0];
 
-#[derive(Default)]
-pub struct Metrics {
-    /// Per tool ever served since start (a reload adds; removed tools keep
-    /// their counts): read on every call, written only by a reload.
-    calls: std::sync::RwLock<BTreeMap<String, [AtomicU64; 7]>>,
-    latency: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
-    latency_sum_ms: AtomicU64,
-    fuel: AtomicU64,
-    egress_bytes: AtomicU64,
-    denials: AtomicU64,
-    pub http_requests: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ToolLabel {
+    tool: String,
 }
 
-/// Values read from the database at scrape time.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    tool: String,
+    status: &'static str,
+}
+
+type Histograms = Family<ToolLabel, Histogram, fn() -> Histogram>;
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(SECONDS_BUCKETS)
+}
+
+/// Values read from the database and the service at scrape time.
+#[derive(Debug, Default, Clone)]
 pub struct Gauges {
     pub calls_in_flight: usize,
     /// Requests long-polling for a call to end (`?wait=`).
@@ -45,98 +63,146 @@ pub struct Gauges {
     pub db_write_jobs_run_by_callers: u64,
 }
 
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    fuel: Family<ToolLabel, Counter>,
+    egress_requests: Family<ToolLabel, Counter>,
+    egress_bytes: Family<ToolLabel, Counter>,
+    denials: Family<ToolLabel, Counter>,
+    run: Histograms,
+    queue: Histograms,
+    commit: Histograms,
+    pub http_requests: Counter,
+    /// The scrape-time values, set just before each encoding.
+    scraped: Arc<Mutex<Gauges>>,
+}
+
 impl Metrics {
     pub fn new<'a>(tools: impl Iterator<Item = &'a String>) -> Metrics {
-        let calls = tools.map(|t| (t.clone(), Default::default())).collect();
-        Metrics { calls: std::sync::RwLock::new(calls), ..Default::default() }
+        let mut registry = Registry::with_prefix("bulkhead");
+        let m = Metrics {
+            calls: Family::default(),
+            fuel: Family::default(),
+            egress_requests: Family::default(),
+            egress_bytes: Family::default(),
+            denials: Family::default(),
+            run: Family::new_with_constructor(seconds_histogram),
+            queue: Family::new_with_constructor(seconds_histogram),
+            commit: Family::new_with_constructor(seconds_histogram),
+            http_requests: Counter::default(),
+            scraped: Arc::default(),
+            registry: Registry::default(),
+        };
+        registry.register("calls", "Calls by tool and the status they reached, since start", m.calls.clone());
+        registry.register("fuel", "Wasm fuel consumed by finished calls, per tool", m.fuel.clone());
+        registry.register("egress_requests", "Outbound HTTP requests of finished calls, per tool", m.egress_requests.clone());
+        registry.register("egress_bytes", "Bytes of outbound HTTP responses, per tool", m.egress_bytes.clone());
+        registry.register("denials", "Capability uses refused by a grant, per tool", m.denials.clone());
+        let seconds = |r: &mut Registry, name: &str, help: &str, h: &Histograms| {
+            r.register_with_unit(name, help, Unit::Seconds, h.clone());
+        };
+        seconds(&mut registry, "call_duration", "Run time of finished calls (instantiate and run), per tool", &m.run);
+        seconds(&mut registry, "call_queue", "Time a call waited for its turn on its tool's state, per tool", &m.queue);
+        seconds(&mut registry, "commit", "Time to commit a call's outcome (record, state, audit), per tool", &m.commit);
+        registry.register("http_requests", "HTTP requests received", m.http_requests.clone());
+        registry.register_collector(Box::new(Scraped(m.scraped.clone())));
+        for tool in tools {
+            m.add_tool(tool);
+        }
+        Metrics { registry, ..m }
     }
 
-    /// Counts calls of a tool a reload added.
+    /// Shows every status of a tool (a reload's new tools too) from zero.
     pub fn add_tool(&self, tool: &str) {
-        let mut calls = self.calls.write().expect("metrics lock poisoned");
-        calls.entry(tool.to_string()).or_default();
+        for status in STATUSES {
+            let _ = self.calls.get_or_create(&CallLabels { tool: tool.to_string(), status: status.as_str() });
+        }
     }
 
     /// Counts a call that reached `status`; finished calls add their usage.
     pub fn record(&self, call: &Call, denials: usize) {
-        if let Some(counters) = self.calls.read().expect("metrics lock poisoned").get(&call.tool) {
-            counters[call.status as usize].fetch_add(1, Ordering::Relaxed);
+        let labels = CallLabels { tool: call.tool.clone(), status: call.status.as_str() };
+        self.calls.get_or_create(&labels).inc();
+        let tool = ToolLabel { tool: labels.tool };
+        if denials > 0 {
+            self.denials.get_or_create(&tool).inc_by(denials as u64);
         }
-        self.denials.fetch_add(denials as u64, Ordering::Relaxed);
         if call.finished_at.is_some() && call.started_at.is_some() {
-            let ms = call.usage.wall_ms;
-            let bucket = LATENCY_BUCKETS_MS.iter().position(|b| ms <= *b).unwrap_or(LATENCY_BUCKETS_MS.len());
-            self.latency[bucket].fetch_add(1, Ordering::Relaxed);
-            self.latency_sum_ms.fetch_add(ms, Ordering::Relaxed);
-            self.fuel.fetch_add(call.usage.fuel, Ordering::Relaxed);
-            self.egress_bytes.fetch_add(call.usage.egress_bytes, Ordering::Relaxed);
+            let u = &call.usage;
+            self.run.get_or_create(&tool).observe(u.wall_ms as f64 / 1000.0);
+            self.fuel.get_or_create(&tool).inc_by(u.fuel);
+            if u.egress_requests > 0 {
+                self.egress_requests.get_or_create(&tool).inc_by(u.egress_requests);
+                self.egress_bytes.get_or_create(&tool).inc_by(u.egress_bytes);
+            }
         }
     }
 
-    pub fn render(&self, g: &Gauges) -> String {
+    /// How long a call of `tool` waited for its turn, and took to commit.
+    pub fn record_timings(&self, tool: &str, queue: Duration, commit: Duration) {
+        let tool = ToolLabel { tool: tool.to_string() };
+        self.queue.get_or_create(&tool).observe(queue.as_secs_f64());
+        self.commit.get_or_create(&tool).observe(commit.as_secs_f64());
+    }
+
+    /// The exposition: Prometheus text (0.0.4), or OpenMetrics 1.0.
+    pub fn render(&self, g: Gauges, openmetrics: bool) -> String {
+        // One scrape at a time: the collector reads what this one set.
+        let mut scraped = self.scraped.lock().expect("metrics lock poisoned");
+        *scraped = g;
+        drop(scraped);
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        let encoded = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
         };
-        metric("bulkhead_calls_total", "counter", "Calls by tool and the status they reached, since start.");
-        let mut lines = String::new();
-        for (tool, counters) in self.calls.read().expect("metrics lock poisoned").iter() {
-            for status in STATUSES {
-                let n = counters[status as usize].load(Ordering::Relaxed);
-                let _ = writeln!(lines, "bulkhead_calls_total{{tool=\"{tool}\",status=\"{}\"}} {n}", status.as_str());
-            }
+        // Writing to a String cannot fail; a metric that could not encode
+        // would be a bug, logged rather than answered half-written.
+        if let Err(e) = encoded {
+            tracing::error!("cannot encode the metrics: {e}");
         }
-        out.push_str(&lines);
-        let mut hist = String::new();
-        let _ = writeln!(
-            hist,
-            "# HELP bulkhead_call_duration_ms Wall time of finished calls.\n# TYPE bulkhead_call_duration_ms histogram"
-        );
-        let mut cumulative = 0;
-        for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
-            cumulative += self.latency[i].load(Ordering::Relaxed);
-            let _ = writeln!(hist, "bulkhead_call_duration_ms_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.latency[LATENCY_BUCKETS_MS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(hist, "bulkhead_call_duration_ms_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(hist, "bulkhead_call_duration_ms_sum {}", self.latency_sum_ms.load(Ordering::Relaxed));
-        let _ = writeln!(hist, "bulkhead_call_duration_ms_count {cumulative}");
-        out.push_str(&hist);
+        out
+    }
+}
+
+/// The scrape-time values, as a collector of constant metrics.
+#[derive(Debug)]
+struct Scraped(Arc<Mutex<Gauges>>);
+
+impl Collector for Scraped {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = self.0.lock().map_err(|_| std::fmt::Error)?.clone();
         let counters = [
-            ("bulkhead_fuel_total", "Wasm fuel consumed by finished calls.", self.fuel.load(Ordering::Relaxed)),
+            ("db_commits", "Transactions the database writer committed", g.db_commits),
             (
-                "bulkhead_egress_bytes_total",
-                "Bytes of outbound HTTP responses.",
-                self.egress_bytes.load(Ordering::Relaxed),
-            ),
-            ("bulkhead_denials_total", "Capability uses refused by a grant.", self.denials.load(Ordering::Relaxed)),
-            ("bulkhead_http_requests_total", "HTTP requests received.", self.http_requests.load(Ordering::Relaxed)),
-            ("bulkhead_db_commits_total", "Transactions the database writer committed.", g.db_commits),
-            (
-                "bulkhead_db_write_jobs_total",
-                "Write jobs the database writer ran (jobs per commit: how well group commit works).",
+                "db_write_jobs",
+                "Write jobs the database writer ran (jobs per commit: how well group commit works)",
                 g.db_write_jobs,
             ),
             (
-                "bulkhead_db_write_jobs_run_by_callers_total",
-                "Of those jobs, the ones run on their caller's thread (the writer was idle: no hand-off).",
+                "db_write_jobs_run_by_callers",
+                "Of those jobs, the ones run on their caller's thread (the writer was idle: no hand-off)",
                 g.db_write_jobs_run_by_callers,
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
         }
         let gauges = [
-            ("bulkhead_calls_in_flight", "Calls holding a concurrency slot.", g.calls_in_flight as u64),
-            ("bulkhead_call_waiters", "Requests waiting for a call to end (long-polls).", g.call_waiters as u64),
-            ("bulkhead_tools_loaded", "Tool bundles being served.", g.tools_loaded as u64),
-            ("bulkhead_sessions", "Sessions in the database.", g.sessions),
-            ("bulkhead_pending_approvals", "Calls waiting for a human decision.", g.pending_approvals),
-            ("bulkhead_storage_bytes", "Size of the database files (with WAL).", g.storage_bytes),
+            ("calls_in_flight", "Calls holding a concurrency slot", g.calls_in_flight as i64),
+            ("call_waiters", "Requests waiting for a call to end (long-polls)", g.call_waiters as i64),
+            ("tools_loaded", "Tool bundles being served", g.tools_loaded as i64),
+            ("sessions", "Sessions in the database", g.sessions as i64),
+            ("pending_approvals", "Calls waiting for a human decision", g.pending_approvals as i64),
+            ("storage_bytes", "Size of the database files (with WAL)", g.storage_bytes as i64),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
-        out
+        Ok(())
     }
 }

@@ -63,6 +63,7 @@ impl Service {
         (slot, turn, link): (OwnedSemaphorePermit, Option<Turn>, Link),
     ) -> Result<Call> {
         let (session, epoch) = read;
+        let queued = std::time::Instant::now();
         // New calls queued when they arrived; approved calls queue now.
         let turn = match turn {
             Some(turn) => turn.await,
@@ -82,6 +83,7 @@ impl Service {
                 return Err(e.into());
             }
         };
+        let queue = queued.elapsed();
         // The boundary as it stands now: a PATCH or DELETE may have come
         // while this call waited its turn. When no boundary changed since
         // the session was read, that read is current (on this host alone:
@@ -126,9 +128,11 @@ impl Service {
         // the audit notes (secrets read, egress), without the state writes.
         // (Notes are usually none: cloning them allocates nothing.)
         let (id, usage, notes) = (call.id.clone(), outcome.usage, outcome.notes.clone());
+        let (tool_name, committing) = (call.tool.clone(), std::time::Instant::now());
         let result = self.record_outcome(call, outcome, tool_version, &actor, (link, held)).await;
         match &result {
             Ok(call) => {
+                self.metrics.record_timings(&tool_name, queue, committing.elapsed());
                 // Free the slot and the tool's turn before waking long-polls:
                 // a client that saw its call end may send the next at once.
                 drop((slot, turn));
