@@ -22,6 +22,7 @@
 //!   caller commits on its own thread, concurrent ones share a writer
 //!   thread's commits (group commit).
 //! - [`service`]: the operations the API and the CLI share (sessions, calls).
+//! - [`telemetry`]: logs and OpenTelemetry traces (`[telemetry]`).
 //! - [`web`]: what the two HTTP front ends share: the contract's error
 //!   body, the caller extractor, JSON extractors.
 //! - [`api`]: the axum HTTP API (contract §7).
@@ -46,6 +47,7 @@ pub mod runtime;
 pub mod service;
 pub mod store;
 pub mod supply;
+pub mod telemetry;
 pub mod tls;
 pub mod util;
 pub mod web;

@@ -25,6 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::sync::Arc;
+use tracing::Instrument;
 
 pub fn router(service: Arc<Service>) -> Router {
     let body_limit = (service.config.limits.max_request_kb as usize) << 10;
@@ -59,9 +60,53 @@ pub fn router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
+/// Counts each request, traces it (continuing the caller's trace), and
+/// with JSON logs writes its access line with the trace id.
 async fn count_requests(State(s): State<Arc<Service>>, req: Request, next: Next) -> Response {
     s.metrics.http_requests.inc();
-    next.run(req).await
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    // Fields are only evaluated when the span is traced.
+    let span = tracing::trace_span!(
+        target: crate::telemetry::TARGET,
+        "request",
+        otel.name = format!("{method} {}", route(req.uri().path())),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route(req.uri().path()),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let logged = crate::telemetry::access_log().then(|| {
+        let incoming = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        (route(req.uri().path()), incoming)
+    });
+    crate::telemetry::continue_trace(&span, req.headers());
+    let response = next.run(req).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if let Some((route, incoming)) = logged {
+        // The trace this request is in: its span's, else its caller's.
+        let trace_id = crate::telemetry::trace_id(&span)
+            .or_else(|| incoming.and_then(|t| t.split('-').nth(1).filter(|id| id.len() == 32).map(str::to_owned)));
+        tracing::info!(
+            target: "bulkhead::access",
+            method = %method,
+            route = %route,
+            status,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            trace_id = trace_id.as_deref().unwrap_or(""),
+            "request"
+        );
+    }
+    response
+}
+
+/// A path with its ids (UUIDs, as sessions and calls have) as `{id}`: the
+/// span name of a request, the same for every session.
+fn route(path: &str) -> String {
+    let segments: Vec<&str> =
+        path.split('/').map(|seg| if uuid::Uuid::try_parse(seg).is_ok() { "{id}" } else { seg }).collect();
+    segments.join("/")
 }
 
 async fn not_found() -> ApiError {

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -79,7 +80,7 @@ impl WasiHttpHooks for Egress {
 
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = Sent> + Send> {
@@ -97,6 +98,19 @@ impl WasiHttpHooks for Egress {
             self.deny(&target, "host not granted");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
+        // Where the request goes and how it ended; never its headers or body.
+        let span = tracing::trace_span!(
+            target: crate::telemetry::TARGET,
+            "egress",
+            otel.name = format!("{} {host}", request.method()),
+            otel.kind = "client",
+            http.request.method = %request.method(),
+            server.address = %host,
+            server.port = port,
+            url.scheme = if https { "https" } else { "http" },
+            http.response.status_code = tracing::field::Empty,
+        );
+        crate::telemetry::inject(&span, &host, port, https, request.headers_mut());
         let record = Arc::new(EgressRecord {
             method: request.method().to_string(),
             https,
@@ -111,18 +125,25 @@ impl WasiHttpHooks for Egress {
         let allow_private = self.allow_private.clone();
         let denials = self.denials.clone();
         let tool = self.tool.clone();
-        Box::new(async move {
-            let addr = match resolve_checked(&host, port, &allow_private).await {
-                Ok(addr) => addr,
-                Err(reason) => {
-                    deny(&denials, &tool, &target, reason);
-                    return Err(Error::DestinationIpProhibited);
+        Box::new(
+            async move {
+                let addr = match resolve_checked(&host, port, &allow_private).await {
+                    Ok(addr) => addr,
+                    Err(reason) => {
+                        deny(&denials, &tool, &target, reason);
+                        return Err(Error::DestinationIpProhibited);
+                    }
+                };
+                // Only a request that goes to a checked address is egress.
+                records.lock().expect("records lock").push(record.clone());
+                let sent = send_to(addr, &host, https, request, options, record.clone()).await;
+                if let Some(status) = *record.status.lock().expect("status lock") {
+                    tracing::Span::current().record("http.response.status_code", status);
                 }
-            };
-            // Only a request that goes to a checked address is egress.
-            records.lock().expect("records lock").push(record.clone());
-            send_to(addr, &host, https, request, options, record).await
-        })
+                sent
+            }
+            .instrument(span),
+        )
     }
 }
 

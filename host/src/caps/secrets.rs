@@ -69,6 +69,15 @@ impl SecretStore {
 impl Host for HostState {
     async fn get(&mut self, name: String) -> Result<String, String> {
         let granted = self.env.grant.secrets.contains(&name);
+        // The name only when granted (an operator's name): a refused one is
+        // the tool's text, which could be anything it read.
+        let _span = tracing::trace_span!(
+            target: crate::telemetry::TARGET,
+            "secret.read",
+            bulkhead.secret = granted.then_some(name.as_str()),
+            bulkhead.granted = granted,
+        )
+        .entered();
         let value = granted.then(|| self.env.secrets.get(&name)).flatten();
         match value {
             Some(secret) => {

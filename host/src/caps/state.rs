@@ -10,6 +10,7 @@
 use super::HostState;
 use super::iface::state::Host;
 use crate::store::state_cache::Committed;
+use crate::telemetry::TARGET as TRACE;
 use std::collections::BTreeMap;
 
 /// Longest key: keys are names, not data.
@@ -113,6 +114,7 @@ impl HostState {
 
 impl Host for HostState {
     async fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        let _span = tracing::trace_span!(target: TRACE, "state.get").entered();
         match self.state.writes.get(&key) {
             Some(buffered) => buffered.clone(),
             None => self.committed(&key),
@@ -120,6 +122,8 @@ impl Host for HostState {
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        let _span =
+            tracing::trace_span!(target: TRACE, "state.set", bulkhead.bytes = key.len() + value.len()).entered();
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(format!("state keys must be 1 to {MAX_KEY_BYTES} bytes"));
         }
@@ -141,6 +145,7 @@ impl Host for HostState {
     }
 
     async fn delete(&mut self, key: String) {
+        let _span = tracing::trace_span!(target: TRACE, "state.delete").entered();
         if self.base().is_ok() {
             self.state.delta -= self.entry_size(&key) as i64;
         }
@@ -148,6 +153,7 @@ impl Host for HostState {
     }
 
     async fn keys(&mut self, prefix: String) -> Vec<String> {
+        let _span = tracing::trace_span!(target: TRACE, "state.keys").entered();
         let committed = match self.committed_state() {
             Some(Committed::Cached(s)) => s
                 .entries

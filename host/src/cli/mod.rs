@@ -134,8 +134,10 @@ enum AuditCommand {
 pub fn main() -> ExitCode {
     crate::util::quiet_library_backtraces();
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // `serve` sets up its own, as its `[telemetry]` says.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        crate::telemetry::init_logs();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -194,6 +196,7 @@ fn report_start(report: &StartReport, service: &Service) {
 
 async fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
+    let telemetry = crate::telemetry::init(&config.telemetry)?;
     let listen = config.listen;
     let (service, report) = Service::start(config).await?;
     report_start(&report, &service);
@@ -219,7 +222,9 @@ async fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
     // not hold up the start (static tokens keep working).
     let keys = service.clone();
     tokio::spawn(async move { keys.auth.issuers().prefetch().await });
-    axum::serve(listener, crate::api::router(service)).with_graceful_shutdown(shutdown_signal()).await?;
+    let served = axum::serve(listener, crate::api::router(service)).with_graceful_shutdown(shutdown_signal()).await;
+    telemetry.shutdown();
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,9 +6,11 @@
 
 mod auth;
 mod pricing;
+mod telemetry;
 
 pub use auth::{AuthConfig, DEFAULT_ALGORITHMS, IssuerConfig, IssuerPolicy, PrincipalConfig, Role};
 pub use pricing::PricingConfig;
+pub use telemetry::TelemetryConfig;
 
 use crate::policy::{Access, PrivateRanges};
 use auth::validate_principal;
@@ -350,6 +352,8 @@ struct RawConfig {
     #[serde(default)]
     pricing: PricingConfig,
     #[serde(default)]
+    telemetry: TelemetryConfig,
+    #[serde(default)]
     principals: Vec<PrincipalConfig>,
 }
 
@@ -370,6 +374,7 @@ pub struct Config {
     pub tools: ToolsConfig,
     pub auth: AuthConfig,
     pub pricing: PricingConfig,
+    pub telemetry: TelemetryConfig,
     /// The file this was read from, re-read by a tool reload (`None`: the
     /// embedded defaults).
     pub file: Option<PathBuf>,
@@ -409,6 +414,7 @@ impl Config {
             tools: ToolsConfig::default(),
             auth: AuthConfig::default(),
             pricing: PricingConfig::default(),
+            telemetry: TelemetryConfig::default(),
             file: None,
             principals: None,
         }
@@ -446,6 +452,7 @@ impl Config {
         raw.tools.validate()?;
         raw.auth.validate()?;
         raw.pricing.validate()?;
+        raw.telemetry.validate()?;
         for (name, source) in &raw.secrets {
             if source.env.is_some() == source.file.is_some() {
                 return Err(format!("secrets.{name}: give exactly one of `env` or `file`"));
@@ -496,6 +503,7 @@ impl Config {
                 ..raw.auth
             },
             pricing: raw.pricing,
+            telemetry: raw.telemetry,
             file: None,
             principals: Some(raw.principals),
         })

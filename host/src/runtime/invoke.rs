@@ -10,6 +10,7 @@ use crate::model::{CallError, CallStatus, LogLine, Usage};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 /// Fuel is metered to report work done, not to limit it (the timeout does).
@@ -80,7 +81,8 @@ impl Runtime {
         // The wall-clock timeout also covers a guest blocked in a host call,
         // where epochs do not fire.
         let run = async {
-            let instance = tool.pre.instantiate_async(&mut store).await?;
+            let instantiate = tracing::trace_span!(target: crate::telemetry::TARGET, "instantiate");
+            let instance = tool.pre.instantiate_async(&mut store).instrument(instantiate).await?;
             instance.call_invoke(&mut store, input).await
         };
         let result = tokio::time::timeout(timeout, run).await;

@@ -96,7 +96,11 @@ impl Metrics {
         };
         registry.register("calls", "Calls by tool and the status they reached, since start", m.calls.clone());
         registry.register("fuel", "Wasm fuel consumed by finished calls, per tool", m.fuel.clone());
-        registry.register("egress_requests", "Outbound HTTP requests of finished calls, per tool", m.egress_requests.clone());
+        registry.register(
+            "egress_requests",
+            "Outbound HTTP requests of finished calls, per tool",
+            m.egress_requests.clone(),
+        );
         registry.register("egress_bytes", "Bytes of outbound HTTP responses, per tool", m.egress_bytes.clone());
         registry.register("denials", "Capability uses refused by a grant, per tool", m.denials.clone());
         let seconds = |r: &mut Registry, name: &str, help: &str, h: &Histograms| {

@@ -8,12 +8,14 @@ use crate::model::{Call, CallError, CallStatus, Session, Usage};
 use crate::runtime::invoke::Outcome;
 use crate::service::{Result, Service, ServiceError};
 use crate::store::{Abandoned, FinishedCall, HeldTurn, Link, Rejection, StoreError};
+use crate::telemetry::TARGET as TRACE;
 use crate::util;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 impl Service {
     /// `execute`, as an [`Execution`]. Not async, and boxed: the future is
@@ -26,7 +28,25 @@ impl Service {
         actor: String,
         run: (OwnedSemaphorePermit, Option<Turn>, Link),
     ) -> Execution {
-        Execution(Some(Box::pin(self.clone().execute(call, read, actor, run))))
+        // Ids, names and sizes only: never the input or the output.
+        let span = tracing::trace_span!(
+            target: TRACE,
+            "call",
+            otel.name = format!("call {}", call.tool),
+            bulkhead.session = %call.session,
+            bulkhead.call = %call.id,
+            bulkhead.tool = %call.tool,
+            bulkhead.principal = %actor,
+            bulkhead.status = tracing::field::Empty,
+            bulkhead.fuel = tracing::field::Empty,
+            bulkhead.wall_ms = tracing::field::Empty,
+            bulkhead.memory_peak_bytes = tracing::field::Empty,
+            bulkhead.state_bytes_written = tracing::field::Empty,
+            bulkhead.egress_requests = tracing::field::Empty,
+            bulkhead.egress_bytes = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        Execution(Some(Box::pin(self.clone().execute(call, read, actor, run, span))))
     }
 
     /// Runs a recorded call under the session's boundary: waits its turn
@@ -34,6 +54,9 @@ impl Service {
     /// the session with the boundary epoch read before it, if known; `run`
     /// the call's concurrency slot, its place in the tool's queue if it
     /// has one, and the outcome's link to the record.
+    ///
+    /// `span` is the call's trace span, made where the call was accepted
+    /// (so an async call's span is still its request's child).
     ///
     /// Whatever ends it early, the call does not stay `running`: a panic
     /// in the host (a bug) is caught here and the call finished `failed`.
@@ -43,9 +66,26 @@ impl Service {
         read: (Arc<Session>, Option<u64>),
         actor: String,
         run: (OwnedSemaphorePermit, Option<Turn>, Link),
+        span: tracing::Span,
     ) -> Result<Call> {
         let (session, id) = (call.session.clone(), call.id.clone());
-        let caught = util::catch_panic(self.clone().execute_recorded(call, read, actor, run)).await;
+        let run = self.clone().execute_recorded(call, read, actor, run).instrument(span.clone());
+        let caught = util::catch_panic(run).await;
+        if let Ok(Ok(call)) = &caught
+            && !span.is_disabled()
+        {
+            let u = &call.usage;
+            span.record("bulkhead.status", call.status.as_str());
+            span.record("bulkhead.fuel", u.fuel);
+            span.record("bulkhead.wall_ms", u.wall_ms);
+            span.record("bulkhead.memory_peak_bytes", u.memory_peak_bytes);
+            span.record("bulkhead.state_bytes_written", u.state_bytes_written);
+            span.record("bulkhead.egress_requests", u.egress_requests);
+            span.record("bulkhead.egress_bytes", u.egress_bytes);
+            if call.status != CallStatus::Succeeded {
+                span.record("otel.status_code", "error");
+            }
+        }
         caught.unwrap_or_else(|_| {
             tracing::error!("call {id} panicked in the host; it ends failed");
             let error =
@@ -64,17 +104,25 @@ impl Service {
     ) -> Result<Call> {
         let (session, epoch) = read;
         let queued = std::time::Instant::now();
-        // New calls queued when they arrived; approved calls queue now.
-        let turn = match turn {
-            Some(turn) => turn.await,
-            None => self.tool_lock(&session.id, &call.tool).lock_owned().await,
-        };
-        // Then its turn among the hosts sharing the store, if they do,
-        // with the session and the tool's state as they stand under it.
-        let taken = match self.caches() {
-            true => Ok(None), // one host: its queue is the turn
-            false => self.store.take_turn(&session.id, &call.tool, super::super::call_store::UNCACHED_LARGEST).await,
-        };
+        let queue_span = tracing::trace_span!(target: TRACE, "queue");
+        let (turn, taken) = async {
+            // New calls queued when they arrived; approved calls queue now.
+            let turn = match turn {
+                Some(turn) => turn.await,
+                None => self.tool_lock(&session.id, &call.tool).lock_owned().await,
+            };
+            // Then its turn among the hosts sharing the store, if they do,
+            // with the session and the tool's state as they stand under it.
+            let taken = match self.caches() {
+                true => Ok(None), // one host: its queue is the turn
+                false => {
+                    self.store.take_turn(&session.id, &call.tool, super::super::call_store::UNCACHED_LARGEST).await
+                }
+            };
+            (turn, taken)
+        }
+        .instrument(queue_span)
+        .await;
         let (held, fresh, prefetched) = match taken {
             Ok(Some(t)) => (Some(t.held), Some(t.session), Some(t.state)),
             Ok(None) => (None, None, None),
@@ -107,7 +155,10 @@ impl Service {
         let tool = self.tool(&call.tool).filter(|_| session.tools.contains_key(&call.tool));
         let tool_version = tool.as_ref().map(|t| t.version());
         let outcome = match &tool {
-            Some(tool) => self.run(tool, &call, &session, prefetched).await,
+            Some(tool) => {
+                let run = tracing::trace_span!(target: TRACE, "run", bulkhead.tool_version = %tool.manifest.version);
+                self.run(tool, &call, &session, prefetched).instrument(run).await
+            }
             // Recorded `running` but never run: finish it, so it does not
             // wait for a restart to end `interrupted`.
             None => Outcome {
@@ -129,7 +180,8 @@ impl Service {
         // (Notes are usually none: cloning them allocates nothing.)
         let (id, usage, notes) = (call.id.clone(), outcome.usage, outcome.notes.clone());
         let (tool_name, committing) = (call.tool.clone(), std::time::Instant::now());
-        let result = self.record_outcome(call, outcome, tool_version, &actor, (link, held)).await;
+        let commit = tracing::trace_span!(target: TRACE, "commit");
+        let result = self.record_outcome(call, outcome, tool_version, &actor, (link, held)).instrument(commit).await;
         match &result {
             Ok(call) => {
                 self.metrics.record_timings(&tool_name, queue, committing.elapsed());
