@@ -167,4 +167,7 @@ pub fn inject(span: &tracing::Span, host: &str, port: u16, https: bool, headers:
     headers.remove("traceparent");
     headers.remove("tracestate");
     TraceContextPropagator::new().inject_context(&span.context(), &mut HeadersMut(headers));
+    if headers.get("tracestate").is_some_and(|v| v.is_empty()) {
+        headers.remove("tracestate");
+    }
 }

@@ -16,5 +16,6 @@ mod review;
 mod sandbox;
 mod scenario;
 mod supply;
+mod telemetry;
 mod usage;
 mod workflows;

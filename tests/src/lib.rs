@@ -339,6 +339,8 @@ impl TestHost {
     async fn spawn(&mut self) -> Result<()> {
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr_path)?;
         let mut command = Command::new(binary());
+        // Quiet unless the test's environment says otherwise.
+        command.env("RUST_LOG", "warn");
         if let Ok(url) = std::fs::read_to_string(self.dir.join(PG_URL_FILE)) {
             command.env(PG_URL_ENV, url);
         }
@@ -351,7 +353,6 @@ impl TestHost {
             .arg("serve")
             .arg("--config")
             .arg(self.dir.join("bulkhead.toml"))
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

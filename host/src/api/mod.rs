@@ -83,7 +83,7 @@ async fn count_requests(State(s): State<Arc<Service>>, req: Request, next: Next)
     crate::telemetry::continue_trace(&span, req.headers());
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
-    span.record("http.response.status_code", status);
+    span.record("http.response.status_code", i64::from(status));
     if let Some((route, incoming)) = logged {
         // The trace this request is in: its span's, else its caller's.
         let trace_id = crate::telemetry::trace_id(&span)

@@ -106,7 +106,7 @@ impl WasiHttpHooks for Egress {
             otel.kind = "client",
             http.request.method = %request.method(),
             server.address = %host,
-            server.port = port,
+            server.port = i64::from(port),
             url.scheme = if https { "https" } else { "http" },
             http.response.status_code = tracing::field::Empty,
         );
@@ -138,7 +138,7 @@ impl WasiHttpHooks for Egress {
                 records.lock().expect("records lock").push(record.clone());
                 let sent = send_to(addr, &host, https, request, options, record.clone()).await;
                 if let Some(status) = *record.status.lock().expect("status lock") {
-                    tracing::Span::current().record("http.response.status_code", status);
+                    tracing::Span::current().record("http.response.status_code", i64::from(status));
                 }
                 sent
             }

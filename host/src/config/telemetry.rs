@@ -22,7 +22,8 @@ pub struct TelemetryConfig {
     pub headers: BTreeMap<String, String>,
     /// Whether a tool's outbound requests carry the call's `traceparent`.
     pub traceparent: bool,
-    /// Granted hosts that never get it (e.g. a partner that rejects it).
+    /// Granted hosts that never get it (e.g. a partner that rejects it),
+    /// written as in grants: without a port, a host's default port.
     pub traceparent_except: Vec<String>,
     /// `text` (for people) or `json` (one object per line, with an access
     /// line per request that names its trace id).

@@ -76,12 +76,12 @@ impl Service {
         {
             let u = &call.usage;
             span.record("bulkhead.status", call.status.as_str());
-            span.record("bulkhead.fuel", u.fuel);
-            span.record("bulkhead.wall_ms", u.wall_ms);
-            span.record("bulkhead.memory_peak_bytes", u.memory_peak_bytes);
-            span.record("bulkhead.state_bytes_written", u.state_bytes_written);
-            span.record("bulkhead.egress_requests", u.egress_requests);
-            span.record("bulkhead.egress_bytes", u.egress_bytes);
+            span.record("bulkhead.fuel", u.fuel as i64);
+            span.record("bulkhead.wall_ms", u.wall_ms as i64);
+            span.record("bulkhead.memory_peak_bytes", u.memory_peak_bytes as i64);
+            span.record("bulkhead.state_bytes_written", u.state_bytes_written as i64);
+            span.record("bulkhead.egress_requests", u.egress_requests as i64);
+            span.record("bulkhead.egress_bytes", u.egress_bytes as i64);
             if call.status != CallStatus::Succeeded {
                 span.record("otel.status_code", "error");
             }
