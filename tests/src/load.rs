@@ -9,9 +9,15 @@ use std::time::{Duration, Instant};
 /// A host serving the counter tool, with a concurrency limit above any
 /// client count the load binaries use.
 pub async fn counter_host() -> anyhow::Result<TestHost> {
+    counter_host_with("").await
+}
+
+/// `counter_host` with more config (e.g. a `[telemetry]` table).
+pub async fn counter_host_with(config: &str) -> anyhow::Result<TestHost> {
     TestHost::builder()
         .bundle("counter", example_tool("counter"))
         .config("[limits]\nmax_concurrent_calls = 256")
+        .config(config)
         .start()
         .await
 }
@@ -61,6 +67,12 @@ impl Run {
         a.elapsed = a.elapsed.max(b.elapsed);
         a.latencies.extend(b.latencies);
         a
+    }
+
+    /// Two runs made one after the other, as one (their times added).
+    pub fn followed_by(mut a: Run, b: Run) -> Run {
+        a.elapsed += b.elapsed;
+        Run { elapsed: a.elapsed, ..Run::merged(a, b) }
     }
 
     pub fn rate(&self) -> f64 {
