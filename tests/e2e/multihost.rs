@@ -342,8 +342,10 @@ async fn migrate_copies_a_sqlite_folder_that_a_postgres_host_then_serves() -> an
 
     let new = TestHost::builder().bundle("counter", example_tool("counter")).postgres(&url, 2).start().await?;
     let mut after = read_all(new.agent()).await?;
-    // `stored_bytes` is computed on read, by each backend's own measure.
-    after[0]["usage"]["stored_bytes"] = before[0]["usage"]["stored_bytes"].clone();
+    // Storage-time runs on between the two reads; the rest is copied as is.
+    let hours = |s: &Value| s["usage"]["stored_mib_hours"].as_f64().expect("stored_mib_hours");
+    assert!(hours(&after[0]) >= hours(&before[0]) && hours(&before[0]) > 0.0, "{} {}", after[0], before[0]);
+    after[0]["usage"]["stored_mib_hours"] = before[0]["usage"]["stored_mib_hours"].clone();
     assert_eq!(after, before, "the copy answers what the SQLite host did");
     assert_eq!(new.api(APPROVER).get("/v1/approvals").await?.1, pending_for_approver);
     assert_eq!(pending["status"], "pending_approval");

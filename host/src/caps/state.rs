@@ -122,8 +122,8 @@ impl Host for HostState {
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        let _span =
-            tracing::trace_span!(target: TRACE, "state.set", bulkhead.bytes = (key.len() + value.len()) as i64).entered();
+        let _span = tracing::trace_span!(target: TRACE, "state.set", bulkhead.bytes = (key.len() + value.len()) as i64)
+            .entered();
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(format!("state keys must be 1 to {MAX_KEY_BYTES} bytes"));
         }

@@ -103,7 +103,7 @@ mod tests {
             ("otlp_endpoint = \"https://otel.example.com\"\nheaders = { x-api-key = \"k\" }", None),
             ("traceparent_except = [\"api.partner.com\", \"*.bank.example\"]", None),
             ("log_format = \"json\"", None),
-            ("otlp_endpoint = \"127.0.0.1:4318\"", Some("must be an http(s) URL")),
+            ("otlp_endpoint = \"127.0.0.1:4318\"", Some("telemetry.otlp_endpoint")),
             ("otlp_endpoint = \"file:///tmp/x\"", Some("must be an http(s) URL")),
             ("otlp_endpoint = \"not a url\"", Some("is not a URL")),
             ("protocol = \"grpc\"", Some("not built into this host")),

@@ -34,7 +34,9 @@ async fn main() -> anyhow::Result<()> {
             });
         }
     }
-    println!("| {connections} connections, {rounds} x {seconds} s each | req/s | p50 ms | p99 ms | p99.9 ms | errors |");
+    println!(
+        "| {connections} connections, {rounds} x {seconds} s each | req/s | p50 ms | p99 ms | p99.9 ms | errors |"
+    );
     println!("|---|---|---|---|---|---|");
     let off_rate = off_runs.expect("rounds > 0").report("POST calls, tracing off");
     let on_rate = on_runs.expect("rounds > 0").report("POST calls, every span exported");
