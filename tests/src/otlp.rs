@@ -74,6 +74,11 @@ impl OtlpReceiver {
         bail!("the OTLP receiver wrote no port in 20 s; stderr:\n{}", receiver.stderr())
     }
 
+    /// The receiver's process id (for its CPU time in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The base URL for an OTLP/HTTP exporter (it adds `/v1/traces`), and
     /// of `/echo-headers`.
     pub fn endpoint(&self) -> String {
