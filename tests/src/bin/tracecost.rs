@@ -28,15 +28,20 @@ async fn main() -> anyhow::Result<()> {
     let connections: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
     let rounds: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3);
     let otlp = OtlpReceiver::start().await?;
-    let exporting = |ratio: f64| {
-        format!("[telemetry]\notlp_endpoint = \"{}\"\nsampling_ratio = {ratio:?}", otlp.endpoint())
-    };
+    let exporting =
+        |ratio: f64| format!("[telemetry]\notlp_endpoint = \"{}\"\nsampling_ratio = {ratio:?}", otlp.endpoint());
     let mut variants = [
         ("POST calls, tracing off", String::new()),
         ("POST calls, 10% of traces exported", exporting(0.1)),
         ("POST calls, every span exported", exporting(1.0)),
     ]
-    .map(|(name, config)| Variant { name, config, run: None, host_cpu: Duration::ZERO, receiver_cpu: Duration::ZERO });
+    .map(|(name, config)| Variant {
+        name,
+        config,
+        run: None,
+        host_cpu: Duration::ZERO,
+        receiver_cpu: Duration::ZERO,
+    });
     let mut hosts = Vec::new();
     for v in &variants {
         let host = counter_host_with(&v.config).await?;
