@@ -94,11 +94,16 @@ impl Run {
     }
 }
 
-/// CPU time a process has used so far, in total (threads that ended
-/// included) and on its live threads whose name starts with `thread`
-/// (from `/proc`, in 10 ms ticks; zero where `/proc` is missing).
+/// CPU time a process has used so far, threads that ended included (from
+/// `/proc`, in 10 ms ticks; zero where `/proc` is missing).
+pub fn process_cpu(pid: u32) -> Duration {
+    stat_cpu(&format!("/proc/{pid}/stat")).map_or(Duration::ZERO, |(_, t)| t)
+}
+
+/// [`process_cpu`], and the CPU time of the live threads whose name starts
+/// with `thread`.
 pub fn cpu_used(pid: u32, thread: &str) -> (Duration, Duration) {
-    let total = stat_cpu(&format!("/proc/{pid}/stat")).map_or(Duration::ZERO, |(_, t)| t);
+    let total = process_cpu(pid);
     let mut named = Duration::ZERO;
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {

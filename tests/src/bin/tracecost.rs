@@ -9,7 +9,7 @@
 //! (after `scripts/build-guests`, `cargo build --release` and the
 //! telemetry venv of `scripts/test`).
 
-use bulkhead_tests::load::{Request, Run, clients, counter_host_with, cpu_used, drive};
+use bulkhead_tests::load::{Request, Run, clients, counter_host_with, drive, process_cpu};
 use bulkhead_tests::otlp::OtlpReceiver;
 use std::time::Duration;
 
@@ -52,10 +52,10 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..rounds {
         for (v, (host, apis)) in variants.iter_mut().zip(&hosts) {
             let pid = host.pid().expect("host running");
-            let (host_before, receiver_before) = (cpu_used(pid, "-").0, cpu_used(otlp.pid(), "-").0);
+            let (host_before, receiver_before) = (process_cpu(pid), process_cpu(otlp.pid()));
             let run = drive(apis, Duration::from_secs(seconds), Request::CounterCall).await;
-            v.host_cpu += cpu_used(pid, "-").0.saturating_sub(host_before);
-            v.receiver_cpu += cpu_used(otlp.pid(), "-").0.saturating_sub(receiver_before);
+            v.host_cpu += process_cpu(pid).saturating_sub(host_before);
+            v.receiver_cpu += process_cpu(otlp.pid()).saturating_sub(receiver_before);
             v.run = Some(match v.run.take() {
                 Some(all) => Run::followed_by(all, run),
                 None => run,
