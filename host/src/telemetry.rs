@@ -12,6 +12,13 @@
 //! `instantiate`, and `state.*`, `secret.read` and `egress` for each host
 //! capability use) and `commit`. An egress request carries the `egress`
 //! span's `traceparent` unless `[telemetry]` says otherwise for its host.
+//!
+//! The sampling decision is taken once per trace, at its root (a request,
+//! or a call resumed without one): under a root whose trace is not
+//! sampled no span is made at all, since tracing-opentelemetry builds a
+//! span's data whether or not it will be exported. So an unsampled call
+//! costs what an untraced one does, and its egress carries no
+//! `traceparent`.
 
 use crate::config::TelemetryConfig;
 use crate::policy::HostPattern;
@@ -24,9 +31,11 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use std::sync::OnceLock;
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, filter};
+use tracing_subscriber::{EnvFilter, Layer, Registry, filter};
 
 /// The target of every span meant for traces.
 pub const TARGET: &str = "bulkhead::trace";
@@ -98,13 +107,49 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry> {
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("bulkhead");
-    let spans = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(filter::Targets::new().with_target(TARGET, tracing::Level::TRACE));
+    let spans = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(
+        filter::Targets::new()
+            .with_target(TARGET, tracing::Level::TRACE)
+            .and(filter::dynamic_filter_fn(in_a_sampled_trace)),
+    );
     let except = config.traceparent_except.iter().filter_map(|h| HostPattern::parse(h).ok()).collect();
     let _ = PROPAGATION.set(config.traceparent.then_some(Propagation { except }));
     tracing_subscriber::registry().with(logs).with(spans).init();
     Ok(Telemetry(Some(provider)))
+}
+
+/// The mark of a root span whose trace is not sampled.
+struct Unsampled;
+
+/// The spans that may start a trace: a request's, and a call's resumed
+/// with no request (after a restart).
+const ROOTS: [&str; 2] = ["request", "call"];
+
+/// Whether the OpenTelemetry layer makes a span: under the current span
+/// unless [`decide`] marked it unsampled; with no current span, only as
+/// a root (a step whose call was not made is not a trace of its own).
+fn in_a_sampled_trace<S>(meta: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>) -> bool
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    match cx.lookup_current() {
+        Some(parent) => parent.extensions().get::<Unsampled>().is_none(),
+        None => ROOTS.contains(&meta.name()),
+    }
+}
+
+/// Takes the sampling decision of `span`'s trace now, and if the trace is
+/// not sampled marks `span` so that nothing is traced under it. For the
+/// spans in [`ROOTS`], once they have their parent.
+pub fn decide(span: &tracing::Span) {
+    if span.is_disabled() || span.context().span().span_context().is_sampled() {
+        return;
+    }
+    span.with_subscriber(|(id, dispatch)| {
+        if let Some(s) = dispatch.downcast_ref::<Registry>().and_then(|r| r.span(id)) {
+            s.extensions_mut().insert(Unsampled);
+        }
+    });
 }
 
 /// Whether each request gets a JSON access line.

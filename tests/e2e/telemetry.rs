@@ -143,6 +143,47 @@ async fn a_calls_spans_reach_the_collector_under_the_callers_trace_without_its_s
     Ok(())
 }
 
+/// Sampling is decided at a trace's root: an unsampled request (a new
+/// trace at ratio 0, or a caller's trace flagged unsampled) exports no
+/// span, not even the steps of its call run after the answer, and its
+/// egress carries no `traceparent`; a caller's sampled trace is followed.
+#[tokio::test]
+async fn an_unsampled_trace_exports_no_span_and_a_sampled_caller_is_followed() -> anyhow::Result<()> {
+    let otlp = OtlpReceiver::start().await?;
+    let host = traced_host(&otlp, "sampling_ratio = 0.0").await?;
+    let api = host.agent();
+    let sid = api.session(json!({})).await?;
+    let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    traced_call(&api, &sid, "counter", json!({}), None).await?;
+    traced_call(&api, &sid, "counter", json!({}), Some(unsampled)).await?;
+    let url = format!("{}/echo-headers", otlp.endpoint());
+    let fetched = traced_call(&api, &sid, "http-fetch", json!({"url": url}), Some(unsampled)).await?;
+    assert_eq!(fetched["status"], "succeeded", "{fetched}");
+    // Accepted at once: its steps run after the request's span closed.
+    let (status, accepted) = Api::send(
+        api.request(Method::POST, &format!("/v1/sessions/{sid}/calls"))
+            .header("prefer", "respond-async")
+            .json(&json!({"tool": "counter", "input": {}})),
+    )
+    .await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let id = accepted["id"].as_str().unwrap();
+    let (status, done) = api.get(&format!("/v1/sessions/{sid}/calls/{id}?wait=10")).await?;
+    assert_eq!((status, done["status"].as_str()), (StatusCode::OK, Some("succeeded")), "{done}");
+
+    // Then a caller's sampled trace: exported whole, and alone (the
+    // exporter sends in order, so earlier spans would have come first).
+    traced_call(&api, &sid, "counter", json!({}), Some(&format!("00-{TRACE}-{PARENT}-01"))).await?;
+    let spans = otlp.wait_for_spans("the sampled call's commit", |s| !named(s, "commit").is_empty()).await?;
+    let traces: std::collections::BTreeSet<&str> = spans.iter().map(|s| s["trace_id"].as_str().unwrap()).collect();
+    assert_eq!(traces.into_iter().collect::<Vec<_>>(), [TRACE], "only the sampled trace: {spans:?}");
+    assert_eq!(named(&spans, "call counter").len(), 1);
+    let sent: Vec<Value> = otlp.requests().into_iter().filter(|r| r["path"] == "/echo-headers").collect();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0]["headers"].get("traceparent").is_none(), "an unsampled call sent {sent:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn traceparent_is_not_sent_to_an_excepted_host_nor_without_tracing() -> anyhow::Result<()> {
     let otlp = OtlpReceiver::start().await?;

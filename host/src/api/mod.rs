@@ -81,6 +81,7 @@ async fn count_requests(State(s): State<Arc<Service>>, req: Request, next: Next)
         (route(req.uri().path()), incoming)
     });
     crate::telemetry::continue_trace(&span, req.headers());
+    crate::telemetry::decide(&span);
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
     span.record("http.response.status_code", i64::from(status));

@@ -223,14 +223,13 @@ impl Store for SqliteStore {
             // NotFound before anything else is touched.
             sessions::finish_call(c, &call.session, &call.usage)?;
             calls::finish(c, call, &encoded)?;
-            for note in notes {
-                audit::append(c, &call.session, actor, Some(&call.id), note)?;
-            }
-            if let Some(committed) = &committed {
+            if committed.is_some() {
                 tool_state::apply(c, &call.session, &call.tool, writes)?;
-                audit::append(c, &call.session, actor, Some(&call.id), committed)?;
             }
-            audit::append(c, &call.session, actor, Some(&call.id), &finished)?;
+            // The audit notes, `state_committed` and `call_finished`: still
+            // separate events, in one statement.
+            let events: Vec<&Event> = notes.iter().chain(&committed).chain([&finished]).collect();
+            audit::append_all(c, &call.session, actor, Some(&call.id), &events)?;
             Ok(outcome)
         })
     }
@@ -243,9 +242,9 @@ impl Store for SqliteStore {
             if !calls::decide(c, &call)? {
                 return Err(Rejection::NotPending.into());
             }
-            audit::append(c, &call.session, &actor, Some(&call.id), &decided)?;
-            if let Some(finished) = &finished {
-                audit::append(c, &call.session, &actor, Some(&call.id), finished)?;
+            let events: Vec<&Event> = [&decided].into_iter().chain(&finished).collect();
+            audit::append_all(c, &call.session, &actor, Some(&call.id), &events)?;
+            if finished.is_some() {
                 sessions::bump_version(c, &call.session)?;
             }
             Ok(())
@@ -296,10 +295,9 @@ impl Store for SqliteStore {
                 call.finished_at = Some(finished_at.clone());
                 sessions::finish_call(c, &call.session, &call.usage)?;
                 calls::finish(c, &call, &calls::Encoded::of(&call))?;
-                for note in &a.notes {
-                    audit::append(c, &call.session, "bulkhead", Some(&call.id), note)?;
-                }
-                audit::append(c, &call.session, "bulkhead", Some(&call.id), &CallFinished::of(&call).into())?;
+                let finished = CallFinished::of(&call).into();
+                let events: Vec<&Event> = a.notes.iter().chain([&finished]).collect();
+                audit::append_all(c, &call.session, "bulkhead", Some(&call.id), &events)?;
                 failed.push(call);
             }
             Ok(failed)

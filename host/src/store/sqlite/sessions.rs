@@ -108,8 +108,13 @@ pub fn bump_version(conn: &Connection, id: &str) -> Result<i64> {
 /// Storage-time counted up to `?2` (unix ms), then `?3` bytes more kept:
 /// the SET clause of every change to what a session keeps. Every
 /// right-hand side reads the row as it was.
-const KEEP: &str = "stored_mib_hours = stored_mib_hours + stored_bytes * MAX(?2 - stored_since, 0) / ?4, \
-     stored_bytes = MAX(stored_bytes + ?3, 0), stored_since = MAX(stored_since, ?2)";
+/// (A macro, so each statement is one literal: no text is built per call.)
+macro_rules! keep {
+    () => {
+        "stored_mib_hours = stored_mib_hours + stored_bytes * MAX(?2 - stored_since, 0) / ?4, \
+         stored_bytes = MAX(stored_bytes + ?3, 0), stored_since = MAX(stored_since, ?2)"
+    };
+}
 
 /// A finished call: increments the version and adds its usage to the
 /// session's totals, in one statement. NotFound if the session is gone.
@@ -117,10 +122,12 @@ pub fn finish_call(conn: &Connection, id: &str, u: &crate::model::Usage) -> Resu
     // No `RETURNING`: nothing needs the new version, and it costs a
     // temporary table per call.
     let updated = conn
-        .prepare_cached(&format!(
+        .prepare_cached(concat!(
             "UPDATE sessions SET version = version + 1, calls = calls + 1, wall_ms = wall_ms + ?5, fuel = fuel + ?6, \
              state_bytes_written = state_bytes_written + ?7, egress_requests = egress_requests + ?8, \
-             egress_bytes = egress_bytes + ?9, memory_mib_seconds = memory_mib_seconds + ?10, {KEEP} WHERE id = ?1"
+             egress_bytes = egress_bytes + ?9, memory_mib_seconds = memory_mib_seconds + ?10, ",
+            keep!(),
+            " WHERE id = ?1"
         ))?
         .execute(params![
             id,
@@ -144,7 +151,7 @@ pub fn finish_call(conn: &Connection, id: &str, u: &crate::model::Usage) -> Resu
 /// the session keeps. NotFound if the session is gone.
 pub fn append_message(conn: &Connection, id: &str, bytes: usize) -> Result<()> {
     let updated = conn
-        .prepare_cached(&format!("UPDATE sessions SET version = version + 1, {KEEP} WHERE id = ?1"))?
+        .prepare_cached(concat!("UPDATE sessions SET version = version + 1, ", keep!(), " WHERE id = ?1"))?
         .execute(params![id, crate::util::unix_now_ms(), bytes as i64, BYTE_MS_PER_MIB_HOUR])?;
     if updated == 0 {
         return Err(Rejection::NotFound.into());
