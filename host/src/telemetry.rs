@@ -13,12 +13,12 @@
 //! capability use) and `commit`. An egress request carries the `egress`
 //! span's `traceparent` unless `[telemetry]` says otherwise for its host.
 //!
-//! The sampling decision is taken once per trace, at its root (a request,
-//! or a call resumed without one): under a root whose trace is not
-//! sampled no span is made at all, since tracing-opentelemetry builds a
-//! span's data whether or not it will be exported. So an unsampled call
-//! costs what an untraced one does, and its egress carries no
-//! `traceparent`.
+//! The sampling decision is taken once per request, before its span is
+//! made ([`sampled`]): an unsampled request gets no span, and nothing is
+//! traced under it, since tracing-opentelemetry builds a span's data
+//! whether or not it will be exported. So an unsampled call costs what an
+//! untraced one does, and its egress carries no `traceparent`. Every span
+//! but a request's needs a traced span around it.
 
 use crate::config::TelemetryConfig;
 use crate::policy::HostPattern;
@@ -35,12 +35,15 @@ use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry, filter};
+use tracing_subscriber::{EnvFilter, Layer, filter};
 
 /// The target of every span meant for traces.
 pub const TARGET: &str = "bulkhead::trace";
 /// How long the exporter may take to send one batch.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `sampling_ratio`, set when tracing starts; `None` when it is off.
+static SAMPLING: OnceLock<Option<f64>> = OnceLock::new();
 
 /// What egress propagation needs, set once when tracing starts.
 struct Propagation {
@@ -84,6 +87,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry> {
     };
     let Some(endpoint) = &config.otlp_endpoint else {
         let _ = PROPAGATION.set(None);
+        let _ = SAMPLING.set(None);
         tracing_subscriber::registry().with(logs).init();
         return Ok(Telemetry(None));
     };
@@ -103,53 +107,58 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry> {
         .build();
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sampling_ratio))))
+        // Decided per request by `sampled`: what gets a span is exported.
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("bulkhead");
-    let spans = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(
-        filter::Targets::new()
-            .with_target(TARGET, tracing::Level::TRACE)
-            .and(filter::dynamic_filter_fn(in_a_sampled_trace)),
-    );
+    // Only what the spans are made with: the layer's own extras (source
+    // location, thread, target, busy/idle times, the OTel context made
+    // current at every poll) cost per span and per poll, and say nothing
+    // an operator reads.
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+        .with_filter(
+            filter::Targets::new()
+                .with_target(TARGET, tracing::Level::TRACE)
+                .and(filter::dynamic_filter_fn(under_a_traced_span)),
+        );
+    let _ = SAMPLING.set(Some(config.sampling_ratio));
     let except = config.traceparent_except.iter().filter_map(|h| HostPattern::parse(h).ok()).collect();
     let _ = PROPAGATION.set(config.traceparent.then_some(Propagation { except }));
     tracing_subscriber::registry().with(logs).with(spans).init();
     Ok(Telemetry(Some(provider)))
 }
 
-/// The mark of a root span whose trace is not sampled.
-struct Unsampled;
-
-/// The spans that may start a trace: a request's, and a call's resumed
-/// with no request (after a restart).
-const ROOTS: [&str; 2] = ["request", "call"];
-
-/// Whether the OpenTelemetry layer makes a span: under the current span
-/// unless [`decide`] marked it unsampled; with no current span, only as
-/// a root (a step whose call was not made is not a trace of its own).
-fn in_a_sampled_trace<S>(meta: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>) -> bool
+/// Whether the OpenTelemetry layer makes a span: a request's (made only
+/// when [`sampled`]), and any other under a span it made (a step whose
+/// request was not traced is not a trace of its own).
+fn under_a_traced_span<S>(meta: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>) -> bool
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
-    match cx.lookup_current() {
-        Some(parent) => parent.extensions().get::<Unsampled>().is_none(),
-        None => ROOTS.contains(&meta.name()),
-    }
+    meta.name() == "request" || cx.lookup_current().is_some()
 }
 
-/// Takes the sampling decision of `span`'s trace now, and if the trace is
-/// not sampled marks `span` so that nothing is traced under it. For the
-/// spans in [`ROOTS`], once they have their parent.
-pub fn decide(span: &tracing::Span) {
-    if span.is_disabled() || span.context().span().span_context().is_sampled() {
-        return;
-    }
-    span.with_subscriber(|(id, dispatch)| {
-        if let Some(s) = dispatch.downcast_ref::<Registry>().and_then(|r| r.span(id)) {
-            s.extensions_mut().insert(Unsampled);
+/// Whether a request is traced: as its caller decided (the sampled flag
+/// of a valid `traceparent`), else for `sampling_ratio` of requests.
+/// False when tracing is off.
+pub fn sampled(headers: &http::HeaderMap) -> bool {
+    let Some(Some(ratio)) = SAMPLING.get() else { return false };
+    if headers.contains_key("traceparent") {
+        let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        let sc = parent.span().span_context().clone();
+        if sc.is_valid() {
+            return sc.is_sampled();
         }
-    });
+    }
+    // The top 53 bits as a number in [0, 1): below the ratio, one in ratio.
+    getrandom::u64().is_ok_and(|r| ((r >> 11) as f64 / (1u64 << 53) as f64) < *ratio)
 }
 
 /// Whether each request gets a JSON access line.

@@ -66,22 +66,24 @@ async fn count_requests(State(s): State<Arc<Service>>, req: Request, next: Next)
     s.metrics.http_requests.inc();
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    // Fields are only evaluated when the span is traced.
-    let span = tracing::trace_span!(
-        target: crate::telemetry::TARGET,
-        "request",
-        otel.name = format!("{method} {}", route(req.uri().path())),
-        otel.kind = "server",
-        http.request.method = %method,
-        http.route = %route(req.uri().path()),
-        http.response.status_code = tracing::field::Empty,
-    );
+    // An unsampled request gets no span: nothing under it is traced.
+    let span = match crate::telemetry::sampled(req.headers()) {
+        true => tracing::trace_span!(
+            target: crate::telemetry::TARGET,
+            "request",
+            otel.name = format!("{method} {}", route(req.uri().path())),
+            otel.kind = "server",
+            http.request.method = %method,
+            http.route = %route(req.uri().path()),
+            http.response.status_code = tracing::field::Empty,
+        ),
+        false => tracing::Span::none(),
+    };
     let logged = crate::telemetry::access_log().then(|| {
         let incoming = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
         (route(req.uri().path()), incoming)
     });
     crate::telemetry::continue_trace(&span, req.headers());
-    crate::telemetry::decide(&span);
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
     span.record("http.response.status_code", i64::from(status));

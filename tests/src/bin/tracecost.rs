@@ -1,6 +1,7 @@
-//! What tracing costs a durable call over HTTP: three hosts in the same
-//! run, one without `[telemetry]`, one sampling 10% of traces and one
-//! exporting every span (sampling 1.0) to a local OTLP/HTTP receiver,
+//! What tracing costs a durable call over HTTP: four hosts in the same
+//! run, one without `[telemetry]`, and three exporting to a local
+//! OTLP/HTTP receiver: sampling no trace (what tracing on costs an
+//! unsampled request), 10% of traces, and every span (sampling 1.0),
 //! measured in alternating rounds so drift falls on all alike. The host's
 //! CPU per call and the receiver's CPU (a Python process decoding every
 //! span, on the same cores) are printed beside each.
@@ -32,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
         |ratio: f64| format!("[telemetry]\notlp_endpoint = \"{}\"\nsampling_ratio = {ratio:?}", otlp.endpoint());
     let mut variants = [
         ("POST calls, tracing off", String::new()),
+        ("POST calls, tracing on, no trace sampled", exporting(0.0)),
         ("POST calls, 10% of traces exported", exporting(0.1)),
         ("POST calls, every span exported", exporting(1.0)),
     ]

@@ -46,8 +46,6 @@ impl Service {
             bulkhead.egress_bytes = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        // A call resumed with no request is a trace's root.
-        crate::telemetry::decide(&span);
         Execution(Some(Box::pin(self.clone().execute(call, read, actor, run, span))))
     }
 
