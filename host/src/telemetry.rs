@@ -7,6 +7,9 @@
 //! chosen where it is made: ids, names, statuses, sizes, and for a secret
 //! its name only; never a value, an input or an output.
 //!
+//! Spans go to the collector over OTLP/HTTP (protobuf) or OTLP/gRPC
+//! ([`grpc`]).
+//!
 //! The spans of a call: `HTTP <method> <route>` (continuing an incoming
 //! `traceparent`), `call <tool>`, and under it `queue`, `run` (with
 //! `instantiate`, and `state.*`, `secret.read` and `egress` for each host
@@ -19,6 +22,8 @@
 //! whether or not it will be exported. So an unsampled call costs what an
 //! untraced one does, and its egress carries no `traceparent`. Every span
 //! but a request's needs a traced span around it.
+
+mod grpc;
 
 use crate::config::TelemetryConfig;
 use crate::policy::HostPattern;
@@ -92,21 +97,30 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry> {
         return Ok(Telemetry(None));
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_endpoint(traces)
-        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-        .with_timeout(EXPORT_TIMEOUT)
-        .with_headers(config.headers.clone().into_iter().collect())
-        .build()
-        .context("cannot set up the OTLP exporter")?;
+    let provider = match config.protocol.as_str() {
+        "grpc" => SdkTracerProvider::builder().with_batch_exporter(grpc::GrpcExporter::new(
+            endpoint,
+            &config.headers,
+            EXPORT_TIMEOUT,
+        )?),
+        _ => {
+            let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(traces)
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(EXPORT_TIMEOUT)
+                .with_headers(config.headers.clone().into_iter().collect())
+                .build()
+                .context("cannot set up the OTLP exporter")?;
+            SdkTracerProvider::builder().with_batch_exporter(exporter)
+        }
+    };
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(config.service_name.clone())
         .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+    let provider = provider
         // Decided per request by `sampled`: what gets a span is exported.
         .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource)

@@ -143,6 +143,38 @@ async fn a_calls_spans_reach_the_collector_under_the_callers_trace_without_its_s
     Ok(())
 }
 
+/// `protocol = "grpc"`: the same spans reach the collector's gRPC trace
+/// service, with the configured headers as metadata.
+#[tokio::test]
+async fn spans_reach_a_grpc_collector_with_the_configured_headers() -> anyhow::Result<()> {
+    let otlp = OtlpReceiver::start().await?;
+    let host = TestHost::builder()
+        .bundle("counter", example_tool("counter"))
+        .config(&format!(
+            "[telemetry]\notlp_endpoint = \"{}\"\nprotocol = \"grpc\"\nheaders = {{ X-Api-Key = \"key-7\" }}",
+            otlp.grpc_endpoint()
+        ))
+        .start()
+        .await?;
+    let api = host.agent();
+    let sid = api.session(json!({})).await?;
+    let counted = traced_call(&api, &sid, "counter", json!({}), Some(&format!("00-{TRACE}-{PARENT}-01"))).await?;
+    let spans = otlp.wait_for_spans("the call's commit", |s| !named(s, "commit").is_empty()).await?;
+    let call = named(&spans, "call counter")[0];
+    assert_eq!(call["trace_id"], TRACE);
+    assert_eq!(call["attributes"]["bulkhead.call"], counted["id"]);
+    let mut steps = children(&spans, call);
+    steps.sort();
+    assert_eq!(steps, ["commit", "queue", "run"]);
+    let exports: Vec<Value> = otlp.requests().into_iter().filter(|r| r["path"] != "/echo-headers").collect();
+    assert!(!exports.is_empty());
+    for export in &exports {
+        assert_eq!(export["path"], "grpc:TraceService/Export", "over gRPC only: {exports:?}");
+        assert_eq!(export["headers"]["x-api-key"], "key-7", "{export}");
+    }
+    Ok(())
+}
+
 /// Sampling is decided at a trace's root: an unsampled request (a new
 /// trace at ratio 0, or a caller's trace flagged unsampled) exports no
 /// span, not even the steps of its call run after the answer, and its

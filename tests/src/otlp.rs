@@ -1,5 +1,5 @@
-//! Telemetry for the tests: an OTLP/HTTP receiver the host exports traces
-//! to, and Prometheus's own parser for `/metrics`. Both are Python scripts
+//! Telemetry for the tests: an OTLP receiver (HTTP and gRPC) the host
+//! exports traces to, and Prometheus's own parser for `/metrics`. Both are Python scripts
 //! in `tests/telemetry/`, run with the virtual environment `scripts/test`
 //! makes in `target/telemetry-venv`.
 //!
@@ -38,6 +38,7 @@ fn script(name: &str) -> PathBuf {
 /// request's path and headers one in [`OtlpReceiver::requests`].
 pub struct OtlpReceiver {
     port: u16,
+    grpc_port: u16,
     child: Child,
     // Dropped after `child` is killed (see `Drop`).
     dir: ScratchDir,
@@ -47,10 +48,13 @@ impl OtlpReceiver {
     pub async fn start() -> Result<OtlpReceiver> {
         let dir = ScratchDir::new("bulkhead-otlp")?;
         let port_file = dir.path().join("port");
+        let grpc_port_file = dir.path().join("grpc-port");
         let child = Command::new(telemetry_python())
             .arg(script("otlp_receiver.py"))
             .arg("--port-file")
             .arg(&port_file)
+            .arg("--grpc-port-file")
+            .arg(&grpc_port_file)
             .arg("--out")
             .arg(dir.path().join("spans.jsonl"))
             .stdin(Stdio::piped())
@@ -59,11 +63,14 @@ impl OtlpReceiver {
             .spawn()
             .context("cannot start the OTLP receiver")?;
         // The handle first, so that a failure below still kills the child.
-        let mut receiver = OtlpReceiver { port: 0, child, dir };
+        let mut receiver = OtlpReceiver { port: 0, grpc_port: 0, child, dir };
         for _ in 0..200 {
-            // Written under another name and renamed: never partial.
+            // Written under another name and renamed: never partial; the
+            // gRPC port first.
             if let Ok(port) = std::fs::read_to_string(&port_file) {
                 receiver.port = port.trim().parse().context("the receiver's port file")?;
+                let grpc = std::fs::read_to_string(&grpc_port_file).context("the receiver's gRPC port file")?;
+                receiver.grpc_port = grpc.trim().parse().context("the receiver's gRPC port file")?;
                 return Ok(receiver);
             }
             if let Some(status) = receiver.child.try_wait()? {
@@ -83,6 +90,12 @@ impl OtlpReceiver {
     /// of `/echo-headers`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The endpoint for an OTLP/gRPC exporter (`protocol = "grpc"`); its
+    /// spans and requests land where the HTTP ones do.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
     /// The spans received so far, in arrival order: `trace_id`, `span_id`,

@@ -1,6 +1,6 @@
-"""A small OTLP/HTTP receiver for the end-to-end tests.
+"""A small OTLP/HTTP and OTLP/gRPC receiver for the end-to-end tests.
 
-    python otlp_receiver.py --port-file PATH --out PATH
+    python otlp_receiver.py --port-file PATH --out PATH [--grpc-port-file PATH]
     python otlp_receiver.py --self-test
 
 Listens on 127.0.0.1 (a port the OS chooses, written to --port-file once
@@ -8,6 +8,9 @@ listening). `POST /v1/traces` (protobuf, optionally gzip) appends one JSON
 line per span to --out; `/v1/metrics` and `/v1/logs` are accepted and
 dropped. `GET /echo-headers` answers the request's headers as JSON, a target
 for egress tests. Every request's path and headers go to `<out>.requests`.
+With --grpc-port-file, the gRPC TraceService/Export (on another port,
+written there before --port-file) does the same, its metadata as headers
+and its path `grpc:TraceService/Export`.
 It exits when stdin reaches EOF, so it never outlives the test that runs it.
 """
 
@@ -139,6 +142,33 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = handle_any
 
 
+GRPC_PATH = "grpc:TraceService/Export"
+
+
+def make_grpc_server(out, lock):
+    """The gRPC trace service on a free port of 127.0.0.1; returns (server, port)."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            headers = {k.lower(): v for k, v in context.invocation_metadata()}
+            with lock:
+                with open(out + ".requests", "a") as f:
+                    f.write(json.dumps({"path": GRPC_PATH, "headers": headers}) + "\n")
+                with open(out, "a") as f:
+                    f.write("".join(span_lines(request)))
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
 def make_server(out):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.out = out
@@ -231,6 +261,20 @@ def self_test():
         check(logged[-1]["path"] == "/echo-headers" and logged[-1]["headers"]["x-probe"] == "42",
               f"requests log: {logged[-1]}")
 
+        # The same request over gRPC, with metadata.
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+        grpc_server, grpc_port = make_grpc_server(out, server.lock)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            stub.Export(request, metadata=[("x-api-key", "k1")], timeout=10)
+        check(lines(out)[-1] == expected_child, "gRPC spans not written")
+        logged = lines(out + ".requests")
+        check(logged[-1]["path"] == GRPC_PATH and logged[-1]["headers"]["x-api-key"] == "k1",
+              f"gRPC request log: {logged[-1]}")
+        grpc_server.stop(0)
+
         server.shutdown()
         server.server_close()
     print("ok")
@@ -240,6 +284,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port-file")
     parser.add_argument("--out")
+    parser.add_argument("--grpc-port-file")
     parser.add_argument("--self-test", action="store_true")
     args = parser.parse_args()
     if args.self_test:
@@ -248,11 +293,18 @@ def main():
         parser.error("--port-file and --out are required")
 
     server = make_server(os.path.abspath(args.out))
-    # Renamed into place: a reader never sees a partial number.
-    tmp = args.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(str(server.server_address[1]))
-    os.replace(tmp, args.port_file)
+
+    def publish(path, port):
+        # Renamed into place: a reader never sees a partial number.
+        with open(path + ".tmp", "w") as f:
+            f.write(str(port))
+        os.replace(path + ".tmp", path)
+
+    grpc_server = None
+    if args.grpc_port_file:
+        grpc_server, grpc_port = make_grpc_server(os.path.abspath(args.out), server.lock)
+        publish(args.grpc_port_file, grpc_port)
+    publish(args.port_file, server.server_address[1])
 
     def watch_stdin():
         # EOF: the parent closed its end or died.
@@ -263,6 +315,8 @@ def main():
     threading.Thread(target=watch_stdin, daemon=True).start()
     server.serve_forever()
     server.server_close()
+    if grpc_server is not None:
+        grpc_server.stop(0)
 
 
 if __name__ == "__main__":

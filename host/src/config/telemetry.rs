@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
-    /// The collector's OTLP/HTTP base URL; spans go to `<it>/v1/traces`.
+    /// The collector's URL: with `http/protobuf` its OTLP/HTTP base URL
+    /// (spans go to `<it>/v1/traces`, port 4318 by convention), with
+    /// `grpc` its gRPC endpoint (port 4317).
     pub otlp_endpoint: Option<String>,
-    /// `http/protobuf` (the only one built in).
+    /// `http/protobuf` (the default) or `grpc`.
     pub protocol: String,
     /// Share of new traces kept (0 to 1). A request that carries a
     /// `traceparent` keeps its caller's decision.
@@ -59,12 +61,12 @@ impl TelemetryConfig {
         match self.protocol.as_str() {
             "http/protobuf" => {}
             "grpc" => {
-                return Err(
-                    "telemetry.protocol = \"grpc\" is not built into this host; use \"http/protobuf\" (port 4318)"
-                        .into(),
-                );
+                // Metadata named `*-bin` is binary (base64 on the wire): not what a key is.
+                if let Some(name) = self.headers.keys().find(|n| n.to_ascii_lowercase().ends_with("-bin")) {
+                    return Err(format!("telemetry.headers.{name}: binary gRPC metadata (`-bin`) is not supported"));
+                }
             }
-            other => return Err(format!("telemetry.protocol = {other:?} must be \"http/protobuf\"")),
+            other => return Err(format!("telemetry.protocol = {other:?} must be \"http/protobuf\" or \"grpc\"")),
         }
         if !(0.0..=1.0).contains(&self.sampling_ratio) {
             return Err(format!("telemetry.sampling_ratio = {} must be from 0 to 1", self.sampling_ratio));
@@ -106,8 +108,9 @@ mod tests {
             ("otlp_endpoint = \"127.0.0.1:4318\"", Some("telemetry.otlp_endpoint")),
             ("otlp_endpoint = \"file:///tmp/x\"", Some("must be an http(s) URL")),
             ("otlp_endpoint = \"not a url\"", Some("is not a URL")),
-            ("protocol = \"grpc\"", Some("not built into this host")),
-            ("protocol = \"thrift\"", Some("must be \"http/protobuf\"")),
+            ("protocol = \"grpc\"\notlp_endpoint = \"http://127.0.0.1:4317\"\nheaders = { x-api-key = \"k\" }", None),
+            ("protocol = \"grpc\"\nheaders = { key-bin = \"k\" }", Some("binary gRPC metadata")),
+            ("protocol = \"thrift\"", Some("must be \"http/protobuf\" or \"grpc\"")),
             ("sampling_ratio = 1.5", Some("from 0 to 1")),
             ("sampling_ratio = -0.1", Some("from 0 to 1")),
             ("service_name = \"\"", Some("service_name")),
