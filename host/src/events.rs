@@ -19,7 +19,7 @@
 //! | `state_committed` | [`StateCommitted`] | `tool`, `keys`, `bytes` |
 //! | `call_finished` | [`CallFinished`] | `tool`, `status`, `error` (its code), `usage`, `tool_version` when it ran |
 //! | `secret_read` | [`SecretRead`] | `tool`, `name` (never the value) |
-//! | `egress` | [`Egress`] | `method`, `scheme`, `host`, `port`, `status`, `bytes`, `duration_ms` |
+//! | `egress` | [`Egress`] | `method`, `scheme`, `host`, `port`, `status`, `bytes`, `duration_ms`, `error` when the host knows why no response came |
 //! | `tool_updated` | [`ToolUpdated`] | `tool`, `old`, `new` (version, digests), `capability_diff`, `signature`, `source` (chain `tools`) |
 //! | `capability_denied` | [`CapabilityDenied`] | `tool`, `capability`, and `target`/`reason` or `detail` |
 
@@ -367,6 +367,9 @@ impl<'a> SecretRead<'a> {
 pub struct Egress<'a> {
     bytes: u64,
     duration_ms: u64,
+    /// E.g. the reason a certificate was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
     host: &'a str,
     method: &'a str,
     port: u16,
@@ -387,7 +390,12 @@ pub struct Request<'a> {
 impl<'a> Egress<'a> {
     pub fn of(r: Request<'a>, status: Option<u16>, bytes: u64, duration_ms: u64) -> Egress<'a> {
         let scheme = if r.https { "https" } else { "http" };
-        Egress { bytes, duration_ms, host: r.host, method: r.method, port: r.port, scheme, status }
+        Egress { bytes, duration_ms, error: None, host: r.host, method: r.method, port: r.port, scheme, status }
+    }
+
+    /// The request failed for `error`, if the host knows why.
+    pub fn failed(self, error: Option<&'a str>) -> Egress<'a> {
+        Egress { error, ..self }
     }
 }
 
@@ -546,6 +554,9 @@ mod tests {
             Message { seq: 3, role: "user".into(), content: "hi".into(), metadata: None, created_at: "t".into() };
         let _: Event = MessageAppended::of(&message).into();
         let _: Event = Egress::of(Request { method: "POST", https: false, host: "h", port: 1 }, None, 0, 0).into();
+        let _: Event = Egress::of(Request { method: "GET", https: true, host: "h", port: 1 }, None, 0, 0)
+            .failed(Some("TLS certificate refused: \"expired\""))
+            .into();
         for d in [
             Denial::Network { target: "t", reason: "r" },
             Denial::MountUnavailable { guest: "/g" },

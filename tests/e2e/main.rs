@@ -5,6 +5,7 @@ mod api;
 mod console;
 mod durability;
 mod files;
+mod https;
 mod identity;
 mod loading;
 mod mcp;

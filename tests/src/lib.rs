@@ -22,6 +22,7 @@ pub mod load;
 pub mod otlp;
 pub mod postgres;
 pub mod registry;
+pub mod tls;
 
 use anyhow::{Context, Result, bail};
 use reqwest::StatusCode;

@@ -47,6 +47,9 @@ pub struct EgressRecord {
     pub bytes: AtomicU64,
     pub started: Instant,
     pub finished_ms: AtomicU64,
+    /// Why no response came, when the host knows better than the tool's
+    /// error code (a refused certificate and its reason).
+    pub error: Mutex<Option<String>>,
 }
 
 /// The hooks of one call; shares its records with the call's `HostState`.
@@ -120,6 +123,7 @@ impl WasiHttpHooks for Egress {
             bytes: AtomicU64::new(0),
             started: Instant::now(),
             finished_ms: AtomicU64::new(0),
+            error: Mutex::new(None),
         });
         let records = self.records.clone();
         let allow_private = self.allow_private.clone();
@@ -190,7 +194,11 @@ async fn send_to(
         let stream = tokio::time::timeout(connect_timeout, tls.connect(name, tcp))
             .await
             .map_err(|_| Error::ConnectionTimeout)?
-            .map_err(Error::Tls)?;
+            .map_err(|e| {
+                let (reason, code) = tls_failure(e);
+                *record.error.lock().expect("error lock") = Some(reason);
+                code
+            })?;
         exchange(TokioIo::new(stream), request, first_byte).await?
     } else {
         exchange(TokioIo::new(tcp), request, first_byte).await?
@@ -200,6 +208,21 @@ async fn send_to(
         CountedBody { inner: body, record: record.clone(), idle: between_bytes, timer: None }.boxed_unsync()
     });
     Ok((response, Box::new(async { Ok(()) })))
+}
+
+/// A failed handshake in words for the audit, and the code the tool gets:
+/// a refused certificate (untrusted issuer, another name, expired, ...) is
+/// `tls-certificate-error` with rustls's reason; anything else a protocol
+/// error.
+fn tls_failure(e: std::io::Error) -> (String, Error) {
+    let refused = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).and_then(|r| match r {
+        rustls::Error::InvalidCertificate(_) => Some(r.to_string()),
+        _ => None,
+    });
+    match refused {
+        Some(reason) => (format!("TLS certificate refused: {reason}"), Error::TlsCertificateError),
+        None => (format!("TLS handshake failed: {e}"), Error::Tls(e)),
+    }
 }
 
 async fn exchange<S>(
@@ -282,7 +305,10 @@ pub fn take_records(records: &Mutex<Vec<Arc<EgressRecord>>>) -> (Vec<Event>, u64
             let duration = if finished > 0 { finished } else { r.started.elapsed().as_millis() as u64 };
             let request = events::Request { method: &r.method, https: r.https, host: &r.host, port: r.port };
             let status = *r.status.lock().expect("status lock");
-            events::Egress::of(request, status, r.bytes.load(Ordering::Relaxed), duration).into()
+            let error = r.error.lock().expect("error lock").clone();
+            events::Egress::of(request, status, r.bytes.load(Ordering::Relaxed), duration)
+                .failed(error.as_deref())
+                .into()
         })
         .collect();
     (events, records.len() as u64, bytes)

@@ -196,6 +196,7 @@ fn report_start(report: &StartReport, service: &Service) {
 
 async fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
+    crate::tls::init(&config.network.extra_ca_files)?;
     let telemetry = crate::telemetry::init(&config.telemetry)?;
     let listen = config.listen;
     let (service, report) = Service::start(config).await?;

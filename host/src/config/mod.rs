@@ -99,6 +99,11 @@ impl Limits {
 pub struct NetworkConfig {
     /// CIDRs tools may reach although they are not globally routable.
     pub allow_private: PrivateRanges,
+    /// PEM files of CA certificates trusted for HTTPS besides the built-in
+    /// web PKI roots (an operator's private CA); relative to the config
+    /// file. Read at start: a missing file, or one without a certificate,
+    /// stops the host.
+    pub extra_ca_files: Vec<PathBuf>,
 }
 
 /// Where a secret's value comes from: the host's environment or a file.
@@ -485,7 +490,10 @@ impl Config {
             data_dir: rel(raw.data_dir.as_deref().unwrap_or(Path::new(DEFAULT_DATA_DIR))),
             tools_dir: rel(raw.tools_dir.as_deref().unwrap_or(Path::new("./tools"))),
             limits: raw.limits,
-            network: raw.network,
+            network: NetworkConfig {
+                extra_ca_files: raw.network.extra_ca_files.iter().map(|p| rel(p)).collect(),
+                ..raw.network
+            },
             secrets,
             volumes,
             approvals: raw.approvals,
@@ -572,6 +580,13 @@ mod tests {
         assert_eq!(c.tools.trusted_keys, [Path::new("/etc/bulkhead/keys/release.pub")]);
         assert_eq!(c.tools.sources[0].digest, pin);
         assert!(!parse("").unwrap().tools.require_signature, "off by default");
+    }
+
+    #[test]
+    fn extra_ca_files_resolve_against_the_config_folder() {
+        let c = parse("[network]\nextra_ca_files = [\"ca/private.pem\", \"/abs/ca.pem\"]").unwrap();
+        assert_eq!(c.network.extra_ca_files, [Path::new("/etc/bulkhead/ca/private.pem"), Path::new("/abs/ca.pem")]);
+        assert!(parse("").unwrap().network.extra_ca_files.is_empty(), "none by default");
     }
 
     #[test]
