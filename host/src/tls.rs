@@ -1,8 +1,10 @@
 //! The TLS client every outbound connection of the host uses: tools'
 //! HTTPS egress (`caps::http`) and the MCP stdio bridge. Web PKI roots
 //! (Mozilla's, built in) and the operator's `[network] extra_ca_files`,
-//! TLS 1.2 and 1.3 with ring; one configuration for the process, built at
-//! start ([`init`]) or, without it, on first use with the built-in roots.
+//! TLS 1.2 and 1.3 with ring; one pair of configurations for the process,
+//! built at start ([`init`]) or, without it, on first use with the
+//! built-in roots. Egress offers HTTP/2 and HTTP/1.1 (ALPN) and speaks
+//! what the server picks; the bridge speaks HTTP/1.1 only.
 
 use anyhow::{Context as _, Result, bail};
 use rustls::pki_types::CertificateDer;
@@ -10,7 +12,13 @@ use rustls::pki_types::pem::PemObject as _;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+/// For the bridge (no ALPN) and for egress (`h2`, `http/1.1`).
+struct Configs {
+    http1: Arc<rustls::ClientConfig>,
+    egress: Arc<rustls::ClientConfig>,
+}
+
+static CONFIG: OnceLock<Configs> = OnceLock::new();
 
 /// Trusts the CA certificates of `extra_ca_files` besides the built-in
 /// roots. Every file must hold at least one certificate, and each must be
@@ -29,23 +37,33 @@ pub fn init(extra_ca_files: &[PathBuf]) -> Result<()> {
             roots.add(cert).with_context(|| format!("{}: not a usable CA certificate", what()))?;
         }
     }
-    let _ = CONFIG.set(client_config(roots));
+    let _ = CONFIG.set(configs(roots));
     Ok(())
 }
 
-fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+fn configs(roots: rustls::RootCertStore) -> Configs {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let http1 = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Arc::new(config)
+    let mut egress = http1.clone();
+    egress.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Configs { http1: Arc::new(http1), egress: Arc::new(egress) }
 }
 
-/// A connector sharing the process's one client configuration.
+fn get() -> &'static Configs {
+    CONFIG.get_or_init(|| configs(rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() }))
+}
+
+/// A connector for HTTP/1.1 (the MCP bridge).
 pub fn connector() -> tokio_rustls::TlsConnector {
-    let config =
-        CONFIG.get_or_init(|| client_config(rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() }));
-    tokio_rustls::TlsConnector::from(config.clone())
+    tokio_rustls::TlsConnector::from(get().http1.clone())
+}
+
+/// A connector offering HTTP/2 and HTTP/1.1 (tools' egress): the stream
+/// says which one the server chose.
+pub fn egress_connector() -> tokio_rustls::TlsConnector {
+    tokio_rustls::TlsConnector::from(get().egress.clone())
 }

@@ -3,7 +3,7 @@
 //! untrusted CA are each refused before any request is sent, and every
 //! attempt is audited.
 
-use bulkhead_tests::tls::{ServerCert, TLS_HELLO, TestCa, TestTlsServer};
+use bulkhead_tests::tls::{Alpn, ServerCert, TLS_HELLO, TestCa, TestTlsServer};
 use bulkhead_tests::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -91,6 +91,22 @@ async fn https_refuses_an_untrusted_ca_a_wrong_name_and_an_expired_certificate()
     let (call, _) = fetch(&host, server.port).await?;
     assert_eq!(call["status"], "failed", "without extra_ca_files: {call}");
     assert_eq!(server.served(), 0);
+    Ok(())
+}
+
+/// Egress offers HTTP/2 and HTTP/1.1 and speaks what the server chose.
+#[tokio::test]
+async fn https_egress_speaks_http2_when_the_server_offers_it_else_http1() -> anyhow::Result<()> {
+    let ca = TestCa::new("bulkhead test CA")?;
+    for (alpn, version) in [(Alpn::Both, "HTTP/2.0"), (Alpn::Http1, "HTTP/1.1")] {
+        let server = TestTlsServer::with_alpn(ca.server("localhost")?, alpn).await?;
+        let host = https_host(server.port, Some(&ca)).await?;
+        let (call, egress) = fetch(&host, server.port).await?;
+        assert_eq!(call["status"], "succeeded", "{alpn:?}: {call}");
+        assert_eq!(call["output"]["body"], TLS_HELLO);
+        assert_eq!(call["output"]["headers"]["x-http-version"], version, "{alpn:?}: {call}");
+        assert_eq!(egress[0]["data"]["status"], 200);
+    }
     Ok(())
 }
 

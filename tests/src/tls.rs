@@ -1,13 +1,13 @@
 //! HTTPS for the egress tests: a CA made per run (rcgen), server
 //! certificates it signs (valid, for another name, expired), and a small
-//! TLS server on loopback that answers every request it reads.
+//! HTTPS server on loopback (HTTP/2 or HTTP/1.1) that answers every
+//! request it reads.
 
 use anyhow::Result;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The body the server answers with.
 pub const TLS_HELLO: &str = "hello over tls";
@@ -63,8 +63,18 @@ impl TestCa {
     }
 }
 
+/// What the server offers in ALPN.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Alpn {
+    /// `h2` and `http/1.1`: a client that offers HTTP/2 gets it.
+    Both,
+    /// `http/1.1` only.
+    Http1,
+}
+
 /// An HTTPS server on 127.0.0.1 presenting one certificate; every request
-/// whose head it reads gets `200` with [`TLS_HELLO`]. Stops when dropped.
+/// gets `200` with [`TLS_HELLO`] and an `x-http-version` header naming
+/// the version it came in (`HTTP/2.0`, `HTTP/1.1`). Stops when dropped.
 pub struct TestTlsServer {
     pub port: u16,
     served: Arc<AtomicUsize>,
@@ -73,11 +83,19 @@ pub struct TestTlsServer {
 
 impl TestTlsServer {
     pub async fn start(cert: ServerCert) -> Result<TestTlsServer> {
+        TestTlsServer::with_alpn(cert, Alpn::Both).await
+    }
+
+    pub async fn with_alpn(cert: ServerCert, alpn: Alpn) -> Result<TestTlsServer> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(cert.chain, cert.key)?;
+        config.alpn_protocols = match alpn {
+            Alpn::Both => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Alpn::Http1 => vec![b"http/1.1".to_vec()],
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
@@ -88,22 +106,18 @@ impl TestTlsServer {
                 let (acceptor, count) = (acceptor.clone(), count.clone());
                 tokio::spawn(async move {
                     // A refused handshake ends here, having served nothing.
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let answer = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let version = format!("{:?}", req.version());
+                        async move {
+                            let body = http_body_util::Full::new(bytes::Bytes::from_static(TLS_HELLO.as_bytes()));
+                            hyper::Response::builder().header("x-http-version", version).body(body)
                         }
-                    }
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{TLS_HELLO}",
-                        TLS_HELLO.len()
-                    );
-                    let _ = tls.write_all(reply.as_bytes()).await;
-                    let _ = tls.shutdown().await;
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), answer)
+                        .await;
                 });
             }
         });

@@ -171,7 +171,7 @@ async fn send_to(
     addr: SocketAddr,
     host: &str,
     https: bool,
-    mut request: http::Request<WasiBody>,
+    request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
     record: Arc<EgressRecord>,
 ) -> Sent {
@@ -184,11 +184,8 @@ async fn send_to(
         Ok(Err(e)) => return Err(Error::Connect(e)),
         Err(_) => return Err(Error::ConnectionTimeout),
     };
-    // Only the path goes on the wire; the Host header comes from the URI.
-    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-    *request.uri_mut() = http::Uri::builder().path_and_query(path).build().map_err(|_| Error::HttpRequestUriInvalid)?;
     let response = if https {
-        let tls = crate::tls::connector();
+        let tls = crate::tls::egress_connector();
         let name =
             rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| Error::HttpRequestUriInvalid)?;
         let stream = tokio::time::timeout(connect_timeout, tls.connect(name, tcp))
@@ -199,9 +196,14 @@ async fn send_to(
                 *record.error.lock().expect("error lock") = Some(reason);
                 code
             })?;
-        exchange(TokioIo::new(stream), request, first_byte).await?
+        // HTTP/2 if the server chose it (ALPN), else HTTP/1.1.
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            exchange_h2(TokioIo::new(stream), request, first_byte).await?
+        } else {
+            exchange(TokioIo::new(stream), origin_form(request)?, first_byte).await?
+        }
     } else {
-        exchange(TokioIo::new(tcp), request, first_byte).await?
+        exchange(TokioIo::new(tcp), origin_form(request)?, first_byte).await?
     };
     *record.status.lock().expect("status lock") = Some(response.status().as_u16());
     let response = response.map(|body| {
@@ -223,6 +225,38 @@ fn tls_failure(e: std::io::Error) -> (String, Error) {
         Some(reason) => (format!("TLS certificate refused: {reason}"), Error::TlsCertificateError),
         None => (format!("TLS handshake failed: {e}"), Error::Tls(e)),
     }
+}
+
+/// HTTP/1.1 sends only the path; the Host header comes from the URI.
+fn origin_form(mut request: http::Request<WasiBody>) -> Result<http::Request<WasiBody>, Error> {
+    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    *request.uri_mut() = http::Uri::builder().path_and_query(path).build().map_err(|_| Error::HttpRequestUriInvalid)?;
+    Ok(request)
+}
+
+/// One request over a new HTTP/2 connection: the URI stays absolute (its
+/// scheme and authority become `:scheme` and `:authority`) and the Host
+/// header goes, as HTTP/2 wants.
+async fn exchange_h2<S>(
+    io: TokioIo<S>,
+    mut request: http::Request<WasiBody>,
+    first_byte: Duration,
+) -> Result<http::Response<hyper::body::Incoming>, Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    request.headers_mut().remove(http::header::HOST);
+    *request.version_mut() = http::Version::HTTP_2;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.map_err(Error::Hyper)?;
+    tokio::spawn(async move {
+        // Ends with the response body or at an error; nothing to report.
+        let _ = conn.await;
+    });
+    tokio::time::timeout(first_byte, sender.send_request(request))
+        .await
+        .map_err(|_| Error::ConnectionReadTimeout)?
+        .map_err(Error::Hyper)
 }
 
 async fn exchange<S>(
