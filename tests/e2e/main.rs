@@ -9,6 +9,7 @@ mod https;
 mod identity;
 mod loading;
 mod mcp;
+mod mcp_props;
 mod multihost;
 mod network;
 mod postgres;

@@ -94,7 +94,7 @@ async fn python_sdk_over_http_and_the_stdio_bridge() -> Result<()> {
 }
 
 /// One MCP POST; answers (status, Mcp-Session-Id, the JSON-RPC messages).
-async fn mcp_post(
+pub(crate) async fn mcp_post(
     host: &TestHost,
     token: Option<&str>,
     headers: &[(&str, &str)],
@@ -134,7 +134,7 @@ async fn mcp_post_to(
     Ok((status, session, messages, text))
 }
 
-fn initialize() -> Value {
+pub(crate) fn initialize() -> Value {
     json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "e2e", "version": "0" } } })
 }
