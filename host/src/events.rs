@@ -65,11 +65,6 @@ impl Event {
         &self.data
     }
 
-    /// [`Event::data`] as its `String`, for a statement's parameters.
-    pub(crate) fn data_text(&self) -> &String {
-        &self.data
-    }
-
     pub fn is_denial(&self) -> bool {
         self.kind == CapabilityDenied::KIND
     }

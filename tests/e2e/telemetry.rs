@@ -175,7 +175,7 @@ async fn spans_reach_a_grpc_collector_with_the_configured_headers() -> anyhow::R
     Ok(())
 }
 
-/// Sampling is decided at a trace's root: an unsampled request (a new
+/// Sampling is decided per request, before its span: an unsampled request (a new
 /// trace at ratio 0, or a caller's trace flagged unsampled) exports no
 /// span, not even the steps of its call run after the answer, and its
 /// egress carries no `traceparent`; a caller's sampled trace is followed.

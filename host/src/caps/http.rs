@@ -197,13 +197,10 @@ async fn send_to(
                 code
             })?;
         // HTTP/2 if the server chose it (ALPN), else HTTP/1.1.
-        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-            exchange_h2(TokioIo::new(stream), request, first_byte).await?
-        } else {
-            exchange(TokioIo::new(stream), origin_form(request)?, first_byte).await?
-        }
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        exchange(TokioIo::new(stream), request, h2, first_byte).await?
     } else {
-        exchange(TokioIo::new(tcp), origin_form(request)?, first_byte).await?
+        exchange(TokioIo::new(tcp), request, false, first_byte).await?
     };
     *record.status.lock().expect("status lock") = Some(response.status().as_u16());
     let response = response.map(|body| {
@@ -227,55 +224,44 @@ fn tls_failure(e: std::io::Error) -> (String, Error) {
     }
 }
 
-/// HTTP/1.1 sends only the path; the Host header comes from the URI.
-fn origin_form(mut request: http::Request<WasiBody>) -> Result<http::Request<WasiBody>, Error> {
-    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-    *request.uri_mut() = http::Uri::builder().path_and_query(path).build().map_err(|_| Error::HttpRequestUriInvalid)?;
-    Ok(request)
-}
+type Answer = Result<http::Response<hyper::body::Incoming>, hyper::Error>;
 
-/// One request over a new HTTP/2 connection: the URI stays absolute (its
-/// scheme and authority become `:scheme` and `:authority`) and the Host
-/// header goes, as HTTP/2 wants.
-async fn exchange_h2<S>(
-    io: TokioIo<S>,
-    mut request: http::Request<WasiBody>,
-    first_byte: Duration,
-) -> Result<http::Response<hyper::body::Incoming>, Error>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    request.headers_mut().remove(http::header::HOST);
-    *request.version_mut() = http::Version::HTTP_2;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.map_err(Error::Hyper)?;
-    tokio::spawn(async move {
-        // Ends with the response body or at an error; nothing to report.
-        let _ = conn.await;
-    });
-    tokio::time::timeout(first_byte, sender.send_request(request))
-        .await
-        .map_err(|_| Error::ConnectionReadTimeout)?
-        .map_err(Error::Hyper)
-}
-
+/// One request over a new connection, HTTP/2 when `h2`, else HTTP/1.1.
+/// HTTP/1.1 sends only the path (the Host header comes from the URI);
+/// HTTP/2 keeps the URI absolute (its scheme and authority become
+/// `:scheme` and `:authority`) and drops the Host header, as it wants.
 async fn exchange<S>(
     io: TokioIo<S>,
-    request: http::Request<WasiBody>,
+    mut request: http::Request<WasiBody>,
+    h2: bool,
     first_byte: Duration,
 ) -> Result<http::Response<hyper::body::Incoming>, Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(Error::Hyper)?;
-    tokio::spawn(async move {
-        // Ends with the response body or at an error; nothing to report.
-        let _ = conn.await;
-    });
-    tokio::time::timeout(first_byte, sender.send_request(request))
-        .await
-        .map_err(|_| Error::ConnectionReadTimeout)?
-        .map_err(Error::Hyper)
+    // The sender moves into the answer, so it lives until the response.
+    let answer: Pin<Box<dyn Future<Output = Answer> + Send>> = if h2 {
+        request.headers_mut().remove(http::header::HOST);
+        *request.version_mut() = http::Version::HTTP_2;
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .map_err(Error::Hyper)?;
+        tokio::spawn(async move {
+            // Ends with the response body or at an error; nothing to report.
+            let _ = conn.await;
+        });
+        Box::pin(async move { sender.send_request(request).await })
+    } else {
+        let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        *request.uri_mut() =
+            http::Uri::builder().path_and_query(path).build().map_err(|_| Error::HttpRequestUriInvalid)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(Error::Hyper)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Box::pin(async move { sender.send_request(request).await })
+    };
+    tokio::time::timeout(first_byte, answer).await.map_err(|_| Error::ConnectionReadTimeout)?.map_err(Error::Hyper)
 }
 
 /// A response body that counts bytes into its egress record, stops at

@@ -226,8 +226,7 @@ impl Store for SqliteStore {
             if committed.is_some() {
                 tool_state::apply(c, &call.session, &call.tool, writes)?;
             }
-            // The audit notes, `state_committed` and `call_finished`: still
-            // separate events, in one statement.
+            // The audit notes, `state_committed` and `call_finished`.
             let events: Vec<&Event> = notes.iter().chain(&committed).chain([&finished]).collect();
             audit::append_all(c, &call.session, actor, Some(&call.id), &events)?;
             Ok(outcome)
