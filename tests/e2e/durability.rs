@@ -409,3 +409,95 @@ async fn a_second_host_on_the_same_data_folder_is_refused() -> anyhow::Result<()
     assert_eq!(call["output"]["value"], 3, "free again after kill -9: {call}");
     Ok(())
 }
+
+/// Issue 30's load case: 1,000 calls in flight at once over 200 sessions,
+/// the host killed with SIGKILL while they run. Every answered call is
+/// `succeeded` after the restart, no call is left `running`, each session's
+/// counter equals its succeeded calls, and every audit chain verifies.
+#[tokio::test]
+async fn a_thousand_parallel_calls_over_200_sessions_survive_sigkill() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const SESSIONS: usize = 200;
+    const CALLS: usize = 1000;
+    let mut host = TestHost::builder()
+        .bundle("counter", example_tool("counter"))
+        .config("[limits]\nmax_concurrent_calls = 1024\n")
+        .start()
+        .await?;
+    let agent = host.agent();
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        sessions.push(agent.session(json!({})).await?);
+    }
+    let answered_so_far = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(CALLS + 1));
+    let mut clients = Vec::new();
+    for i in 0..CALLS {
+        let (agent, sid, so_far, start) =
+            (agent.clone(), sessions[i % SESSIONS].clone(), answered_so_far.clone(), start.clone());
+        clients.push(tokio::spawn(async move {
+            start.wait().await;
+            let body = json!({"tool": "counter", "input": {}, "idempotency_key": format!("load-{i}")});
+            match agent.post(&format!("/v1/sessions/{sid}/calls"), body).await {
+                Ok((StatusCode::OK, call)) => {
+                    so_far.fetch_add(1, Ordering::Relaxed);
+                    Ok(Some((sid, call["id"].as_str().unwrap().to_string())))
+                }
+                // Only the kill may stop a call: no 429, no 5xx before it.
+                Ok((status, body)) => Err(anyhow::anyhow!("call {i} answered {status}: {body}")),
+                Err(_) => Ok(None), // the host died under this request
+            }
+        }));
+    }
+    start.wait().await;
+    // Killed mid-load: a tenth of the calls answered, the rest in flight.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while answered_so_far.load(Ordering::Relaxed) < CALLS / 10 {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "100 calls were not answered in 60 s");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    host.kill9();
+    let mut answered = Vec::new();
+    for c in clients {
+        answered.extend(c.await??);
+    }
+    assert!(answered.len() < CALLS, "the kill came before every call was answered");
+    eprintln!("{} of {CALLS} calls answered before SIGKILL", answered.len());
+
+    host.restart().await?;
+    let agent = host.agent();
+    for (sid, cid) in &answered {
+        let (status, call) = agent.get(&format!("/v1/sessions/{sid}/calls/{cid}")).await?;
+        assert_eq!((status, call["status"].as_str()), (StatusCode::OK, Some("succeeded")), "answered call {cid} lost");
+    }
+    let mut succeeded_total = 0;
+    for sid in &sessions {
+        // SQLite: interrupted at the restart; PostgreSQL: once the dead
+        // host's lease expired.
+        let calls = eventually("no call left running", || async {
+            let (_, page) = agent.get(&format!("/v1/sessions/{sid}/calls?limit=1000")).await?;
+            let calls = page["calls"].as_array().unwrap().clone();
+            Ok(calls.iter().all(|c| c["status"] != "running").then_some(calls))
+        })
+        .await?;
+        assert!(calls.iter().all(|c| ["succeeded", "interrupted"].contains(&c["status"].as_str().unwrap())));
+        let succeeded = calls.iter().filter(|c| c["status"] == "succeeded").count();
+        let value: usize = agent.state(sid, "counter").await?.get("count/default").map_or(0, |v| v.parse().unwrap());
+        assert_eq!(value, succeeded, "every committed call, and only those, moved the counter of {sid}");
+        succeeded_total += succeeded;
+    }
+    assert!(succeeded_total >= answered.len());
+    host.kill9();
+    let config = host.config_path();
+    let (code, out, err) = run_cli(&["audit", "verify", "--config", config.to_str().unwrap()])?;
+    assert_eq!(code, 0, "every chain verifies: {out}{err}");
+    let events: usize = out
+        .split_whitespace()
+        .skip_while(|w| *w != "intact:")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no event count in {out:?}"))?;
+    assert!(events > SESSIONS + 3 * succeeded_total, "{events} events for {succeeded_total} calls: {out}");
+    Ok(())
+}
