@@ -487,7 +487,6 @@ async fn a_thousand_parallel_calls_over_200_sessions_survive_sigkill() -> anyhow
         assert_eq!(value, succeeded, "every committed call, and only those, moved the counter of {sid}");
         succeeded_total += succeeded;
     }
-    assert!(succeeded_total >= answered.len());
     host.kill9();
     let config = host.config_path();
     let (code, out, err) = run_cli(&["audit", "verify", "--config", config.to_str().unwrap()])?;
